@@ -1,0 +1,1 @@
+"""FLUX Gateway control plane: REST API, config store and the discovery server."""

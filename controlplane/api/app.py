@@ -1,0 +1,31 @@
+"""The FastAPI application: routers, error handlers and the body size limit."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from controlplane.api import config, status
+from controlplane.api.errors import install_error_handlers
+from controlplane.api.limits import BodySizeLimit
+from controlplane.api.resources import resource_router
+from controlplane.api.state import ControlPlane
+from controlplane.spec import KINDS
+
+MAX_BODY = 1 << 20
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    app = FastAPI(
+        title="FLUX Gateway control plane",
+        version="0.1.0",
+        description="Config of the FLUX Gateway nodes: listeners, routes, clusters, policies, consumers, "
+        "certificates and tunnels. Writes need `Authorization: Bearer <admin token>`.",
+    )
+    app.state.flux = cp
+    install_error_handlers(app)
+    for kind in KINDS.values():
+        app.include_router(resource_router(kind))
+    app.include_router(config.router)
+    app.include_router(status.router)
+    app.add_middleware(BodySizeLimit, limit=MAX_BODY)
+    return app

@@ -1,0 +1,151 @@
+"""Whole-config endpoints: current version, history, rollback, and batch apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controlplane.api.errors import validation_errors
+from controlplane.api.state import ControlPlane, get_cp, require_admin
+from controlplane.spec import KINDS, ResourceSpec
+from controlplane.validation import ConfigError, FieldError
+
+router = APIRouter(prefix="/api/v1", tags=["config"])
+
+
+@router.get("/config", summary="Current config version and resource counts")
+def get_config(cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
+    version, cfg = cp.store.current()
+    return {
+        "version": version,
+        "digest": cfg.digest(),
+        "resources": {plural: len(cfg[plural]) for plural in KINDS},
+        "published_version": cp.cache.version,
+    }
+
+
+@router.get(
+    "/config/export", summary="The whole current config (secrets masked), as `fluxctl apply` takes it"
+)
+def export_config(cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
+    version, cfg = cp.store.current()
+    doc: dict[str, Any] = {"version": version}
+    for plural, spec in cfg.iter_all():
+        doc.setdefault(plural, []).append(spec.masked())
+    return doc
+
+
+@router.get("/config/history", summary="Committed versions, newest first")
+def get_history(
+    limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0), cp: ControlPlane = Depends(get_cp)
+) -> dict[str, Any]:
+    total, entries = cp.store.history(limit=limit, offset=offset)
+    return {"items": [e.as_dict() for e in entries], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/config/history/{version}", summary="One version's whole config (secrets masked)")
+def get_history_version(version: int, cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
+    cfg = cp.store.config_at(version)
+    doc: dict[str, Any] = {"version": version}
+    for plural, spec in cfg.iter_all():
+        doc.setdefault(plural, []).append(spec.masked())
+    return doc
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+
+
+@router.post("/config/rollback", summary="Make an earlier version current again (as a new version)")
+async def rollback(
+    body: RollbackRequest, cp: ControlPlane = Depends(get_cp), author: str = Depends(require_admin)
+) -> dict[str, Any]:
+    result = await run_in_threadpool(lambda: cp.store.rollback(body.version, author=author))
+    cp.count("config_writes")
+    return {
+        "version": result.version,
+        "rolled_back_to": body.version,
+        "committed": result.committed,
+        "changes": [c.as_dict() for c in result.changes if c.action != "unchanged"],
+    }
+
+
+def _parse_apply(body: dict[str, Any]) -> tuple[list[tuple[str, ResourceSpec]], set[str]]:
+    """Specs of an apply document, with every bad resource reported by kind, index and field."""
+    puts: list[tuple[str, ResourceSpec]] = []
+    kinds_named: set[str] = set()
+    errors: list[FieldError] = []
+    for plural, items in body.items():
+        if plural not in KINDS:
+            errors.append(FieldError("", plural, f"unknown kind; use one of {', '.join(KINDS)}"))
+            continue
+        kinds_named.add(plural)
+        if not isinstance(items, list):
+            errors.append(FieldError("", plural, "must be a list of resources"))
+            continue
+        for i, raw in enumerate(items):
+            name = raw.get("name", f"#{i}") if isinstance(raw, dict) else f"#{i}"
+            try:
+                puts.append((plural, KINDS[plural].spec.model_validate(raw)))
+            except ValidationError as exc:
+                for e in validation_errors(exc.errors(include_url=False)):  # type: ignore[arg-type]
+                    errors.append(FieldError(f"{plural}/{name}", e["field"], e["message"]))
+    if errors:
+        raise ConfigError(errors)
+    return puts, kinds_named
+
+
+@router.post("/apply", summary="Create or update many resources in one version (fluxctl apply)")
+async def apply(
+    resources: dict[str, Any] = Body(
+        ..., description="{listeners: [...], clusters: [...], routes: [...], ...}: the contract's YAML shape"
+    ),
+    prune: bool = Query(False, description="delete resources of the named kinds that the body does not name"),
+    dry_run: bool = Query(False, description="validate and report the changes, commit nothing"),
+    cp: ControlPlane = Depends(get_cp),
+    author: str = Depends(require_admin),
+) -> dict[str, Any]:
+    resources.pop("version", None)
+    puts, kinds_named = _parse_apply(resources)
+
+    def run() -> tuple[Any, Any]:
+        _, before = cp.store.current()
+        deletes: list[tuple[str, str]] = []
+        if prune:
+            named = {(p, s.name) for p, s in puts}
+            deletes = [(p, n) for p in kinds_named for n in before[p] if (p, n) not in named]
+        return before, cp.store.apply(
+            puts, deletes, author=author, dry_run=dry_run, allow_missing_deletes=True
+        )
+
+    before, result = await run_in_threadpool(run)
+    if result.committed:
+        cp.count("config_writes")
+    answer: dict[str, Any] = {
+        "version": result.version,
+        "committed": result.committed,
+        "dry_run": dry_run,
+        "changes": [c.as_dict() for c in result.changes],
+    }
+    if dry_run:
+        after = before.with_changes(
+            [(p, s.keep_secrets_from(before.get(p, s.name))) for p, s in puts],
+            [(c.kind, c.name) for c in result.changes if c.action == "delete"],
+        )
+        answer["diff"] = {
+            f"{c.kind}/{c.name}": {
+                "before": _masked(before.get(c.kind, c.name)),
+                "after": _masked(after.get(c.kind, c.name)),
+            }
+            for c in result.changes
+            if c.action != "unchanged"
+        }
+    return answer
+
+
+def _masked(spec: ResourceSpec | None) -> dict[str, Any] | None:
+    return spec.masked() if spec is not None else None

@@ -1,0 +1,358 @@
+"""`fluxctl`: the control plane's REST API from the command line.
+
+    fluxctl apply -f flux.yaml [--prune] [--diff]
+    fluxctl get routes [NAME] [-o table|yaml|json]
+    fluxctl delete route orders-api
+    fluxctl nodes
+    fluxctl history
+    fluxctl rollback 12
+
+Reads FLUX_SERVER (default http://127.0.0.1:9080) and FLUX_ADMIN_TOKEN, or
+--server / --token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import yaml
+
+from controlplane.spec.configset import KINDS, kind_of
+
+Row = dict[str, Any]
+
+
+def _join(values: Any, limit: int = 3) -> str:
+    values = list(values or [])
+    text = ",".join(str(v) for v in values[:limit])
+    return text + (f",+{len(values) - limit}" if len(values) > limit else "") if values else "-"
+
+
+def _endpoints(c: Row) -> str:
+    if c.get("service"):
+        return f"service:{c['service'].get('name')}"
+    return _join(
+        [
+            f"{e['address']}:{e['port']}" + (f"*{e['weight']}" if e.get("weight", 1) != 1 else "")
+            for e in c.get("endpoints", [])
+        ],
+        2,
+    )
+
+
+def _route_clusters(r: Row) -> str:
+    return r.get("cluster") or _join([f"{c['name']}:{c['weight']}" for c in r.get("clusters", [])])
+
+
+COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
+    "listeners": [
+        ("NAME", lambda r: r["name"]), ("PROTOCOL", lambda r: r["protocol"]),
+        ("ADDRESS", lambda r: f"{r['address']}:{r['port']}"), ("GROUP", lambda r: r["node_group"]),
+        ("POLICIES", lambda r: _join(r.get("policies"))),
+    ],
+    "clusters": [
+        ("NAME", lambda r: r["name"]), ("LB", lambda r: r["lb"]), ("ENDPOINTS", _endpoints),
+        ("HEALTH", lambda r: (r.get("health_check") or {}).get("type", "-")),
+    ],
+    "routes": [
+        ("NAME", lambda r: r["name"]), ("LISTENER", lambda r: r.get("listener") or "*"),
+        ("HOSTS", lambda r: _join(r.get("hosts")) if r.get("hosts") else "*"),
+        ("PATH", lambda r: f"{r['path']} ({r['path_type']})"),
+        ("METHODS", lambda r: _join(r.get("methods"), 4) if r.get("methods") else "*"),
+        ("CLUSTER", _route_clusters),
+        ("PRIORITY", lambda r: r.get("priority", 0)),
+    ],
+    "policies": [
+        ("NAME", lambda r: r["name"]), ("TYPE", lambda r: r["type"]),
+        ("GLOBAL", lambda r: "yes" if r.get("global") else "no"),
+    ],
+    "consumers": [
+        ("NAME", lambda r: r["name"]), ("GROUPS", lambda r: _join(r.get("groups"))),
+        ("CREDENTIALS", lambda r: _join([c["type"] for c in r.get("credentials", [])])),
+    ],
+    "certificates": [("NAME", lambda r: r["name"]), ("SNIS", lambda r: _join(r.get("snis")))],
+    "tunnels": [
+        ("NAME", lambda r: r["name"]), ("GROUP", lambda r: r["node_group"]),
+        ("BIND", lambda r: f"{r['bind_address']}:{r['bind_port']}"),
+        ("ALLOW_PORTS", lambda r: r["allow_ports"]),
+        ("MAPPINGS", lambda r: len(r.get("mappings", []))),
+    ],
+    "nodes": [
+        ("ID", lambda r: r["id"]), ("GROUP", lambda r: r["group"]),
+        ("ADDRESS", lambda r: r["address"] or "-"),
+        ("STATE", lambda r: "connected" if r["connected"] else "gone"),
+        ("ACKED", lambda r: r["acked_version"] or "-"),
+        ("SYNC", lambda r: "yes" if r["in_sync"] else "no"),
+        ("LAST NACK", lambda r: (f"v{r['last_nack']['version']}: {r['last_nack']['message']}"[:60]
+                                 if r.get("last_nack") else "-")),
+        ("LAST SEEN", lambda r: (r.get("last_seen") or "-")[:19]),
+    ],
+    "history": [
+        ("VERSION", lambda r: r["version"]), ("CREATED", lambda r: r["created_at"][:19]),
+        ("AUTHOR", lambda r: r["author"]), ("RESOURCES", lambda r: r["resources"]),
+        ("SUMMARY", lambda r: r["summary"][:70]),
+    ],
+}  # fmt: skip
+
+
+def table(rows: list[Row], columns: list[tuple[str, Callable[[Row], Any]]]) -> str:
+    cells = [[h for h, _ in columns]] + [[str(f(r)) for _, f in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+class CliError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, server: str, token: str | None, timeout: float = 30.0) -> None:
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers["X-Flux-Author"] = os.environ.get("USER", "fluxctl")
+        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the control plane at {self.server}: {exc}") from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                raise CliError(f"{resp.status_code}: {resp.text[:200]}") from None
+            lines = [f"error ({resp.status_code} {body.get('error', '')}): {body.get('message', '')}"]
+            for e in body.get("errors", [])[1:]:
+                where = ": ".join(x for x in (e.get("resource"), e.get("field")) if x)
+                lines.append(f"  {where}: {e.get('message')}")
+            if resp.status_code == 401:
+                lines.append(
+                    "  (set FLUX_ADMIN_TOKEN or pass --token; the control plane printed where the token is)"
+                )
+            raise CliError("\n".join(lines))
+        return resp.json()
+
+    def list_all(self, plural: str) -> list[Row]:
+        items: list[Row] = []
+        offset = 0
+        while True:
+            page = self.call("GET", f"/api/v1/{plural}", params={"limit": 1000, "offset": offset})
+            items += page["items"]
+            offset += len(page["items"])
+            if offset >= page["total"] or not page["items"]:
+                return items
+
+
+def _load_files(paths: list[str]) -> dict[str, list[Row]]:
+    merged: dict[str, list[Row]] = {}
+    for path in paths:
+        try:
+            text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+            docs = list(yaml.safe_load_all(text))
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"{path}: not valid YAML: {exc}") from None
+        for doc in docs:
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                raise CliError(f"{path}: the top level must be a mapping of kinds (listeners:, routes:, ...)")
+            for plural, items in doc.items():
+                if plural not in KINDS:
+                    raise CliError(f"{path}: unknown kind {plural!r}; use {', '.join(KINDS)}")
+                merged.setdefault(plural, []).extend(items or [])
+    return merged
+
+
+def _dump(obj: Any) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+
+
+def cmd_apply(client: Client, args: argparse.Namespace) -> int:
+    body = _load_files(args.filename)
+    dry = args.diff or args.dry_run
+    result = client.call("POST", "/api/v1/apply", json=body, params={"prune": args.prune, "dry_run": dry})
+    symbols = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
+    for change in result["changes"]:
+        if change["action"] == "unchanged" and not args.verbose:
+            continue
+        print(
+            f"{symbols[change['action']]} {change['kind']}/{change['name']} {change['action']}"
+            f"{'' if not dry or change['action'] == 'unchanged' else ' (dry run)'}"
+        )
+        if args.diff and change["action"] != "unchanged":
+            d = result.get("diff", {}).get(f"{change['kind']}/{change['name']}", {})
+            before = _dump(d["before"]).splitlines() if d.get("before") else []
+            after = _dump(d["after"]).splitlines() if d.get("after") else []
+            for line in list(difflib.unified_diff(before, after, "current", "file", lineterm="", n=2))[2:]:
+                print(f"    {line}")
+    n = sum(1 for c in result["changes"] if c["action"] != "unchanged")
+    if dry:
+        print(f"{n} change(s) would be made; nothing committed (current version {result['version']})")
+    elif result["committed"]:
+        print(f"applied {n} change(s): config version {result['version']}")
+    else:
+        print(f"no changes: config version {result['version']}")
+    return 0
+
+
+def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    if args.kind == "all":
+        doc = client.call("GET", "/api/v1/config/export")
+        doc.pop("version", None)
+        print(_dump(doc) if args.output != "json" else json.dumps(doc, indent=2))
+        return 0
+    try:
+        plural = kind_of(args.kind).plural
+    except KeyError as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    if args.name:
+        item = client.call("GET", f"/api/v1/{plural}/{args.name}")
+        rows = [item]
+    else:
+        rows = client.list_all(plural)
+    if args.output == "json":
+        print(json.dumps(rows[0] if args.name else rows, indent=2))
+    elif args.output == "yaml" or (args.name and args.output == "table"):
+        print(_dump({plural: rows}), end="")
+    else:
+        print(table(rows, COLUMNS[plural]) if rows else f"no {plural}")
+    return 0
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    try:
+        plural = kind_of(args.kind).plural
+    except KeyError as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    result = client.call("DELETE", f"/api/v1/{plural}/{args.name}")
+    print(f"deleted {plural}/{args.name}: config version {result['version']}")
+    return 0
+
+
+def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("GET", "/api/v1/nodes")
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    elif args.output == "yaml":
+        print(_dump(result), end="")
+    else:
+        print(f"config version {result['version']}")
+        print(table(result["items"], COLUMNS["nodes"]) if result["items"] else "no nodes have connected")
+    return 0
+
+
+def cmd_history(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("GET", "/api/v1/config/history", params={"limit": args.limit})
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(table(result["items"], COLUMNS["history"]) if result["items"] else "no history yet")
+    return 0
+
+
+def cmd_rollback(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("POST", "/api/v1/config/rollback", json={"version": args.version})
+    for change in result["changes"]:
+        print(f"  {change['action']} {change['kind']}/{change['name']}")
+    if result["committed"]:
+        print(f"rolled back to version {args.version}: config version {result['version']}")
+    else:
+        print(f"version {args.version} is the current config already (version {result['version']})")
+    return 0
+
+
+def cmd_version(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("GET", "/api/v1/config")
+    print(f"config version {result['version']} (digest {result['digest'][:12]})")
+    for plural, count in result["resources"].items():
+        print(f"  {plural:<13} {count}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fluxctl", description="Manage FLUX Gateway through its control plane.")
+    p.add_argument(
+        "--server",
+        default=os.environ.get("FLUX_SERVER", "http://127.0.0.1:9080"),
+        help="control plane URL (FLUX_SERVER, default http://127.0.0.1:9080)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("FLUX_ADMIN_TOKEN"),
+        help="admin token for writes (FLUX_ADMIN_TOKEN)",
+    )
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "yaml", "json"],
+        default=argparse.SUPPRESS,
+        help="output format (default table)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("apply", parents=[out], help="create or update what a YAML file describes")
+    a.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML file ('-' for stdin); repeatable"
+    )
+    a.add_argument(
+        "--prune", action="store_true", help="delete resources of the file's kinds that it does not name"
+    )
+    a.add_argument(
+        "--diff", action="store_true", help="show what would change, field by field; commit nothing"
+    )
+    a.add_argument("--dry-run", action="store_true", help="validate and list the changes; commit nothing")
+    a.add_argument("-v", "--verbose", action="store_true", help="list unchanged resources too")
+    a.set_defaults(func=cmd_apply)
+
+    g = sub.add_parser("get", parents=[out], help="list resources of a kind, or show one")
+    g.add_argument("kind", help=f"{', '.join(KINDS)} (or singular), or 'all'")
+    g.add_argument("name", nargs="?")
+    g.set_defaults(func=cmd_get)
+
+    d = sub.add_parser("delete", parents=[out], help="delete one resource")
+    d.add_argument("kind")
+    d.add_argument("name")
+    d.set_defaults(func=cmd_delete)
+
+    sub.add_parser(
+        "nodes", parents=[out], help="connected data-plane nodes and their config state"
+    ).set_defaults(func=cmd_nodes)
+    h = sub.add_parser("history", parents=[out], help="committed config versions")
+    h.add_argument("--limit", type=int, default=20)
+    h.set_defaults(func=cmd_history)
+    r = sub.add_parser("rollback", parents=[out], help="make an earlier config version current again")
+    r.add_argument("version", type=int)
+    r.set_defaults(func=cmd_rollback)
+    sub.add_parser("version", parents=[out], help="current config version and resource counts").set_defaults(
+        func=cmd_version
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    client = Client(args.server, args.token)
+    try:
+        code = args.func(client, args)
+    except CliError as exc:
+        print(str(exc), file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

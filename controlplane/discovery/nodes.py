@@ -1,0 +1,235 @@
+"""NodeRegistry: what this control plane knows of its connected nodes.
+
+State changes (connect, ACK, NACK, disconnect) are kept in memory and written
+to the `nodes` table in one batch a second, so a burst of ACKs never competes
+with config writes for the database. `list()` merges the table (nodes of every
+control plane on the same database) with this process's fresher view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from controlplane.store.models import NodeRow
+
+log = logging.getLogger("flux.nodes")
+
+STALE_AFTER = timedelta(seconds=30)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass
+class NodeState:
+    node_id: str
+    node_group: str
+    address: str = ""
+    hostname: str = ""
+    build_version: str = ""
+    control_plane_id: str = ""
+    connected: bool = True
+    acked_version: str = ""
+    sent_version: str = ""
+    last_nack_version: str | None = None
+    last_nack_message: str | None = None
+    last_nack_at: datetime | None = None
+    connected_since: datetime | None = field(default_factory=_now)
+    last_seen: datetime | None = field(default_factory=_now)
+    stream: int = 0
+
+    def as_dict(self, current_version: int | None = None) -> dict[str, Any]:
+        iso = lambda d: d.isoformat() if d else None  # noqa: E731
+        return {
+            "id": self.node_id,
+            "group": self.node_group,
+            "address": self.address,
+            "hostname": self.hostname,
+            "build_version": self.build_version,
+            "control_plane": self.control_plane_id,
+            "connected": self.connected,
+            "acked_version": self.acked_version,
+            "sent_version": self.sent_version,
+            "in_sync": current_version is not None and self.acked_version == str(current_version),
+            "last_nack": (
+                {
+                    "version": self.last_nack_version,
+                    "message": self.last_nack_message,
+                    "at": iso(self.last_nack_at),
+                }
+                if self.last_nack_message
+                else None
+            ),
+            "connected_since": iso(self.connected_since),
+            "last_seen": iso(self.last_seen),
+        }
+
+
+class NodeRegistry:
+    def __init__(self, engine: Engine | None, control_plane_id: str) -> None:
+        self.engine = engine
+        self.control_plane_id = control_plane_id
+        self._nodes: dict[str, NodeState] = {}
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
+        self._streams = 0
+
+    # -- stream events (called on the event loop) ---------------------------------
+
+    def connect(
+        self, node_id: str, group: str, *, address: str, hostname: str, build_version: str
+    ) -> NodeState:
+        self._streams += 1
+        prev = self._nodes.get(node_id)
+        state = NodeState(
+            node_id=node_id,
+            node_group=group,
+            address=address,
+            hostname=hostname,
+            build_version=build_version,
+            control_plane_id=self.control_plane_id,
+            stream=self._streams,
+        )
+        if prev is not None:  # keep what the node told us before it reconnected
+            state.acked_version = prev.acked_version
+            state.last_nack_version = prev.last_nack_version
+            state.last_nack_message = prev.last_nack_message
+            state.last_nack_at = prev.last_nack_at
+        self._set(state)
+        log.info("node %s (group %s) connected from %s", node_id, group, address)
+        return state
+
+    def disconnect(self, state: NodeState) -> None:
+        current = self._nodes.get(state.node_id)
+        if current is None or current.stream != state.stream:
+            return  # a newer stream of the same node took over
+        self._set(replace(current, connected=False, last_seen=_now()))
+        log.info("node %s disconnected", state.node_id)
+
+    def sent(self, state: NodeState, version: str) -> None:
+        self._update(state, sent_version=version)
+
+    def ack(self, state: NodeState, version: str) -> None:
+        self._update(state, acked_version=version)
+
+    def nack(self, state: NodeState, version: str, message: str) -> None:
+        log.warning("node %s rejected version %s: %s", state.node_id, version, message)
+        self._update(state, last_nack_version=version, last_nack_message=message[:4000], last_nack_at=_now())
+
+    def _update(self, state: NodeState, **changes: Any) -> None:
+        current = self._nodes.get(state.node_id)
+        if current is None or current.stream != state.stream:
+            return
+        self._set(replace(current, last_seen=_now(), **changes))
+
+    def _set(self, state: NodeState) -> None:
+        with self._lock:
+            self._nodes[state.node_id] = state
+            self._dirty.add(state.node_id)
+
+    def get(self, node_id: str) -> NodeState | None:
+        return self._nodes.get(node_id)
+
+    # -- persistence -----------------------------------------------------------------
+
+    def flush(self, *, touch: bool = False) -> int:
+        """Write changed states (and, with `touch`, last_seen of connected ones); blocking."""
+        if self.engine is None:
+            return 0
+        now = _now()
+        with self._lock:
+            if touch:
+                for node_id, st in self._nodes.items():
+                    if st.connected:
+                        self._nodes[node_id] = replace(st, last_seen=now)
+                        self._dirty.add(node_id)
+            batch = [self._nodes[n] for n in self._dirty]
+            self._dirty.clear()
+        if not batch:
+            return 0
+        try:
+            with Session(self.engine) as s:
+                existing = {
+                    r.node_id: r
+                    for r in s.execute(select(NodeRow).where(NodeRow.node_id.in_([b.node_id for b in batch])))  # type: ignore[attr-defined]
+                    .scalars()
+                    .all()
+                }
+                for st in batch:
+                    row = existing.get(st.node_id) or NodeRow(node_id=st.node_id, node_group=st.node_group)
+                    for attr in (
+                        "node_group", "address", "hostname", "build_version", "control_plane_id", "connected",
+                        "acked_version", "sent_version", "last_nack_version", "last_nack_message",
+                        "last_nack_at", "connected_since", "last_seen",
+                    ):  # fmt: skip
+                        setattr(row, attr, getattr(st, attr))
+                    s.add(row)
+                s.commit()
+        except Exception:
+            log.exception("could not save node status; will retry")
+            with self._lock:
+                self._dirty.update(b.node_id for b in batch)
+            return 0
+        return len(batch)
+
+    async def run_flusher(self, interval: float = 1.0, touch_every: int = 5) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(interval)
+            tick += 1
+            await asyncio.to_thread(self.flush, touch=tick % touch_every == 0)
+
+    def list(self) -> list[NodeState]:
+        """Every node known to any control plane on this database; ours are freshest."""
+        merged: dict[str, NodeState] = {}
+        if self.engine is not None:
+            with Session(self.engine) as s:
+                for row in s.execute(select(NodeRow)).scalars():
+                    st = NodeState(
+                        **{
+                            k: getattr(row, k)
+                            for k in NodeState.__dataclass_fields__
+                            if k != "stream" and hasattr(row, k)
+                        }
+                    )
+                    st.connected_since = _aware(st.connected_since)
+                    st.last_seen = _aware(st.last_seen)
+                    st.last_nack_at = _aware(st.last_nack_at)
+                    if st.connected and st.last_seen and _now() - st.last_seen > STALE_AFTER:
+                        st.connected = False  # its control plane stopped updating it
+                    merged[st.node_id] = st
+        with self._lock:
+            for node_id, ours in self._nodes.items():
+                theirs = merged.get(node_id)
+                newer_elsewhere = (
+                    theirs is not None
+                    and theirs.control_plane_id != self.control_plane_id
+                    and theirs.connected
+                    and not ours.connected
+                )
+                if not newer_elsewhere:
+                    merged[node_id] = replace(ours)
+        return sorted(merged.values(), key=lambda n: (n.node_group, n.node_id))
+
+    def forget_disconnected(self, older_than: timedelta = timedelta(hours=24)) -> None:
+        cutoff = _now() - older_than
+        with self._lock:
+            for node_id in [
+                k for k, v in self._nodes.items() if not v.connected and v.last_seen and v.last_seen < cutoff
+            ]:
+                del self._nodes[node_id]

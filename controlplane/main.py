@@ -1,0 +1,188 @@
+"""`flux-controlplane`: REST API + gRPC discovery server in one asyncio process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import signal
+import socket
+import sys
+
+import grpc
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from controlplane.api.app import create_app
+from controlplane.api.state import ControlPlane
+from controlplane.auth import load_admin_token
+from controlplane.discovery.cache import SnapshotCache
+from controlplane.discovery.nodes import NodeRegistry
+from controlplane.discovery.server import DiscoveryServicer
+from controlplane.discovery.watcher import ConfigWatcher
+from controlplane.store.config_store import ConfigStore
+from controlplane.store.db import make_engine, migrate, normalize_url
+from flux.v1 import discovery_pb2_grpc
+from fluxcommon.logs import setup_logging
+from fluxcommon.netaddr import split_host_port
+
+log = logging.getLogger("flux.controlplane")
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 256 << 20),
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="flux-controlplane",
+        description="FLUX Gateway control plane: REST API on --http, config stream (gRPC) on --grpc.",
+    )
+    p.add_argument(
+        "--db",
+        default=os.environ.get("FLUX_DB", "sqlite:///data/flux.db"),
+        help="sqlite:///PATH (default sqlite:///data/flux.db) or mysql+pymysql://USER:PASS@HOST/DB",
+    )
+    p.add_argument("--http", default="127.0.0.1:9080", help="REST listen address (default 127.0.0.1:9080)")
+    p.add_argument(
+        "--grpc", default="127.0.0.1:18000", help="discovery listen address (default 127.0.0.1:18000)"
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the admin token is kept (default: the SQLite file's folder, else ./data)",
+    )
+    p.add_argument("--id", default=None, help="this control plane's id (default HOSTNAME:PID)")
+    p.add_argument("--history-limit", type=int, default=1000, help="config versions kept for rollback")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.2,
+        help="seconds between checks for versions written by other control planes",
+    )
+    p.add_argument("--log-level", default=os.environ.get("FLUX_LOG_LEVEL", "info"))
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    return p.parse_args(argv)
+
+
+def _data_dir(args: argparse.Namespace) -> pathlib.Path:
+    if args.data_dir:
+        return pathlib.Path(args.data_dir)
+    url = make_url(normalize_url(args.db))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return pathlib.Path(url.database).expanduser().resolve().parent
+    return pathlib.Path("data")
+
+
+def _bind(address: str) -> socket.socket:
+    host, port = split_host_port(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(args: argparse.Namespace) -> int:
+    cp_id = args.id or f"{socket.gethostname()}:{os.getpid()}"
+    engine = make_engine(args.db)
+    await asyncio.to_thread(migrate, engine)
+    data_dir = _data_dir(args)
+    token = load_admin_token(data_dir)
+    store = ConfigStore(engine, history_limit=args.history_limit)
+    cache = SnapshotCache()
+    nodes = NodeRegistry(engine, cp_id)
+    servicer = DiscoveryServicer(cache, nodes, cp_id)
+    cp = ControlPlane(
+        store=store, token=token, nodes=nodes, cache=cache, control_plane_id=cp_id, servicer=servicer
+    )
+    watcher = ConfigWatcher(store, cache, poll_interval=args.poll_interval)
+    loop = asyncio.get_running_loop()
+    store.on_commit(lambda _v: watcher.poke_threadsafe(loop))
+    await watcher.load_once()
+
+    grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
+    discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(servicer, grpc_server)
+    grpc_port = grpc_server.add_insecure_port(args.grpc)
+    if not grpc_port:
+        log.error("cannot listen for gRPC on %s", args.grpc)
+        return 2
+    await grpc_server.start()
+
+    http_sock = _bind(args.http)
+    http_host, http_port = http_sock.getsockname()[:2]
+    config = uvicorn.Config(
+        create_app(cp), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
+    )
+    server = uvicorn.Server(config)
+    grpc_host = split_host_port(args.grpc)[0]
+    shown_host = http_host if ":" not in http_host else f"[{http_host}]"
+    print(
+        f"FLUX control plane {cp_id} ready\n"
+        f"  REST API     http://{shown_host}:{http_port}/api/v1  (docs: http://{shown_host}:{http_port}/docs)\n"
+        f"  config gRPC  {grpc_host}:{grpc_port}\n"
+        f"  database     {make_url(normalize_url(args.db)).render_as_string(hide_password=True)}"
+        f" (config version {cache.version})\n"
+        f"  admin token  {'from FLUX_ADMIN_TOKEN' if token.source == 'env' else token.source}"
+        f"{' (new)' if token.created else ''}",
+        flush=True,
+    )
+    log.info("ready http=%s:%d grpc=%s:%d", http_host, http_port, grpc_host, grpc_port)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    tasks = [
+        asyncio.create_task(server.serve(sockets=[http_sock]), name="http"),
+        asyncio.create_task(watcher.run(), name="watcher"),
+        asyncio.create_task(nodes.run_flusher(), name="node-status"),
+    ]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stopper and task.exception():
+            log.error("%s failed: %r", task.get_name(), task.exception())
+    log.info("shutting down")
+    server.should_exit = True
+    await grpc_server.stop(grace=1.0)
+    for task in tasks[1:]:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(tasks[0], timeout=5)
+    for t in tasks[1:]:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    for state in nodes.list():
+        if state.control_plane_id == cp_id and state.connected:
+            nodes.disconnect(state)
+    await asyncio.to_thread(nodes.flush)
+    engine.dispose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        code = asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        code = 0
+    except OSError as exc:
+        log.error("%s", exc)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Consumer: an API user with credentials and groups.
+
+Secrets are never stored in the clear when the node does not need them: API
+keys become their SHA-256 and basic-auth passwords a salted PBKDF2 hash. JWT
+secrets must stay readable (the node verifies HMAC signatures with them) and
+are only masked on reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from controlplane.spec._types import MASK, Resource, Strict
+from fluxcommon.secrets import hash_password, verify_password
+
+
+class ApiKeyCredential(Strict):
+    type: Literal["api_key"]
+    key: str | None = Field(default=None, min_length=8)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _hash(self) -> ApiKeyCredential:
+        if self.key and self.key != MASK:
+            digest = hashlib.sha256(self.key.encode()).hexdigest()
+            object.__setattr__(self, "key", None)
+            object.__setattr__(self, "key_sha256", digest)
+        elif not self.key_sha256 and self.key != MASK:
+            raise ValueError("key: an api_key credential needs a key (at least 8 characters)")
+        return self
+
+
+class JwtCredential(Strict):
+    type: Literal["jwt"]
+    issuer: str = Field(min_length=1)
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"] = (
+        "HS256"
+    )
+    secret: str | None = None
+    public_key: str | None = None
+
+    @model_validator(mode="after")
+    def _key(self) -> JwtCredential:
+        if self.algorithm.startswith("HS"):
+            if not self.secret:
+                raise ValueError(f"secret: {self.algorithm} needs a secret")
+            if self.secret != MASK and len(self.secret) < 16:
+                raise ValueError("secret: use at least 16 characters")
+            if self.public_key:
+                raise ValueError("public_key: HMAC algorithms use secret, not public_key")
+        else:
+            if not self.public_key:
+                raise ValueError(f"public_key: {self.algorithm} needs a PEM public key")
+            if self.secret:
+                raise ValueError(f"secret: {self.algorithm} uses public_key, not secret")
+            _check_public_key(self.public_key)
+        return self
+
+
+class BasicAuthCredential(Strict):
+    type: Literal["basic_auth"]
+    username: str = Field(min_length=1, pattern=r"^[^:]+$")
+    password: str | None = Field(default=None, min_length=1)
+    password_hash: str | None = None
+
+    @model_validator(mode="after")
+    def _has_password(self) -> BasicAuthCredential:
+        if not self.password and not self.password_hash:
+            raise ValueError("password: a basic_auth credential needs a password")
+        return self
+
+    def stored(self, prev: BasicAuthCredential | None) -> BasicAuthCredential:
+        """The form kept in the store: a salted hash, reused when the password is unchanged."""
+        if self.password is None:
+            return self
+        if self.password == MASK:
+            if prev is None or not prev.password_hash:
+                raise ValueError(f"credentials: no stored password for user {self.username!r}")
+            return prev
+        if prev is not None and prev.password_hash and verify_password(self.password, prev.password_hash):
+            return prev
+        return self.model_copy(update={"password": None, "password_hash": hash_password(self.password)})
+
+
+Credential = Annotated[ApiKeyCredential | JwtCredential | BasicAuthCredential, Field(discriminator="type")]
+
+
+def _check_public_key(pem: str) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"public_key: not a PEM public key ({exc})") from None
+
+
+def _identity(cred: Any) -> tuple[str, str]:
+    if isinstance(cred, JwtCredential):
+        return ("jwt", cred.issuer)
+    if isinstance(cred, BasicAuthCredential):
+        return ("basic_auth", cred.username)
+    return (cred.type, "")
+
+
+class ConsumerSpec(Resource):
+    groups: list[str] = []
+    credentials: list[Credential] = []
+    metadata: dict[str, str] = {}
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _unique(self) -> ConsumerSpec:
+        seen: set[tuple[str, str]] = set()
+        for i, cred in enumerate(self.credentials):
+            ident = _identity(cred)
+            if ident[1] and ident in seen:
+                raise ValueError(f"credentials[{i}]: a second {ident[0]} credential for {ident[1]!r}")
+            seen.add(ident)
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        out = super().masked()
+        creds = []
+        for cred in self.credentials:
+            if isinstance(cred, ApiKeyCredential):
+                creds.append(
+                    {"type": "api_key", "key": MASK, "fingerprint": f"sha256:{cred.key_sha256[:12]}"}
+                )
+            elif isinstance(cred, JwtCredential):
+                d = cred.model_dump(mode="json", exclude_none=True)
+                if cred.secret:
+                    d["secret"] = MASK
+                creds.append(d)
+            else:
+                creds.append({"type": "basic_auth", "username": cred.username, "password": MASK})
+        out["credentials"] = creds
+        return out
+
+    def keep_secrets_from(self, old: Resource | None) -> ConsumerSpec:
+        """Stored form: masked values written back keep what is stored, passwords are hashed."""
+        prev_creds = old.credentials if isinstance(old, ConsumerSpec) else []
+        by_ident = {_identity(c): c for c in prev_creds}
+        old_keys = [c for c in prev_creds if isinstance(c, ApiKeyCredential)]
+        merged: list[Any] = []
+        for cred in self.credentials:
+            prev = by_ident.get(_identity(cred))
+            if isinstance(cred, ApiKeyCredential) and cred.key == MASK:
+                if not old_keys:
+                    raise ValueError("credentials: a masked api_key has no stored key to keep")
+                merged.append(old_keys.pop(0))
+            elif isinstance(cred, JwtCredential) and cred.secret == MASK:
+                if not isinstance(prev, JwtCredential) or not prev.secret:
+                    raise ValueError(f"credentials: no stored secret for jwt issuer {cred.issuer!r}")
+                merged.append(cred.model_copy(update={"secret": prev.secret}))
+            elif isinstance(cred, BasicAuthCredential):
+                merged.append(cred.stored(prev if isinstance(prev, BasicAuthCredential) else None))
+            else:
+                merged.append(cred)
+        return self.model_copy(update={"credentials": merged})

@@ -1,0 +1,61 @@
+"""Policy: a named traffic policy (auth, access control, CORS, limits, ...)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from controlplane.spec._types import MASK, Resource
+
+PolicyType = Literal[
+    "jwt",
+    "oauth2",
+    "api_key",
+    "basic_auth",
+    "ip_acl",
+    "ua_filter",
+    "domain_acl",
+    "api_acl",
+    "cors",
+    "rate_limit",
+    "circuit_breaker",
+    "request_rewrite",
+    "response_rewrite",
+    "redirect",
+]
+
+# Config keys whose values are secrets (masked on read).
+_SECRET_KEYS = {"client_secret", "secret", "password"}
+
+
+class PolicySpec(Resource):
+    type: PolicyType
+    config: dict[str, Any] = {}
+    global_: bool = Field(default=False, alias="global")
+    description: str = ""
+
+    model_config = {**Resource.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _config(self) -> PolicySpec:
+        from fluxcommon.policy_config import validate_policy_config
+
+        validate_policy_config(self.type, self.config)
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        out = super().masked()
+        out["config"] = {k: (MASK if k in _SECRET_KEYS and v else v) for k, v in self.config.items()}
+        return out
+
+    def keep_secrets_from(self, old: Resource | None) -> PolicySpec:
+        stored = old.config if isinstance(old, PolicySpec) else {}
+        restored = {}
+        for key, value in self.config.items():
+            if value == MASK:
+                if key not in stored:
+                    raise ValueError(f"config.{key}: masked value but nothing stored to keep")
+                value = stored[key]
+            restored[key] = value
+        return self if restored == self.config else self.model_copy(update={"config": restored})

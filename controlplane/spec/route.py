@@ -1,0 +1,93 @@
+"""Route: which requests go to which cluster."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from controlplane.spec._types import Duration, Name, Resource, Strict
+from fluxcommon.netaddr import check_host_pattern
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+class WeightedClusterSpec(Strict):
+    name: Name
+    weight: int = Field(gt=0, le=10_000)
+
+
+class RetrySpec(Strict):
+    attempts: int = Field(default=1, ge=0, le=10)
+    per_try_timeout: Duration = 0
+    backoff: Duration = 25
+    retry_on: list[Literal["connect_failure", "reset", "5xx", "gateway_error"]] = [
+        "connect_failure",
+        "reset",
+    ]
+    retry_non_idempotent: bool = False
+
+
+class RouteSpec(Resource):
+    listener: Name | None = None
+    hosts: list[str] = []
+    path: str = "/"
+    path_type: Literal["prefix", "exact", "regex"] = "prefix"
+    methods: list[str] = []
+    headers: dict[str, str] = {}
+    cluster: Name | None = None
+    clusters: list[WeightedClusterSpec] = []
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    policies: list[Name] = []
+    timeout: Duration = 0
+    retry: RetrySpec | None = None
+    prefix_rewrite: str | None = None
+    host_rewrite: str | None = None
+    description: str = ""
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return [check_host_pattern(h) for h in v]
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        out = []
+        for m in v:
+            up = m.upper()
+            if up not in _METHODS:
+                raise ValueError(f"unknown HTTP method {m!r}")
+            out.append(up)
+        return out
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"bad header name {name!r}")
+        return {k.lower(): val for k, val in v.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RouteSpec:
+        if self.path_type == "regex":
+            try:
+                re.compile(self.path)
+            except re.error as exc:
+                raise ValueError(f"path: bad regex {self.path!r}: {exc}") from None
+        elif not self.path.startswith("/"):
+            raise ValueError("path: must start with '/'")
+        if bool(self.cluster) == bool(self.clusters):
+            raise ValueError("cluster: give exactly one of cluster or clusters (a weighted split)")
+        names = [c.name for c in self.clusters]
+        if len(names) != len(set(names)):
+            raise ValueError("clusters: a cluster is named twice in the split")
+        if self.prefix_rewrite is not None and self.path_type != "prefix":
+            raise ValueError("prefix_rewrite: only with path_type: prefix")
+        return self
+
+    def cluster_names(self) -> list[str]:
+        return [self.cluster] if self.cluster else [c.name for c in self.clusters]

@@ -1,0 +1,207 @@
+"""SQLModel tables of the store.
+
+Resource tables mirror the spec fields one to one (nested objects and lists in
+JSON columns, child lists in their own tables), so a spec converts to a row and
+back without hand-written mapping. Durations are kept as integer milliseconds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy.dialects import mysql
+from sqlmodel import Field, SQLModel
+
+Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(default: Any = None) -> Any:
+    factory = (lambda: list(default)) if isinstance(default, list) else (lambda: dict(default or {}))
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
+
+
+def _json_opt() -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class _Row(SQLModel):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=63, unique=True, index=True)
+    description: str = Field(default="", sa_type=Text, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ListenerRow(_Row, table=True):
+    __tablename__ = "listeners"
+    protocol: str = Field(max_length=8)
+    address: str = Field(max_length=255)
+    port: int
+    node_group: str = Field(max_length=63, index=True)
+    policies: list[str] = _json([])
+    certificates: list[str] = _json([])
+    cluster: str | None = Field(default=None, max_length=63)
+
+
+class ClusterRow(_Row, table=True):
+    __tablename__ = "clusters"
+    lb: str = Field(max_length=32)
+    hash_on: str | None = Field(default=None, max_length=255)
+    session_affinity: dict[str, Any] | None = _json_opt()
+    service: dict[str, Any] | None = _json_opt()
+    health_check: dict[str, Any] | None = _json_opt()
+    outlier_detection: dict[str, Any] = _json({})
+    timeouts: dict[str, Any] = _json({})
+    pool: dict[str, Any] = _json({})
+    scheme: str = Field(default="http", max_length=8)
+    policies: list[str] = _json([])
+
+
+class EndpointRow(SQLModel, table=True):
+    __tablename__ = "endpoints"
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: int = Field(foreign_key="clusters.id", index=True, ondelete="CASCADE")
+    position: int
+    address: str = Field(max_length=255)
+    port: int
+    weight: int = 1
+    zone: str = Field(default="", max_length=63)
+    version: str = Field(default="", max_length=63)
+    metadata_: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    draining: bool = False
+
+
+class RouteRow(_Row, table=True):
+    __tablename__ = "routes"
+    listener: str | None = Field(default=None, max_length=63, index=True)
+    hosts: list[str] = _json([])
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    path_type: str = Field(max_length=8)
+    methods: list[str] = _json([])
+    headers: dict[str, str] = _json({})
+    cluster: str | None = Field(default=None, max_length=63, index=True)
+    clusters: list[dict[str, Any]] = _json([])
+    priority: int = 0
+    policies: list[str] = _json([])
+    timeout: int = 0
+    retry: dict[str, Any] | None = _json_opt()
+    prefix_rewrite: str | None = Field(default=None, max_length=1024)
+    host_rewrite: str | None = Field(default=None, max_length=255)
+
+
+class PolicyRow(_Row, table=True):
+    __tablename__ = "policies"
+    type: str = Field(max_length=32)
+    config: dict[str, Any] = _json({})
+    global_: bool = Field(default=False, sa_column=Column("is_global", Boolean, nullable=False))
+
+
+class ConsumerRow(_Row, table=True):
+    __tablename__ = "consumers"
+    groups: list[str] = _json([])
+    metadata_: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+
+
+class CredentialRow(SQLModel, table=True):
+    __tablename__ = "credentials"
+    id: int | None = Field(default=None, primary_key=True)
+    consumer_id: int = Field(foreign_key="consumers.id", index=True, ondelete="CASCADE")
+    position: int
+    type: str = Field(max_length=16)
+    key_sha256: str | None = Field(default=None, max_length=64, index=True)
+    issuer: str | None = Field(default=None, max_length=255)
+    algorithm: str | None = Field(default=None, max_length=8)
+    secret: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    public_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    username: str | None = Field(default=None, max_length=255)
+    password_hash: str | None = Field(default=None, max_length=255)
+
+
+class CertificateRow(_Row, table=True):
+    __tablename__ = "certificates"
+    snis: list[str] = _json([])
+    cert: str = Field(sa_column=Column(Text, nullable=False))
+    key: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class TunnelRow(_Row, table=True):
+    __tablename__ = "tunnels"
+    node_group: str = Field(max_length=63, index=True)
+    bind_address: str = Field(max_length=255)
+    bind_port: int
+    token: str | None = Field(default=None, max_length=255)
+    tokens: list[str] = _json([])
+    allow_ports: str = Field(max_length=255)
+    vhost_http_port: int = 0
+    vhost_https_port: int = 0
+    subdomain_host: str = Field(default="", max_length=255)
+    tls: dict[str, Any] = _json({})
+    heartbeat_timeout: int = 90_000
+
+
+class TunnelMappingRow(SQLModel, table=True):
+    __tablename__ = "tunnel_mappings"
+    id: int | None = Field(default=None, primary_key=True)
+    tunnel_id: int = Field(foreign_key="tunnels.id", index=True, ondelete="CASCADE")
+    position: int
+    name: str = Field(max_length=63)
+    agent: str = Field(max_length=63)
+    type: str = Field(max_length=8)
+    remote_port: int
+    local_ip: str = Field(max_length=255)
+    local_port: int
+
+
+class ConfigStateRow(SQLModel, table=True):
+    """One row (id=1) holding the current config version."""
+
+    __tablename__ = "config_state"
+    id: int = Field(default=1, primary_key=True)
+    version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ConfigHistoryRow(SQLModel, table=True):
+    """Every committed version: the whole config document (zlib JSON) and who made it."""
+
+    __tablename__ = "config_history"
+    version: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    author: str = Field(default="", max_length=255)
+    summary: str = Field(default="", sa_column=Column(Text, nullable=False))
+    digest: str = Field(max_length=64)
+    resources: int = 0
+    document: bytes = Field(sa_column=Column(Blob, nullable=False))
+
+
+class NodeRow(SQLModel, table=True):
+    """Last known state of a data-plane node, written by the control plane it streams from."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("node_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: str = Field(max_length=255, index=True)
+    node_group: str = Field(max_length=63)
+    address: str = Field(default="", max_length=255)
+    hostname: str = Field(default="", max_length=255)
+    build_version: str = Field(default="", max_length=63)
+    control_plane_id: str = Field(default="", max_length=255)
+    connected: bool = False
+    acked_version: str = Field(default="", max_length=32)
+    sent_version: str = Field(default="", max_length=32)
+    last_nack_version: str | None = Field(default=None, max_length=32)
+    last_nack_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_nack_at: datetime | None = None
+    connected_since: datetime | None = None
+    last_seen: datetime | None = None

@@ -1,0 +1,1 @@
+"""Generated protobuf code for FLUX Gateway (from proto/). Do not edit."""

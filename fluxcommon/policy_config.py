@@ -1,0 +1,242 @@
+"""Config schemas of every policy type, shared by control plane (write-time
+validation) and node (snapshot compilation).
+
+`parse_policy_config(type, config)` returns the typed config or raises
+`PolicyConfigError` naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from fluxcommon.durations import parse_duration_ms
+
+
+class PolicyConfigError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"config.{field}: {message}" if field else f"config: {message}")
+        self.field = f"config.{field}" if field else "config"
+        self.message = message
+
+
+Ms = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4/IPv6 address or CIDR") from None
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"bad regex {value!r}: {exc}") from None
+    return value
+
+
+Cidr = Annotated[str, BeforeValidator(lambda v: _cidr(v) if isinstance(v, str) else v)]
+Regex = Annotated[str, BeforeValidator(lambda v: _regex(v) if isinstance(v, str) else v)]
+TokenSource = Annotated[str, Field(pattern=r"^(header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+|cookie:\S+)$")]
+
+
+class JwtConfig(_Config):
+    issuer: str | None = None
+    audience: str | list[str] | None = None
+    algorithms: list[
+        Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]
+    ] = []
+    jwks_url: str | None = None
+    jwks_refresh: Ms = 300_000
+    leeway: Ms = 0
+    from_: TokenSource = Field(default="header:Authorization", alias="from")
+    consumer_claim: str = "sub"
+    forward_header: str | None = None
+
+
+class OAuth2Config(_Config):
+    introspection_url: str
+    client_id: str
+    client_secret: str
+    required_scopes: list[str] = []
+    cache_ttl: Ms = 60_000
+    from_: TokenSource = Field(default="header:Authorization", alias="from")
+    timeout: Ms = 2000
+
+
+class ApiKeyConfig(_Config):
+    header: str = "apikey"
+    query: str | None = None
+    hide_credentials: bool = True
+
+
+class BasicAuthConfig(_Config):
+    realm: str = "flux"
+    hide_credentials: bool = True
+
+
+class IpAclConfig(_Config):
+    allow: list[Cidr] = []
+    deny: list[Cidr] = []
+    trusted_proxies: list[Cidr] = []
+
+
+class UaFilterConfig(_Config):
+    allow: list[Regex] = []
+    deny: list[Regex] = []
+
+
+class DomainAclConfig(_Config):
+    allow_hosts: list[str] = []
+    allow_referers: list[str] = []
+
+
+class ApiAclConfig(_Config):
+    allow_consumers: list[str] = []
+    allow_groups: list[str] = []
+    deny_consumers: list[str] = []
+    methods: list[str] = []
+
+
+class CorsConfig(_Config):
+    allow_origins: list[str] = ["*"]
+    allow_methods: list[str] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    allow_headers: list[str] = []
+    expose_headers: list[str] = []
+    allow_credentials: bool = False
+    max_age: Ms = 0
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin.startswith("~"):
+                _regex(origin[1:])
+        return v
+
+
+class RateLimitConfig(_Config):
+    algorithm: Literal["token_bucket", "leaky_bucket", "fixed_window", "sliding_window"] = "token_bucket"
+    rate: int = Field(gt=0)
+    per: Ms = 1000
+    burst: int = Field(default=0, ge=0)
+    key: str | list[str] = "ip"
+    scope: Literal["local", "redis"] = "local"
+    redis: str | None = None
+    prefix: str = "flux:rl"
+    on_redis_error: Literal["allow", "deny", "local"] = "local"
+    leaky_mode: Literal["queue", "reject"] = "reject"
+    max_queue_delay: Ms = 1000
+    sliding_mode: Literal["log", "counter"] = "counter"
+    status: int = Field(default=429, ge=400, le=599)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str | list[str]) -> str | list[str]:
+        for part in [v] if isinstance(v, str) else v:
+            if part not in ("ip", "consumer", "route") and not re.match(r"^header:[A-Za-z0-9-]+$", part):
+                raise ValueError(f"bad key {part!r}: use ip, consumer, route or header:NAME")
+        return v
+
+    @field_validator("per")
+    @classmethod
+    def _per(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be a positive duration")
+        return v
+
+
+class FallbackConfig(_Config):
+    status: int = Field(default=503, ge=100, le=599)
+    headers: dict[str, str] = {}
+    body: str = ""
+    cluster: str | None = None
+
+
+class CircuitBreakerConfig(_Config):
+    failure_threshold: int = Field(default=5, ge=0)
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_requests: int = Field(default=20, ge=1)
+    window: Ms = 10_000
+    slow_call_ms: int = Field(default=0, ge=0)
+    slow_call_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    open_for: Ms = 30_000
+    half_open_requests: int = Field(default=3, ge=1)
+    fallback: FallbackConfig | None = None
+
+
+class HeaderOps(_Config):
+    add: dict[str, str] = {}
+    set: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class RequestRewriteConfig(_Config):
+    headers: HeaderOps = HeaderOps()
+    path_prefix: str | None = None
+    path_regex: list[str] | None = None
+    host: str | None = None
+
+    @field_validator("path_regex")
+    @classmethod
+    def _pair(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) != 2:
+                raise ValueError("give [pattern, replacement]")
+            _regex(v[0])
+        return v
+
+
+class ResponseRewriteConfig(_Config):
+    headers: HeaderOps = HeaderOps()
+    status: int | None = Field(default=None, ge=100, le=599)
+
+
+class RedirectConfig(_Config):
+    to: str
+    status: Literal[301, 302, 303, 307, 308] = 302
+    keep_path: bool = False
+
+
+SCHEMAS: dict[str, type[_Config]] = {
+    "jwt": JwtConfig,
+    "oauth2": OAuth2Config,
+    "api_key": ApiKeyConfig,
+    "basic_auth": BasicAuthConfig,
+    "ip_acl": IpAclConfig,
+    "ua_filter": UaFilterConfig,
+    "domain_acl": DomainAclConfig,
+    "api_acl": ApiAclConfig,
+    "cors": CorsConfig,
+    "rate_limit": RateLimitConfig,
+    "circuit_breaker": CircuitBreakerConfig,
+    "request_rewrite": RequestRewriteConfig,
+    "response_rewrite": ResponseRewriteConfig,
+    "redirect": RedirectConfig,
+}
+
+
+def parse_policy_config(policy_type: str, config: dict[str, Any]) -> _Config:
+    schema = SCHEMAS.get(policy_type)
+    if schema is None:
+        raise PolicyConfigError("", f"unknown policy type {policy_type!r}")
+    try:
+        return schema.model_validate(config)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise PolicyConfigError(field, err["msg"].removeprefix("Value error, ")) from None
+
+
+def validate_policy_config(policy_type: str, config: dict[str, Any]) -> None:
+    parse_policy_config(policy_type, config)
