@@ -52,9 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sqlite:///PATH (default sqlite:///data/flux.db) or mysql+pymysql://USER:PASS@HOST/DB",
     )
     p.add_argument("--http", default="127.0.0.1:9080", help="REST listen address (default 127.0.0.1:9080)")
-    p.add_argument(
-        "--grpc", default="127.0.0.1:18000", help="discovery listen address (default 127.0.0.1:18000)"
-    )
+    p.add_argument("--grpc", default="127.0.0.1:18000", help="discovery listen address (default 127.0.0.1:18000)")
     p.add_argument(
         "--data-dir",
         default=None,
@@ -85,7 +83,9 @@ def _data_dir(args: argparse.Namespace) -> pathlib.Path:
 def _bind(address: str) -> socket.socket:
     host, port = split_host_port(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening
+    # socket says so; with proto 0 every response waits ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)
@@ -103,9 +103,7 @@ async def serve(args: argparse.Namespace) -> int:
     cache = SnapshotCache()
     nodes = NodeRegistry(engine, cp_id)
     servicer = DiscoveryServicer(cache, nodes, cp_id)
-    cp = ControlPlane(
-        store=store, token=token, nodes=nodes, cache=cache, control_plane_id=cp_id, servicer=servicer
-    )
+    cp = ControlPlane(store=store, token=token, nodes=nodes, cache=cache, control_plane_id=cp_id, servicer=servicer)
     watcher = ConfigWatcher(store, cache, poll_interval=args.poll_interval)
     loop = asyncio.get_running_loop()
     store.on_commit(lambda _v: watcher.poke_threadsafe(loop))

@@ -79,9 +79,7 @@ def _cluster(spec: ClusterSpec, resolve: EndpointResolver) -> pb.Cluster:
             max_ejection_ms=spec.outlier_detection.max_ejection,
             max_ejection_percent=spec.outlier_detection.max_ejection_percent,
         ),
-        timeouts=pb.Timeouts(
-            connect_ms=spec.timeouts.connect, read_ms=spec.timeouts.read, idle_ms=spec.timeouts.idle
-        ),
+        timeouts=pb.Timeouts(connect_ms=spec.timeouts.connect, read_ms=spec.timeouts.read, idle_ms=spec.timeouts.idle),
         pool=pb.ConnectionPool(
             max_connections=spec.pool.max_connections,
             max_idle=spec.pool.max_idle,
@@ -112,9 +110,7 @@ def _cluster(spec: ClusterSpec, resolve: EndpointResolver) -> pb.Cluster:
     if spec.service:
         sv = spec.service
         msg.service.CopyFrom(
-            pb.ServiceSelector(
-                name=sv.name, tags=sv.tags, version=sv.version, zone=sv.zone, namespace=sv.namespace
-            )
+            pb.ServiceSelector(name=sv.name, tags=sv.tags, version=sv.version, zone=sv.zone, namespace=sv.namespace)
         )
         msg.endpoints.extend(resolve(spec))
     return msg
@@ -173,9 +169,7 @@ def _consumer(spec: ConsumerSpec) -> pb.Consumer:
                 )
             )
         elif isinstance(c, BasicAuthCredential):
-            creds.append(
-                pb.Credential(type="basic_auth", username=c.username, password_hash=c.password_hash or "")
-            )
+            creds.append(pb.Credential(type="basic_auth", username=c.username, password_hash=c.password_hash or ""))
     return pb.Consumer(name=spec.name, groups=spec.groups, credentials=creds, metadata=spec.metadata)
 
 
@@ -216,9 +210,7 @@ def _sorted(items: Iterable[object]) -> list:  # type: ignore[type-arg]
     return sorted(items, key=lambda x: x.name)  # type: ignore[attr-defined]
 
 
-def render_snapshot(
-    cfg: ConfigSet, version: int, group: str, resolve: EndpointResolver = _no_registry
-) -> pb.Snapshot:
+def render_snapshot(cfg: ConfigSet, version: int, group: str, resolve: EndpointResolver = _no_registry) -> pb.Snapshot:
     listeners: list[ListenerSpec] = [x for x in _sorted(cfg["listeners"].values()) if x.node_group == group]
     names = {x.name for x in listeners}
     has_http = any(x.protocol in ("http", "https") for x in listeners)

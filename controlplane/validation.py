@@ -29,11 +29,7 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
-        return (
-            f"{self.resource}: {self.field}: {self.message}"
-            if self.field
-            else f"{self.resource}: {self.message}"
-        )
+        return f"{self.resource}: {self.field}: {self.message}" if self.field else f"{self.resource}: {self.message}"
 
     def as_dict(self) -> dict[str, str]:
         return {"resource": self.resource, "field": self.field, "message": self.message}
@@ -48,9 +44,7 @@ class ConfigError(Exception):
         self.status = status
 
 
-def _missing(
-    cfg: ConfigSet, plural: str, names: list[str], where: str, field: str, what: str
-) -> list[FieldError]:
+def _missing(cfg: ConfigSet, plural: str, names: list[str], where: str, field: str, what: str) -> list[FieldError]:
     return [FieldError(where, field, f"unknown {what} {n!r}") for n in names if cfg.get(plural, n) is None]
 
 
@@ -69,9 +63,7 @@ def _port_claims(cfg: ConfigSet) -> dict[tuple[str, str, int], list[tuple[str, s
     claims: dict[tuple[str, str, int], list[tuple[str, str, str]]] = defaultdict(list)
     for lst in cfg["listeners"].values():
         assert isinstance(lst, ListenerSpec)
-        claims[(lst.node_group, lst.transport, lst.port)].append(
-            (f"listeners/{lst.name}", "port", lst.address)
-        )
+        claims[(lst.node_group, lst.transport, lst.port)].append((f"listeners/{lst.name}", "port", lst.address))
     for tun in cfg["tunnels"].values():
         assert isinstance(tun, TunnelSpec)
         where = f"tunnels/{tun.name}"
@@ -90,10 +82,7 @@ def _port_claims(cfg: ConfigSet) -> dict[tuple[str, str, int], list[tuple[str, s
 def _shares_http_listener(cfg: ConfigSet, group: str, port: int, field: str) -> bool:
     want = "http" if field == "vhost_http_port" else "https"
     return any(
-        isinstance(lst, ListenerSpec)
-        and lst.node_group == group
-        and lst.port == port
-        and lst.protocol == want
+        isinstance(lst, ListenerSpec) and lst.node_group == group and lst.port == port and lst.protocol == want
         for lst in cfg["listeners"].values()
     )
 
@@ -134,9 +123,7 @@ def _check_credentials(cfg: ConfigSet) -> list[FieldError]:
                 continue
             owner = table.setdefault(ident, consumer.name)
             if owner != consumer.name:
-                errors.append(
-                    FieldError(where, f"credentials[{i}]", f"{what} already belongs to consumer {owner!r}")
-                )
+                errors.append(FieldError(where, f"credentials[{i}]", f"{what} already belongs to consumer {owner!r}"))
     return errors
 
 
@@ -152,9 +139,7 @@ def check_config(cfg: ConfigSet) -> list[FieldError]:
             errors += _missing(cfg, "clusters", [lst.cluster], where, "cluster", "cluster")
     for cluster in cfg["clusters"].values():
         assert isinstance(cluster, ClusterSpec)
-        errors += _missing(
-            cfg, "policies", cluster.policies, f"clusters/{cluster.name}", "policies", "policy"
-        )
+        errors += _missing(cfg, "policies", cluster.policies, f"clusters/{cluster.name}", "policies", "policy")
     for route in cfg["routes"].values():
         assert isinstance(route, RouteSpec)
         where = f"routes/{route.name}"
@@ -164,9 +149,7 @@ def check_config(cfg: ConfigSet) -> list[FieldError]:
                 errors.append(FieldError(where, "listener", f"unknown listener {route.listener!r}"))
             elif isinstance(lst, ListenerSpec) and lst.protocol not in ("http", "https"):
                 errors.append(
-                    FieldError(
-                        where, "listener", f"listener {lst.name!r} is {lst.protocol}; routes need http(s)"
-                    )
+                    FieldError(where, "listener", f"listener {lst.name!r} is {lst.protocol}; routes need http(s)")
                 )
         field = "cluster" if route.cluster else "clusters"
         errors += _missing(cfg, "clusters", route.cluster_names(), where, field, "cluster")

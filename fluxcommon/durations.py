@@ -33,9 +33,7 @@ def parse_duration_ms(value: object) -> int:
         total += float(m.group(1)) * _UNIT_MS[m.group(2)]
         pos = m.end()
     if pos != len(text):
-        raise ValueError(
-            f"bad duration {value!r}: use a number with ms, s, m, h or d (e.g. '500ms', '1m30s')"
-        )
+        raise ValueError(f"bad duration {value!r}: use a number with ms, s, m, h or d (e.g. '500ms', '1m30s')")
     return round(total)
 
 

@@ -53,9 +53,7 @@ TokenSource = Annotated[str, Field(pattern=r"^(header:[A-Za-z0-9-]+|query:[A-Za-
 class JwtConfig(_Config):
     issuer: str | None = None
     audience: str | list[str] | None = None
-    algorithms: list[
-        Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]
-    ] = []
+    algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]] = []
     jwks_url: str | None = None
     jwks_refresh: Ms = 300_000
     leeway: Ms = 0

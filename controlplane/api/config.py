@@ -27,9 +27,7 @@ def get_config(cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
     }
 
 
-@router.get(
-    "/config/export", summary="The whole current config (secrets masked), as `fluxctl apply` takes it"
-)
+@router.get("/config/export", summary="The whole current config (secrets masked), as `fluxctl apply` takes it")
 def export_config(cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
     version, cfg = cp.store.current()
     doc: dict[str, Any] = {"version": version}
@@ -118,9 +116,7 @@ async def apply(
         if prune:
             named = {(p, s.name) for p, s in puts}
             deletes = [(p, n) for p in kinds_named for n in before[p] if (p, n) not in named]
-        return before, cp.store.apply(
-            puts, deletes, author=author, dry_run=dry_run, allow_missing_deletes=True
-        )
+        return before, cp.store.apply(puts, deletes, author=author, dry_run=dry_run, allow_missing_deletes=True)
 
     before, result = await run_in_threadpool(run)
     if result.committed:

@@ -16,9 +16,7 @@ from controlplane.store.config_store import NotFound
 from controlplane.validation import ConfigError
 
 
-def error_body(
-    code: str, message: str, field: str = "", errors: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
+def error_body(code: str, message: str, field: str = "", errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"error": code, "message": message}
     if field:
         body["field"] = field
@@ -37,9 +35,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (part in ("body", "query", "path") and not out) or (isinstance(part, str) and part.startswith(
-            ("function-after[", "function-before[", "tagged-union[")
-        )):
+        elif (part in ("body", "query", "path") and not out) or (
+            isinstance(part, str) and part.startswith(("function-after[", "function-before[", "tagged-union["))
+        ):
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -65,9 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
         errs = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errs):
             ctx = errs[0].get("ctx", {}) or {}
-            return error_response(
-                400, "malformed_json", f"request body is not valid JSON: {ctx.get('error', '')}"
-            )
+            return error_response(400, "malformed_json", f"request body is not valid JSON: {ctx.get('error', '')}")
         details = validation_errors(errs)
         first = details[0] if details else {"field": "", "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
@@ -77,9 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _config(_request: Request, exc: ConfigError) -> JSONResponse:
         first = exc.errors[0]
         code = "conflict" if exc.status == 409 else "invalid_config"
-        return error_response(
-            exc.status, code, str(first), field=first.field, errors=[e.as_dict() for e in exc.errors]
-        )
+        return error_response(exc.status, code, str(first), field=first.field, errors=[e.as_dict() for e in exc.errors])
 
     @app.exception_handler(NotFound)
     async def _missing(_request: Request, exc: NotFound) -> JSONResponse:

@@ -8,19 +8,13 @@ from typing import Any
 Scope = dict[str, Any]
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     def __init__(self, app: Any, limit: int = 1 << 20) -> None:
         self.app = app
         self.limit = limit
 
     async def _reject(self, send: Any) -> None:
-        body = json.dumps(
-            {"error": "too_large", "message": f"request body is larger than {self.limit} bytes"}
-        ).encode()
+        body = json.dumps({"error": "too_large", "message": f"request body is larger than {self.limit} bytes"}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -46,26 +40,32 @@ class BodySizeLimit:
                 if too_big:
                     await self._reject(send)
                     return
+                # The server holds the body to its declared length: nothing more to check.
+                await self.app(scope, receive, send)
+                return
+        # No length (chunked): read the body up to the limit before the app sees it. Raising
+        # from receive() instead would reach FastAPI's body parser, which turns any error into 400.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Any:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
                 await self._reject(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

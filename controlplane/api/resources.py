@@ -77,9 +77,7 @@ def resource_router(kind: Kind) -> APIRouter:
         author: str = Depends(require_admin),
     ) -> dict[str, Any]:
         if body.name != name:
-            raise ConfigError(
-                [FieldError(f"{plural}/{name}", "name", f"body names {body.name!r}, URL names {name!r}")]
-            )
+            raise ConfigError([FieldError(f"{plural}/{name}", "name", f"body names {body.name!r}, URL names {name!r}")])
         return await _write(cp, body, author, response, create_only=False)
 
     @router.delete("/{name}", summary=f"Delete a {singular}")

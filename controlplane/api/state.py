@@ -45,9 +45,7 @@ def require_admin(request: Request, cp: ControlPlane = Depends(get_cp)) -> str:
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not cp.token.matches(presented.strip()):
-        raise HTTPException(
-            401, "wrong admin token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        )
+        raise HTTPException(401, "wrong admin token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     author = request.headers.get("x-flux-author", "").strip()[:100]
     client = request.client.host if request.client else "?"
     return f"{author or 'admin'}@{client}"

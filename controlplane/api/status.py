@@ -14,9 +14,7 @@ from controlplane.api.state import ControlPlane, get_cp
 router = APIRouter()
 
 
-@router.get(
-    "/api/v1/nodes", tags=["nodes"], summary="Data-plane nodes: group, address, acked version, last NACK"
-)
+@router.get("/api/v1/nodes", tags=["nodes"], summary="Data-plane nodes: group, address, acked version, last NACK")
 def list_nodes(cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
     version = cp.store.db_version()
     nodes = [n.as_dict(version) for n in cp.nodes.list()]
@@ -52,15 +50,11 @@ class _Collector:
 
     def collect(self) -> Any:
         cp = self.cp
-        yield GaugeMetricFamily(
-            "flux_config_version", "Config version published to nodes", value=cp.cache.version
-        )
+        yield GaugeMetricFamily("flux_config_version", "Config version published to nodes", value=cp.cache.version)
         writes = CounterMetricFamily("flux_config_writes", "Committed config writes through this process")
         writes.add_metric([], cp.counters.get("config_writes", 0))
         yield writes
-        nodes = GaugeMetricFamily(
-            "flux_nodes", "Nodes known to this control plane", labels=["group", "state"]
-        )
+        nodes = GaugeMetricFamily("flux_nodes", "Nodes known to this control plane", labels=["group", "state"])
         counts: dict[tuple[str, str], int] = {}
         for n in cp.nodes.list():
             key = (n.node_group, "connected" if n.connected else "disconnected")
@@ -72,9 +66,7 @@ class _Collector:
             pushes = CounterMetricFamily("flux_discovery_pushes", "Snapshots sent to nodes")
             pushes.add_metric([], cp.servicer.pushes)
             yield pushes
-            yield GaugeMetricFamily(
-                "flux_discovery_streams", "Open config streams", value=cp.servicer.active_streams
-            )
+            yield GaugeMetricFamily("flux_discovery_streams", "Open config streams", value=cp.servicer.active_streams)
         yield GaugeMetricFamily(
             "flux_snapshot_render_seconds",
             "Duration of the last snapshot render",

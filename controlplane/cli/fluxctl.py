@@ -105,9 +105,7 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
 def table(rows: list[Row], columns: list[tuple[str, Callable[[Row], Any]]]) -> str:
     cells = [[h for h, _ in columns]] + [[str(f(r)) for _, f in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    )
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 class CliError(Exception):
@@ -136,9 +134,7 @@ class Client:
                 where = ": ".join(x for x in (e.get("resource"), e.get("field")) if x)
                 lines.append(f"  {where}: {e.get('message')}")
             if resp.status_code == 401:
-                lines.append(
-                    "  (set FLUX_ADMIN_TOKEN or pass --token; the control plane printed where the token is)"
-                )
+                lines.append("  (set FLUX_ADMIN_TOKEN or pass --token; the control plane printed where the token is)")
             raise CliError("\n".join(lines))
         return resp.json()
 
@@ -305,15 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("apply", parents=[out], help="create or update what a YAML file describes")
-    a.add_argument(
-        "-f", "--filename", action="append", required=True, help="YAML file ('-' for stdin); repeatable"
-    )
-    a.add_argument(
-        "--prune", action="store_true", help="delete resources of the file's kinds that it does not name"
-    )
-    a.add_argument(
-        "--diff", action="store_true", help="show what would change, field by field; commit nothing"
-    )
+    a.add_argument("-f", "--filename", action="append", required=True, help="YAML file ('-' for stdin); repeatable")
+    a.add_argument("--prune", action="store_true", help="delete resources of the file's kinds that it does not name")
+    a.add_argument("--diff", action="store_true", help="show what would change, field by field; commit nothing")
     a.add_argument("--dry-run", action="store_true", help="validate and list the changes; commit nothing")
     a.add_argument("-v", "--verbose", action="store_true", help="list unchanged resources too")
     a.set_defaults(func=cmd_apply)
@@ -328,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.set_defaults(func=cmd_delete)
 
-    sub.add_parser(
-        "nodes", parents=[out], help="connected data-plane nodes and their config state"
-    ).set_defaults(func=cmd_nodes)
+    sub.add_parser("nodes", parents=[out], help="connected data-plane nodes and their config state").set_defaults(
+        func=cmd_nodes
+    )
     h = sub.add_parser("history", parents=[out], help="committed config versions")
     h.add_argument("--limit", type=int, default=20)
     h.set_defaults(func=cmd_history)

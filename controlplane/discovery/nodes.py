@@ -91,9 +91,7 @@ class NodeRegistry:
 
     # -- stream events (called on the event loop) ---------------------------------
 
-    def connect(
-        self, node_id: str, group: str, *, address: str, hostname: str, build_version: str
-    ) -> NodeState:
+    def connect(self, node_id: str, group: str, *, address: str, hostname: str, build_version: str) -> NodeState:
         self._streams += 1
         prev = self._nodes.get(node_id)
         state = NodeState(

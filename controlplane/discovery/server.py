@@ -89,9 +89,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
             self.active_streams -= 1
             self.nodes.disconnect(state)
 
-    async def _read(
-        self, stream: _Stream, requests: AsyncIterator[discovery_pb2.StreamConfigRequest]
-    ) -> None:
+    async def _read(self, stream: _Stream, requests: AsyncIterator[discovery_pb2.StreamConfigRequest]) -> None:
         try:
             async for req in requests:
                 if stream.outstanding is None or req.response_nonce != stream.outstanding:
@@ -113,9 +111,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
         while not stream.closed:
             stream.wake.clear()
             version = self.cache.version
-            waiting_ack = stream.outstanding is not None and (
-                time.monotonic() - stream.outstanding_since < ACK_TIMEOUT
-            )
+            waiting_ack = stream.outstanding is not None and (time.monotonic() - stream.outstanding_since < ACK_TIMEOUT)
             due = (
                 self.cache.ready
                 and version > stream.sent_version

@@ -26,7 +26,7 @@ class HealthCheckSpec(Strict):
     path: str = "/"
     host: str = ""
     interval: Duration = 5000
-    timeout: Duration = 2000
+    timeout: Duration = Field(default=0, description="default: 2s, or the interval when that is shorter")
     healthy_threshold: int = Field(default=2, ge=1, le=100)
     unhealthy_threshold: int = Field(default=3, ge=1, le=100)
     expected_statuses: list[int] = []
@@ -42,8 +42,10 @@ class HealthCheckSpec(Strict):
     def _timing(self) -> HealthCheckSpec:
         if self.interval < 100:
             raise ValueError("interval: at least 100ms")
-        if self.timeout <= 0 or self.timeout > self.interval:
-            raise ValueError("timeout: must be positive and no longer than interval")
+        if self.timeout == 0:
+            object.__setattr__(self, "timeout", min(2000, self.interval))
+        if self.timeout > self.interval:
+            raise ValueError("timeout: must be no longer than interval")
         return self
 
 

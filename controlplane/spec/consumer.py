@@ -21,9 +21,14 @@ class ApiKeyCredential(Strict):
     type: Literal["api_key"]
     key: str | None = Field(default=None, min_length=8)
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # Shown on reads next to the masked key; accepted on writes so a read can be written
+    # back, and used only to pick which stored key a masked one keeps. Never stored.
+    fingerprint: str | None = Field(default=None, exclude=True, pattern=r"^sha256:[0-9a-f]{1,64}$")
 
     @model_validator(mode="after")
     def _hash(self) -> ApiKeyCredential:
+        if self.key != MASK:
+            object.__setattr__(self, "fingerprint", None)
         if self.key and self.key != MASK:
             digest = hashlib.sha256(self.key.encode()).hexdigest()
             object.__setattr__(self, "key", None)
@@ -36,9 +41,7 @@ class ApiKeyCredential(Strict):
 class JwtCredential(Strict):
     type: Literal["jwt"]
     issuer: str = Field(min_length=1)
-    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"] = (
-        "HS256"
-    )
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"] = "HS256"
     secret: str | None = None
     public_key: str | None = None
 
@@ -126,9 +129,7 @@ class ConsumerSpec(Resource):
         creds = []
         for cred in self.credentials:
             if isinstance(cred, ApiKeyCredential):
-                creds.append(
-                    {"type": "api_key", "key": MASK, "fingerprint": f"sha256:{cred.key_sha256[:12]}"}
-                )
+                creds.append({"type": "api_key", "key": MASK, "fingerprint": f"sha256:{cred.key_sha256[:12]}"})
             elif isinstance(cred, JwtCredential):
                 d = cred.model_dump(mode="json", exclude_none=True)
                 if cred.secret:
@@ -150,7 +151,12 @@ class ConsumerSpec(Resource):
             if isinstance(cred, ApiKeyCredential) and cred.key == MASK:
                 if not old_keys:
                     raise ValueError("credentials: a masked api_key has no stored key to keep")
-                merged.append(old_keys.pop(0))
+                prefix = (cred.fingerprint or "").removeprefix("sha256:")
+                match = next((k for k in old_keys if (k.key_sha256 or "").startswith(prefix)), None)
+                if match is None:
+                    raise ValueError("credentials: a masked api_key's fingerprint matches no stored key")
+                old_keys.remove(match)
+                merged.append(match)
             elif isinstance(cred, JwtCredential) and cred.secret == MASK:
                 if not isinstance(prev, JwtCredential) or not prev.secret:
                     raise ValueError(f"credentials: no stored secret for jwt issuer {cred.issuer!r}")

@@ -195,14 +195,8 @@ class ConfigStore:
         puts = list(puts)
         deletes = list(deletes)
         with self._lock, Session(self.engine) as s:
-            s.execute(
-                update(ConfigStateRow)
-                .where(ConfigStateRow.id == 1)
-                .values(version=ConfigStateRow.version + 1)
-            )
-            new_version = int(
-                s.execute(select(ConfigStateRow.version).where(ConfigStateRow.id == 1)).one()[0]
-            )
+            s.execute(update(ConfigStateRow).where(ConfigStateRow.id == 1).values(version=ConfigStateRow.version + 1))
+            new_version = int(s.execute(select(ConfigStateRow.version).where(ConfigStateRow.id == 1)).one()[0])
             base_version = new_version - 1
             cached = self._cache
             base = cached[1] if cached and cached[0] == base_version else self._load_at(s, base_version)
@@ -242,11 +236,7 @@ class ConfigStore:
             )
             s.execute(update(ConfigStateRow).where(ConfigStateRow.id == 1).values(updated_at=utcnow()))
             if self.history_limit > 0:
-                s.execute(
-                    delete(ConfigHistoryRow).where(
-                        ConfigHistoryRow.version <= new_version - self.history_limit
-                    )
-                )
+                s.execute(delete(ConfigHistoryRow).where(ConfigHistoryRow.version <= new_version - self.history_limit))
             s.commit()
             self._cache = (new_version, target)
         log.info("config version %d committed by %s: %s", new_version, author or "?", summary)
@@ -299,14 +289,10 @@ class ConfigStore:
                 changes.append(Change(plural, spec.name, "update"))
         real_deletes: list[tuple[str, str]] = []
         if replace_all:
-            deletes = deletes + [
-                (plural, r.name) for plural, r in base.iter_all() if (plural, r.name) not in seen
-            ]
+            deletes = deletes + [(plural, r.name) for plural, r in base.iter_all() if (plural, r.name) not in seen]
         for plural, name in deletes:
             if (plural, name) in seen:
-                raise ConfigError(
-                    [FieldError(f"{plural}/{name}", "name", "both written and deleted in one write")]
-                )
+                raise ConfigError([FieldError(f"{plural}/{name}", "name", "both written and deleted in one write")])
             if base.get(plural, name) is None:
                 if allow_missing:
                     continue

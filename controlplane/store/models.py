@@ -74,9 +74,7 @@ class EndpointRow(SQLModel, table=True):
     weight: int = 1
     zone: str = Field(default="", max_length=63)
     version: str = Field(default="", max_length=63)
-    metadata_: dict[str, str] = Field(
-        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
-    )
+    metadata_: dict[str, str] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
     draining: bool = False
 
 
@@ -108,9 +106,7 @@ class PolicyRow(_Row, table=True):
 class ConsumerRow(_Row, table=True):
     __tablename__ = "consumers"
     groups: list[str] = _json([])
-    metadata_: dict[str, str] = Field(
-        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
-    )
+    metadata_: dict[str, str] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
 
 
 class CredentialRow(SQLModel, table=True):

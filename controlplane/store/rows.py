@@ -67,9 +67,7 @@ def _columns(table: type[SQLModel]) -> dict[str, bool]:
 
 
 _COLUMNS = {
-    t: _columns(t)
-    for spec in TABLES.values()
-    for t in ([spec.row] + ([spec.children.table] if spec.children else []))
+    t: _columns(t) for spec in TABLES.values() for t in ([spec.row] + ([spec.children.table] if spec.children else []))
 }
 
 
@@ -128,6 +126,18 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _duration_fields(spec_type: type[ResourceSpec]) -> set[str]:
+    """Top-level Duration fields: their columns hold milliseconds, but a bare number given
+    to a Duration means seconds, so they are read back as "<N>ms"."""
+    from controlplane.spec._types import format_duration_ms
+
+    return {
+        name
+        for name, info in spec_type.model_fields.items()
+        if any(getattr(m, "func", None) is format_duration_ms for m in info.metadata)
+    }
+
+
 def load_config(s: Session) -> ConfigSet:
     """Read every resource table into a ConfigSet (validating each spec again)."""
     items: dict[str, dict[str, ResourceSpec]] = {}
@@ -140,6 +150,9 @@ def load_config(s: Session) -> ConfigSet:
         items[plural] = {}
         for row in s.execute(select(table.row)).scalars():
             data = _drop_none(_from_row(table.row, row))
+            for key in _duration_fields(KINDS[plural].spec):
+                if isinstance(data.get(key), int):
+                    data[key] = f"{data[key]}ms"
             if table.children:
                 data[table.children.field] = children.get(row.id, [])  # type: ignore[attr-defined]
             spec = KINDS[plural].spec.model_validate(data)

@@ -1,0 +1,1 @@
+"""FLUX Gateway data-plane node (trio)."""

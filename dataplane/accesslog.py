@@ -1,0 +1,110 @@
+"""JSON access log, one line per request, written in batches.
+
+The hot path appends a finished line to a list; a background task writes the
+batch to the file descriptor (stdout by default) every 100 ms from a worker
+thread, so a slow log reader never blocks traffic. If the backlog passes
+`max_backlog` lines, new lines are dropped and counted instead of growing
+memory without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import trio
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f]*$')
+
+
+def _q(text: str) -> str:
+    """JSON string literal; the common case (nothing to escape) skips the encoder."""
+    if _PLAIN.match(text):
+        return f'"{text}"'
+    return _dumps(text)
+
+
+class AccessLog:
+    def __init__(self, fd: int | None = 1, *, max_backlog: int = 100_000) -> None:
+        self.fd = fd
+        self.lines: list[str] = []
+        self.max_backlog = max_backlog
+        self.dropped = 0
+        self.written = 0
+        self._second = 0
+        self._stamp = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.fd is not None
+
+    def log(
+        self,
+        request_id: bytes,
+        client: str,
+        method: str,
+        host: str,
+        path: str,
+        route: str,
+        cluster: str,
+        upstream: str,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        duration: float,
+        consumer: str = "",
+        error: str = "",
+    ) -> None:
+        # client, method, route, cluster and upstream are validated tokens (IP, method,
+        # resource names, host:port); only client-controlled text goes through _q.
+        if self.fd is None:
+            return
+        if len(self.lines) >= self.max_backlog:
+            self.dropped += 1
+            return
+        t = time.time()
+        second = int(t)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = (
+            f'{{"ts":"{self._stamp}.{int((t - second) * 1000):03d}Z","request_id":{_q(request_id.decode("latin-1"))},'
+            f'"client":"{client}","method":"{method}","host":{_q(host)},"path":{_q(path)},'
+            f'"route":"{route}","cluster":"{cluster}","upstream":"{upstream}","status":{status},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_ms":{duration * 1000:.3f}'
+        )
+        if consumer:
+            line += f',"consumer":{_q(consumer)}'
+        if error:
+            line += f',"error":{_q(error)}'
+        self.lines.append(line + "}")
+
+    def _write(self, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    async def flush(self) -> None:
+        if not self.lines or self.fd is None:
+            return
+        batch, self.lines = self.lines, []
+        data = ("\n".join(batch) + "\n").encode()
+        try:
+            await trio.to_thread.run_sync(self._write, data)
+            self.written += len(batch)
+        except OSError:
+            self.dropped += len(batch)
+
+    async def run(self, interval: float = 0.1) -> None:
+        try:
+            while True:
+                await trio.sleep(interval)
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush()

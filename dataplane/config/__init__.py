@@ -1,0 +1,1 @@
+"""Snapshot compilation into immutable runtime tables."""

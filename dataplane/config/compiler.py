@@ -1,0 +1,257 @@
+"""Compile a `flux.v1.Snapshot` into a `RuntimeConfig`, or refuse it whole.
+
+Every problem (unknown cluster, bad regex, duplicate listener port, unknown
+protocol, bad hash key) raises `CompileError` with a message naming the
+resource, and nothing live has changed: endpoint config updates are staged and
+applied by `Compiled.commit()` only after the swap is decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import accumulate
+
+from dataplane.balancing import AffinityIndex, EndpointState, endpoint_key, make_balancer
+from dataplane.config.runtime import (
+    Affinity,
+    ClusterRuntime,
+    HashKey,
+    ListenerRuntime,
+    RouteRuntime,
+    RuntimeConfig,
+)
+from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.routing import RouteMatcher, RouteRule
+from dataplane.upstream.pool import EndpointPool, PoolLimits
+from flux.v1 import config_pb2 as pb
+
+_LB = {
+    pb.LB_POLICY_UNSPECIFIED: "round_robin",
+    pb.LB_POLICY_ROUND_ROBIN: "round_robin",
+    pb.LB_POLICY_WEIGHTED_ROUND_ROBIN: "weighted_round_robin",
+    pb.LB_POLICY_LEAST_CONN: "least_conn",
+    pb.LB_POLICY_CONSISTENT_HASH: "consistent_hash",
+    pb.LB_POLICY_IP_HASH: "ip_hash",
+}
+_PROTOCOL = {pb.PROTOCOL_HTTP: "http", pb.PROTOCOL_HTTPS: "https", pb.PROTOCOL_TCP: "tcp", pb.PROTOCOL_UDP: "udp"}
+_PATH_TYPE = {
+    pb.PATH_TYPE_UNSPECIFIED: "prefix",
+    pb.PATH_TYPE_PREFIX: "prefix",
+    pb.PATH_TYPE_EXACT: "exact",
+    pb.PATH_TYPE_REGEX: "regex",
+}
+
+
+class CompileError(Exception):
+    """A snapshot the node refuses (NACKs); the message names the resource at fault."""
+
+
+PoolFactory = Callable[[str, str, int, PoolLimits], EndpointPool]
+
+
+class EndpointRegistry:
+    """Endpoint states by (cluster, endpoint key), kept across config versions."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], EndpointState] = {}
+
+    def retain(self, wanted: set[tuple[str, str]]) -> None:
+        for key in [k for k in self.states if k not in wanted]:
+            del self.states[key]
+
+
+@dataclass
+class Compiled:
+    config: RuntimeConfig
+    endpoint_updates: list[tuple[EndpointState, pb.Endpoint]] = field(default_factory=list)
+    new_states: dict[tuple[str, str], EndpointState] = field(default_factory=dict)
+
+    def commit(self, registry: EndpointRegistry) -> None:
+        """Make the staged endpoint changes live (after the config is swapped in)."""
+        for ep, spec in self.endpoint_updates:
+            ep.update_config(spec.weight or 1, spec.zone, spec.version, dict(spec.metadata), spec.draining)
+        registry.states.update(self.new_states)
+        wanted = {(c.name, ep.key) for c in self.config.clusters.values() for ep in c.endpoints}
+        registry.retain(wanted)
+
+
+def _hash_key(cluster: pb.Cluster) -> HashKey | None:
+    if not cluster.hash_on:
+        return None
+    source, _, name = cluster.hash_on.partition(":")
+    if source in ("header", "cookie") and name:
+        return HashKey(source, name.lower() if source == "header" else name)
+    if source in ("ip", "path") and not name:
+        return HashKey(source)
+    raise CompileError(f"cluster {cluster.name!r}: bad hash_on {cluster.hash_on!r}")
+
+
+def _ms(value: int, default_ms: int) -> float:
+    return (value or default_ms) / 1000.0
+
+
+def _cluster(spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, out: Compiled) -> ClusterRuntime:
+    if spec.lb not in _LB:
+        raise CompileError(f"cluster {spec.name!r}: unknown lb {spec.lb}")
+    endpoints: list[EndpointState] = []
+    seen: set[str] = set()
+    for ep_spec in spec.endpoints:
+        if not ep_spec.address or not 0 < ep_spec.port < 65536:
+            raise CompileError(f"cluster {spec.name!r}: bad endpoint {ep_spec.address}:{ep_spec.port}")
+        key = endpoint_key(ep_spec.address, ep_spec.port)
+        if key in seen:
+            raise CompileError(f"cluster {spec.name!r}: endpoint {key} listed twice")
+        seen.add(key)
+        state = registry.states.get((spec.name, key))
+        if state is None:
+            state = EndpointState(
+                ep_spec.address,
+                ep_spec.port,
+                ep_spec.weight or 1,
+                ep_spec.zone,
+                ep_spec.version,
+                dict(ep_spec.metadata),
+                ep_spec.draining,
+            )
+            out.new_states[(spec.name, key)] = state
+        else:
+            out.endpoint_updates.append((state, ep_spec))
+        endpoints.append(state)
+    pool = spec.pool
+    limits = (
+        PoolLimits(
+            max_connections=pool.max_connections or 1024,
+            max_idle=pool.max_idle,
+            idle_timeout=_ms(pool.idle_timeout_ms, 60_000),
+            max_pending=pool.max_pending or 1024,
+        )
+        if spec.HasField("pool")
+        else PoolLimits()
+    )
+    od = spec.outlier_detection
+    outlier = OutlierPolicy(
+        consecutive_failures=od.consecutive_failures or 5,
+        base_ejection_s=_ms(od.base_ejection_ms, 30_000),
+        max_ejection_s=_ms(od.max_ejection_ms, 300_000),
+        max_ejection_percent=od.max_ejection_percent if spec.HasField("outlier_detection") else 50,
+    )
+    hc = spec.health_check if spec.HasField("health_check") else None
+    if hc is not None and hc.type not in ("http", "tcp"):
+        raise CompileError(f"cluster {spec.name!r}: unknown health_check type {hc.type!r}")
+    affinity = None
+    if spec.HasField("session_affinity") and spec.session_affinity.cookie:
+        sa = spec.session_affinity
+        affinity = Affinity(sa.cookie, sa.ttl_ms, sa.path or "/", AffinityIndex(endpoints))
+    try:
+        balancer = make_balancer(_LB[spec.lb], endpoints)
+    except ValueError as exc:
+        raise CompileError(f"cluster {spec.name!r}: {exc}") from None
+    return ClusterRuntime(
+        name=spec.name,
+        endpoints=tuple(endpoints),
+        balancer=balancer,
+        pools={ep.key: pools(spec.name, ep.address, ep.port, limits) for ep in endpoints},
+        hash_on=_hash_key(spec),
+        affinity=affinity,
+        connect_timeout=_ms(spec.timeouts.connect_ms, 2_000),
+        read_timeout=_ms(spec.timeouts.read_ms, 30_000),
+        pool_limits=limits,
+        health_check=hc,
+        check_policy=ActiveCheckPolicy(
+            healthy_threshold=(hc.healthy_threshold or 2) if hc else 2,
+            unhealthy_threshold=(hc.unhealthy_threshold or 3) if hc else 3,
+        ),
+        outlier=outlier,
+        scheme=spec.scheme or "http",
+    )
+
+
+def _route(spec: pb.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
+    if spec.cluster and spec.clusters:
+        raise CompileError(f"route {spec.name!r}: both cluster and clusters given")
+    split = [(spec.cluster, 1)] if spec.cluster else [(w.name, w.weight) for w in spec.clusters]
+    if not split:
+        raise CompileError(f"route {spec.name!r}: no cluster")
+    targets = []
+    for name, weight in split:
+        if name not in clusters:
+            raise CompileError(f"route {spec.name!r}: unknown cluster {name!r}")
+        if weight <= 0:
+            raise CompileError(f"route {spec.name!r}: weight of cluster {name!r} must be > 0")
+        targets.append(clusters[name])
+    path_type = _PATH_TYPE.get(spec.path_type)
+    if path_type is None:
+        raise CompileError(f"route {spec.name!r}: unknown path_type {spec.path_type}")
+    return RouteRuntime(
+        name=spec.name,
+        clusters=tuple(targets),
+        cumulative=tuple(accumulate(w for _, w in split)),
+        timeout=spec.timeout_ms / 1000.0,
+        retry=spec.retry if spec.HasField("retry") else None,
+        match_prefix=spec.path if path_type == "prefix" else "",
+        prefix_rewrite=spec.prefix_rewrite if spec.prefix_rewrite and path_type == "prefix" else None,
+        host_rewrite=spec.host_rewrite.encode("idna") if spec.host_rewrite else None,
+    )
+
+
+def compile_snapshot(snap: pb.Snapshot, registry: EndpointRegistry, pools: PoolFactory) -> Compiled:
+    out = Compiled(config=RuntimeConfig(version=snap.version, node_group=snap.node_group, snapshot=snap))
+    clusters: dict[str, ClusterRuntime] = {}
+    for c in snap.clusters:
+        if c.name in clusters:
+            raise CompileError(f"cluster {c.name!r} defined twice")
+        clusters[c.name] = _cluster(c, registry, pools, out)
+
+    routes: dict[str, tuple[pb.Route, RouteRuntime]] = {}
+    for r in snap.routes:
+        if r.name in routes:
+            raise CompileError(f"route {r.name!r} defined twice")
+        routes[r.name] = (r, _route(r, clusters))
+
+    listeners: dict[str, ListenerRuntime] = {}
+    sockets: dict[tuple[str, str, int], str] = {}
+    for lst in snap.listeners:
+        protocol = _PROTOCOL.get(lst.protocol)
+        if protocol is None:
+            raise CompileError(f"listener {lst.name!r}: unknown protocol {lst.protocol}")
+        if lst.name in listeners:
+            raise CompileError(f"listener {lst.name!r} defined twice")
+        rules = [
+            RouteRule(
+                name=r.name,
+                hosts=tuple(h.lower() for h in r.hosts),
+                path=r.path or "/",
+                path_type=_PATH_TYPE[r.path_type],
+                methods=frozenset(m.upper() for m in r.methods),
+                headers=tuple(sorted((k.lower(), v) for k, v in r.headers.items())),
+                priority=r.priority,
+                target=runtime,
+            )
+            for r, runtime in routes.values()
+            if protocol in ("http", "https") and (r.listener == lst.name or not r.listener)
+        ]
+        try:
+            matcher = RouteMatcher(rules)
+        except ValueError as exc:
+            raise CompileError(f"listener {lst.name!r}: {exc}") from None
+        cluster = None
+        if protocol in ("tcp", "udp"):
+            cluster = clusters.get(lst.cluster)
+            if cluster is None:
+                raise CompileError(f"listener {lst.name!r}: unknown cluster {lst.cluster!r}")
+        runtime = ListenerRuntime(lst.name, protocol, lst.address or "0.0.0.0", lst.port, matcher, cluster)
+        if runtime.socket_key in sockets:
+            raise CompileError(
+                f"listener {lst.name!r}: {runtime.socket_key[0]} {runtime.address}:{runtime.port} "
+                f"is also listener {sockets[runtime.socket_key]!r}"
+            )
+        sockets[runtime.socket_key] = lst.name
+        listeners[lst.name] = runtime
+    for r, _ in routes.values():
+        if r.listener and r.listener not in listeners:
+            raise CompileError(f"route {r.name!r}: unknown listener {r.listener!r}")
+    out.config = RuntimeConfig(
+        version=snap.version, node_group=snap.node_group, snapshot=snap, listeners=listeners, clusters=clusters
+    )
+    return out

@@ -1,0 +1,104 @@
+"""Immutable runtime tables of one applied config version.
+
+A `RuntimeConfig` is built once per snapshot by the compiler and published by
+swapping one reference (`ConfigHolder.current`). Requests read the reference
+once at their start and keep using that object, so a config swap never
+changes a request in flight. The only mutable things these tables point to are
+the endpoint states and connection pools, which outlive versions on purpose
+(health and warm connections survive a config push).
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+from dataplane.balancing import AffinityIndex, Balancer, EndpointState
+from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.routing import RouteMatcher
+from dataplane.upstream.pool import EndpointPool, PoolLimits
+from flux.v1 import config_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class HashKey:
+    """Where a consistent-hash key comes from: header/cookie (with name), ip or path."""
+
+    source: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    cookie: str
+    ttl_ms: int
+    path: str
+    index: AffinityIndex
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ClusterRuntime:
+    name: str
+    endpoints: tuple[EndpointState, ...]
+    balancer: Balancer
+    pools: dict[str, EndpointPool]  # by endpoint key
+    hash_on: HashKey | None
+    affinity: Affinity | None
+    connect_timeout: float
+    read_timeout: float
+    pool_limits: PoolLimits
+    health_check: pb.HealthCheck | None
+    check_policy: ActiveCheckPolicy
+    outlier: OutlierPolicy
+    scheme: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RouteRuntime:
+    name: str
+    clusters: tuple[ClusterRuntime, ...]
+    cumulative: tuple[int, ...]
+    timeout: float
+    retry: pb.RetryPolicy | None
+    match_prefix: str
+    prefix_rewrite: str | None
+    host_rewrite: bytes | None
+
+    def pick_cluster(self) -> ClusterRuntime:
+        clusters = self.clusters
+        if len(clusters) == 1:
+            return clusters[0]
+        return clusters[bisect_right(self.cumulative, random.randrange(self.cumulative[-1]))]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ListenerRuntime:
+    name: str
+    protocol: str  # http | https | tcp | udp
+    address: str
+    port: int
+    matcher: RouteMatcher
+    cluster: ClusterRuntime | None = None
+
+    @property
+    def socket_key(self) -> tuple[str, str, int]:
+        return ("udp" if self.protocol == "udp" else "tcp", self.address, self.port)
+
+
+@dataclass(frozen=True, eq=False)
+class RuntimeConfig:
+    version: str
+    node_group: str
+    snapshot: pb.Snapshot
+    listeners: dict[str, ListenerRuntime] = field(default_factory=dict)
+    clusters: dict[str, ClusterRuntime] = field(default_factory=dict)
+
+
+class ConfigHolder:
+    """The one mutable reference to the current RuntimeConfig."""
+
+    __slots__ = ("current",)
+
+    def __init__(self) -> None:
+        self.current: RuntimeConfig | None = None

@@ -1,0 +1,180 @@
+"""DiscoveryClient: subscribes to the control plane's config stream from trio.
+
+grpcio has no trio support, so each stream runs the synchronous stub in a
+worker thread (with its own CapacityLimiter, so trio's default thread limit
+never starves it) and hands responses to trio through a memory channel.
+ACKs and NACKs go back through a thread-safe queue that feeds the request
+iterator. Cancelling the trio side cancels the call, which ends the thread.
+
+On any stream failure the client moves to the next control-plane address and
+retries with exponential back-off and jitter, forever. It always reports the
+version it runs, so a control plane that already sent it does not resend.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+from collections.abc import Awaitable, Callable, Iterator
+
+import grpc
+import trio
+
+from flux.v1 import config_pb2, discovery_pb2, discovery_pb2_grpc
+
+log = logging.getLogger("flux.node.discovery")
+
+SNAPSHOT_TYPE_URL = "type.googleapis.com/flux.v1.Snapshot"
+
+ApplyFn = Callable[[config_pb2.Snapshot], Awaitable[str | None]]
+"""Applies a snapshot; returns None on success or the reason it was refused."""
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 << 20),
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+
+class _StreamEnded(Exception):
+    pass
+
+
+class DiscoveryClient:
+    def __init__(
+        self,
+        addresses: list[str],
+        node: discovery_pb2.Node,
+        apply: ApplyFn,
+        *,
+        version: str = "",
+        backoff_base: float = 0.25,
+        backoff_max: float = 10.0,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one control-plane address is needed")
+        self.addresses = addresses
+        self.node = node
+        self.apply = apply
+        self.version = version
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.connected_to: str | None = None
+        self.streams_opened = 0
+        self.snapshots_received = 0
+        self.nacks_sent = 0
+        self._limiter = trio.CapacityLimiter(2)
+
+    async def run(self) -> None:
+        attempt = 0
+        index = 0
+        while True:
+            address = self.addresses[index % len(self.addresses)]
+            received_before = self.snapshots_received
+            try:
+                await self._stream(address)
+                log.warning("config stream from %s ended; reconnecting", address)
+            except _StreamEnded as exc:
+                log.warning("config stream from %s failed: %s", address, exc)
+            finally:
+                self.connected_to = None
+            if self.snapshots_received > received_before:
+                attempt = 0  # the stream worked: start back-off afresh
+            index += 1
+            delay = min(self.backoff_max, self.backoff_base * 2**attempt)
+            attempt += 1
+            delay *= random.uniform(0.5, 1.5)
+            await trio.sleep(delay)
+
+    def _request(self, nonce: str = "", error: str | None = None) -> discovery_pb2.StreamConfigRequest:
+        req = discovery_pb2.StreamConfigRequest(
+            version_info=self.version, node=self.node, type_url=SNAPSHOT_TYPE_URL, response_nonce=nonce
+        )
+        if error is not None:
+            req.error_detail.code = 3  # INVALID_ARGUMENT
+            req.error_detail.message = error
+        return req
+
+    async def _stream(self, address: str) -> None:
+        outbox: queue.SimpleQueue[discovery_pb2.StreamConfigRequest | None] = queue.SimpleQueue()
+        outbox.put(self._request())
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
+
+        def requests() -> Iterator[discovery_pb2.StreamConfigRequest]:
+            while True:
+                item = outbox.get()
+                if item is None:
+                    return
+                yield item
+
+        call = stub.StreamConfig(requests())
+        send, receive = trio.open_memory_channel[object](8)
+        token = trio.lowlevel.current_trio_token()
+
+        def pump() -> None:
+            try:
+                for response in call:
+                    trio.from_thread.run(send.send, response, trio_token=token)
+            except grpc.RpcError as exc:
+                detail = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)
+                try:
+                    trio.from_thread.run(send.send, _StreamEnded(detail), trio_token=token)
+                except (trio.RunFinishedError, trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            except (trio.RunFinishedError, trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                try:
+                    trio.from_thread.run_sync(send.close, trio_token=token)
+                except trio.RunFinishedError:
+                    pass
+
+        self.streams_opened += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_thread, pump)
+                first = True
+                async for item in receive:
+                    if isinstance(item, _StreamEnded):
+                        raise item
+                    if first:
+                        self.connected_to = address
+                        log.info("config stream open to %s", address)
+                        first = False
+                    await self._handle(item, outbox)  # type: ignore[arg-type]
+                nursery.cancel_scope.cancel()
+        finally:
+            receive.close()
+            call.cancel()
+            outbox.put(None)
+            channel.close()
+
+    async def _pump_thread(self, pump: Callable[[], None]) -> None:
+        await trio.to_thread.run_sync(pump, limiter=self._limiter, abandon_on_cancel=True)
+
+    async def _handle(
+        self,
+        resp: discovery_pb2.StreamConfigResponse,
+        outbox: queue.SimpleQueue[discovery_pb2.StreamConfigRequest | None],
+    ) -> None:
+        self.snapshots_received += 1
+        error: str | None = None
+        snapshot = config_pb2.Snapshot()
+        if len(resp.resources) != 1 or not resp.resources[0].Unpack(snapshot):
+            error = f"expected one {SNAPSHOT_TYPE_URL} resource, got {[r.type_url for r in resp.resources]}"
+        else:
+            if snapshot.version != resp.version_info:
+                snapshot.version = resp.version_info
+            error = await self.apply(snapshot)
+        if error is None:
+            self.version = resp.version_info
+            outbox.put(self._request(resp.nonce))
+        else:
+            self.nacks_sent += 1
+            log.error("rejected config version %s: %s", resp.version_info, error)
+            outbox.put(self._request(resp.nonce, error))

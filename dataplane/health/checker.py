@@ -1,0 +1,167 @@
+"""Active health checks and passive-ejection timers (the trio side of health).
+
+One task per (cluster, endpoint) with a health check probes it every
+interval (HTTP GET expecting 2xx/3xx or the configured statuses, or a TCP
+connect) and feeds the result to the sans-IO state machine in
+`dataplane.health.state`. Passive results come from the proxy through
+`passive()`. A releaser task brings ejected endpoints back when their back-off
+ends. Check tasks survive config pushes unless the cluster's check settings or
+its endpoint list change.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import trio
+
+from dataplane import net
+from dataplane.balancing import EndpointState
+from dataplane.config.runtime import ClusterRuntime, ConfigHolder, RuntimeConfig
+from dataplane.health.state import ActiveCheckPolicy, next_release, record_check, record_request, release_ejections
+from dataplane.http.response import ResponseReader, UpstreamProtocolError
+from flux.v1 import config_pb2 as pb
+
+log = logging.getLogger("flux.health")
+
+
+async def probe(ep: EndpointState, hc: pb.HealthCheck) -> tuple[bool, str]:
+    """One check of `ep`: (healthy, what was seen)."""
+    timeout = (hc.timeout_ms or 2000) / 1000
+    try:
+        with trio.fail_after(timeout):
+            sock = await net.connect(ep.address, ep.port, timeout)
+            try:
+                if hc.type == "tcp":
+                    return True, "tcp connect ok"
+                host = hc.host or ep.key
+                request = (
+                    f"GET {hc.path or '/'} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: flux-health-check\r\n"
+                    "Connection: close\r\nAccept: */*\r\n\r\n"
+                ).encode()
+                await net.send_all(sock, request)
+                reader = ResponseReader()
+                while reader.head is None:
+                    data = await net.recv(sock)
+                    if not data:
+                        if reader.eof() and reader.head is not None:
+                            break
+                        return False, "connection closed before a response"
+                    reader.feed(data)
+                status = reader.head.status
+                expected = hc.expected_statuses
+                ok = status in expected if expected else 200 <= status < 400
+                return ok, f"http {status}"
+            finally:
+                net.close(sock)
+    except trio.TooSlowError:
+        return False, f"timed out after {timeout:g}s"
+    except net.ConnectError as exc:
+        return False, str(exc.strerror or exc)
+    except (OSError, UpstreamProtocolError) as exc:
+        return False, f"error: {exc}"
+
+
+class HealthService:
+    def __init__(self, holder: ConfigHolder, on_change: Callable[[], None] | None = None) -> None:
+        self.holder = holder
+        self._checks: dict[tuple[str, str], tuple[bytes, trio.CancelScope]] = {}
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.on_change = on_change
+        self.checks_run = 0
+
+    # -- passive ---------------------------------------------------------------------
+
+    def passive(self, cluster: ClusterRuntime, ep: EndpointState, ok: bool) -> None:
+        if record_request(ep, ok, trio.current_time(), cluster.outlier, cluster.endpoints):
+            log.warning(
+                "endpoint %s of cluster %s ejected for %.0fs after %d failures in a row",
+                ep.key, cluster.name, ep.ejected_until - trio.current_time(), cluster.outlier.consecutive_failures,
+            )  # fmt: skip
+            self._wake.set()
+
+    async def run_releaser(self) -> None:
+        while True:
+            cfg = self.holder.current
+            soonest: float | None = None
+            if cfg is not None:
+                now = trio.current_time()
+                for cluster in cfg.clusters.values():
+                    for ep in release_ejections(cluster.endpoints, now):
+                        log.info("endpoint %s of cluster %s back in rotation", ep.key, cluster.name)
+                    nxt = next_release(cluster.endpoints)
+                    if nxt is not None and (soonest is None or nxt < soonest):
+                        soonest = nxt
+            self._wake = trio.Event()
+            with trio.move_on_at(soonest if soonest is not None else trio.current_time() + 3600):
+                await self._wake.wait()
+
+    # -- active ----------------------------------------------------------------------
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        nursery.start_soon(self.run_releaser)
+
+    def reconcile(self, cfg: RuntimeConfig) -> None:
+        """Start, keep or stop check tasks so they match `cfg`."""
+        wanted: dict[tuple[str, str], tuple[bytes, ClusterRuntime, EndpointState]] = {}
+        for cluster in cfg.clusters.values():
+            hc = cluster.health_check
+            if hc is None:
+                continue
+            fingerprint = hc.SerializeToString(deterministic=True)
+            for ep in cluster.endpoints:
+                wanted[(cluster.name, ep.key)] = (fingerprint, cluster, ep)
+        for key, (fingerprint, scope) in list(self._checks.items()):
+            if key not in wanted or wanted[key][0] != fingerprint:
+                scope.cancel()
+                del self._checks[key]
+        for key, (fingerprint, cluster, ep) in wanted.items():
+            if key in self._checks:
+                continue
+            if cluster.health_check is None:
+                continue
+            scope = trio.CancelScope()
+            self._checks[key] = (fingerprint, scope)
+            assert self._nursery is not None, "start() first"
+            self._nursery.start_soon(
+                self._check_loop, cluster.name, ep, cluster.health_check, cluster.check_policy, scope
+            )
+        # endpoints without checks any more are healthy by definition
+        checked = set(wanted)
+        for cluster in cfg.clusters.values():
+            for ep in cluster.endpoints:
+                if (cluster.name, ep.key) not in checked and not ep.healthy:
+                    ep.healthy = True
+                    ep.checks_failed = 0
+                    ep._refresh()
+
+    async def _check_loop(
+        self,
+        cluster: str,
+        ep: EndpointState,
+        hc: pb.HealthCheck,
+        policy: ActiveCheckPolicy,
+        scope: trio.CancelScope,
+    ) -> None:
+        interval = (hc.interval_ms or 5000) / 1000
+        with scope:
+            await trio.sleep(random.uniform(0, min(interval, 1.0) * 0.2))  # spread the first probes
+            while True:
+                ok, detail = await probe(ep, hc)
+                self.checks_run += 1
+                if record_check(ep, ok, policy, detail):
+                    state = "healthy" if ep.healthy else "UNHEALTHY"
+                    level = logging.INFO if ep.healthy else logging.WARNING
+                    log.log(level, "endpoint %s of cluster %s is %s (%s)", ep.key, cluster, state, detail)
+                    if self.on_change is not None:
+                        self.on_change()
+                await trio.sleep(interval)
+
+    def stop_all(self) -> None:
+        for _, scope in self._checks.values():
+            scope.cancel()
+        self._checks.clear()

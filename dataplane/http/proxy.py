@@ -1,0 +1,649 @@
+"""The HTTP/1.1 reverse proxy: one trio task per client connection.
+
+Per request: parse the head (httptools), match a route on the config current
+at that moment, pick a cluster (weighted split) and an endpoint (affinity
+cookie, else the cluster's balancer), take a pooled upstream connection, send
+the rewritten head and stream the body, stream the response back, then record
+metrics, the access log line and passive health. Every failure becomes a JSON
+error with the right status (400/404/413/417/431/502/503/504) and a log line;
+nothing a client or upstream sends can crash the node.
+
+Timeouts: each connection has one CancelScope and a `deadline` attribute that
+the handler moves as it goes (keep-alive idle, header read, upstream read,
+the route's total timeout). The `Reaper` task cancels connections whose
+deadline passed. Setting a float per phase costs nothing, where a trio
+CancelScope per request and per phase would cost more than the routing.
+
+Hot-path rules: few awaits (socket calls go straight to the kernel and only
+park when they would block), one send for a response that arrived whole, no
+per-request logging except the buffered access log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from dataplane import net
+from dataplane.accesslog import AccessLog
+from dataplane.balancing import EndpointState
+from dataplane.config.runtime import ClusterRuntime, ConfigHolder, RouteRuntime
+from dataplane.http.errors import error_response
+from dataplane.http.headers import LAST_CHUNK, chunk, client_response_head, upstream_request_head
+from dataplane.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
+from dataplane.http.response import ResponseHead, ResponseReader, UpstreamProtocolError
+from dataplane.metrics import Metrics
+from dataplane.upstream.pool import PoolOverflow, UpstreamConn
+
+log = logging.getLogger("flux.proxy")
+
+_now = time.monotonic  # the clock of connection deadlines (the reaper uses the same)
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+RETRY_BUFFER = 64 * 1024  # request bodies up to this size are kept for a retry
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+# Connection phases (what a timeout means).
+IDLE, READING, UPSTREAM, RESPONDING = 0, 1, 2, 3
+
+
+class RequestIds:
+    """Fast unique request ids: a random per-process prefix and a counter."""
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(4).hex()
+        self._n = 0
+
+    def next(self) -> bytes:
+        self._n += 1
+        return f"{self._prefix}-{self._n:010x}".encode()
+
+
+@dataclass
+class ProxySettings:
+    header_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    max_header_bytes: int = 32 * 1024
+    max_body_bytes: int = 0  # 0 = unlimited
+
+
+PassiveHealth = Callable[[ClusterRuntime, EndpointState, bool], None]
+
+
+class Conn:
+    """Per-connection state the reaper and the drain logic can see."""
+
+    __slots__ = ("deadline", "phase", "scope", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.scope = trio.CancelScope()
+        self.deadline = math.inf
+        self.phase = IDLE
+
+
+@dataclass
+class ProxyServices:
+    """What every connection of a worker shares."""
+
+    holder: ConfigHolder
+    metrics: Metrics
+    access_log: AccessLog
+    passive_health: PassiveHealth
+    settings: ProxySettings = field(default_factory=ProxySettings)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    draining: bool = False
+    in_flight: int = 0
+    conns: set[Conn] = field(default_factory=set)
+
+    def start_draining(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their request."""
+        self.draining = True
+        for conn in list(self.conns):
+            if conn.phase == IDLE:
+                conn.scope.cancel()
+
+    async def run_reaper(self, interval: float = 0.1) -> None:
+        """Cancel connections whose deadline passed (idle, slow client, slow upstream)."""
+        while True:
+            await trio.sleep(interval)
+            now = _now()
+            for conn in self.conns:
+                if conn.deadline <= now:
+                    conn.deadline = math.inf
+                    conn.scope.cancel()
+
+
+class _UpstreamFailed(Exception):
+    """The exchange with one endpoint failed before the client saw a byte."""
+
+    def __init__(self, kind: str, status: int, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.message = message
+        self.retryable = retryable
+
+
+class _Exchange:
+    """What is known of the request in progress (for logs after a timeout)."""
+
+    __slots__ = ("cluster", "head", "listener", "response_started", "rid", "route", "started", "upstream")
+
+    def __init__(self, head: RequestHead, rid: bytes, listener: str, started: float) -> None:
+        self.head = head
+        self.rid = rid
+        self.listener = listener
+        self.started = started
+        self.route = ""
+        self.cluster = ""
+        self.upstream = ""
+        self.response_started = False
+
+
+def _host_of(head: RequestHead) -> str:
+    host = head.host
+    if not host:
+        return ""
+    if host[-1] != "]" and ":" in host:
+        host = host.rsplit(":", 1)[0]
+    return host.lower()
+
+
+def _cookie(head: RequestHead, name: str) -> str | None:
+    for n, v in head.headers:
+        if len(n) == 6 and n.lower() == b"cookie":
+            for part in v.decode("latin-1").split(";"):
+                k, sep, val = part.strip().partition("=")
+                if sep and k == name:
+                    return val
+    return None
+
+
+def _hash_key(cluster: ClusterRuntime, head: RequestHead, client_ip: str) -> str | None:
+    hk = cluster.hash_on
+    if hk is None:
+        return client_ip if cluster.balancer.name == "ip_hash" else None
+    if hk.source == "header":
+        return head.get(hk.name)
+    if hk.source == "cookie":
+        return _cookie(head, hk.name)
+    if hk.source == "ip":
+        return client_ip
+    return head.path
+
+
+def _body_complete(reader: RequestReader) -> bool:
+    """Whether the current request's body was read in full (and consume its end marker)."""
+    events = reader.events
+    if events and events[0] is MESSAGE_END:
+        events.popleft()
+        return True
+    return False
+
+
+class HttpConnection:
+    """Serves one client connection: `await HttpConnection(...).serve()`."""
+
+    __slots__ = ("client_ip", "conn", "ex", "listener", "proto", "reader", "sock", "svc")
+
+    def __init__(
+        self, svc: ProxyServices, sock: socket.socket, peer: tuple[str, int], listener: str, proto: bytes
+    ) -> None:
+        self.svc = svc
+        self.sock = sock
+        self.client_ip = peer[0]
+        self.listener = listener
+        self.proto = proto
+        self.conn = Conn(sock)
+        settings = svc.settings
+        self.reader = RequestReader(max_header_bytes=settings.max_header_bytes, body_limit=settings.max_body_bytes)
+        self.ex: _Exchange | None = None
+
+    async def serve(self) -> None:
+        svc, conn, sock = self.svc, self.conn, self.sock
+        metrics = svc.metrics
+        metrics.downstream_active += 1
+        metrics.downstream_total += 1
+        svc.conns.add(conn)
+        settings = svc.settings
+        events = self.reader.events
+        feed = self.reader.feed
+        served = 0
+        try:
+            with conn.scope:
+                while not svc.draining or events:
+                    if not events:
+                        conn.phase = IDLE if served else READING
+                        conn.deadline = _now() + (settings.idle_timeout if served else settings.header_timeout)
+                        while not events:
+                            data = await net.recv(sock)
+                            if not data:
+                                return
+                            conn.phase = READING
+                            feed(data)
+                    head = events.popleft()
+                    svc.in_flight += 1
+                    try:
+                        keep = await self.exchange(head)  # type: ignore[arg-type]
+                    finally:
+                        svc.in_flight -= 1
+                    self.ex = None
+                    served += 1
+                    if not keep:
+                        return
+            if conn.scope.cancelled_caught:
+                await self._timed_out()
+        except HttpError as exc:
+            metrics.count(f"bad_request_{exc.status}")
+            try:
+                await net.send_all(sock, error_response(exc.status, exc.message, close=True))
+            except OSError:
+                pass
+        except OSError:
+            pass  # the client went away
+        except Exception:
+            log.exception("unexpected error on a connection from %s", self.client_ip)
+        finally:
+            svc.conns.discard(conn)
+            net.close(sock)
+            metrics.downstream_active -= 1
+
+    async def _timed_out(self) -> None:
+        ex = self.ex
+        if ex is None or ex.response_started:
+            return  # idle keep-alive expired, drained, or cut mid-response: just close
+        status = 504 if self.conn.phase == UPSTREAM else 408
+        message = f"upstream {ex.upstream} did not answer in time" if status == 504 else "request not received in time"
+        if status == 504:
+            self.svc.metrics.upstream_error(ex.cluster, "timeout")
+            log.warning("%s %s -> %s (%s): %s", ex.head.method, ex.head.path, ex.upstream, ex.cluster, message)
+        with trio.move_on_after(1):
+            try:
+                await self._reply_error(status, message, close=True)
+            except OSError:
+                pass
+
+    async def _reply_error(
+        self, status: int, message: str, *, close: bool = False, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> bool:
+        """Answer locally (no upstream); keeps the connection only if the request was read whole."""
+        ex = self.ex
+        assert ex is not None
+        head = ex.head
+        keep = not close and head.keep_alive and _body_complete(self.reader) and not self.svc.draining
+        data = error_response(status, message, ex.rid, close=not keep, head_only=head.method == "HEAD",
+                              headers=headers)  # fmt: skip
+        ex.response_started = True
+        await net.send_all(self.sock, data)
+        elapsed = time.perf_counter() - ex.started
+        self.svc.metrics.request(ex.listener, ex.route, ex.cluster, status, elapsed, 0, len(data))
+        self.svc.access_log.log(
+            ex.rid, self.client_ip, head.method, head.host, head.path, ex.route, ex.cluster, ex.upstream, status,
+            0, len(data), elapsed, error=message,
+        )  # fmt: skip
+        return keep
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def exchange(self, head: RequestHead) -> bool:
+        svc = self.svc
+        ex = self.ex = _Exchange(head, head.request_id or svc.request_ids.next(), self.listener, time.perf_counter())
+        cfg = svc.holder.current
+        listener = cfg.listeners.get(self.listener) if cfg is not None else None
+        if listener is None:
+            return await self._reply_error(503, "listener is not configured")
+        host = _host_of(head)
+        rule = listener.matcher.match(host, head.path, head.method, head)
+        if rule is None:
+            return await self._reply_error(404, f"no route for {head.method} {host}{head.path}")
+        route: RouteRuntime = rule.target  # type: ignore[assignment]
+        ex.route = route.name
+        cluster = route.pick_cluster()
+        ex.cluster = cluster.name
+
+        reader = self.reader
+        if head.expect_continue and not (reader.events and reader.events[0] is MESSAGE_END):
+            await net.send_all(self.sock, CONTINUE)
+
+        retry = route.retry
+        attempts = 1 + (retry.attempts if retry is not None else 1)
+        if retry is None:
+            retry_on = frozenset({"connect_failure"})
+        else:
+            retry_on = frozenset(retry.retry_on)
+            if not retry.retry_non_idempotent and head.method not in IDEMPOTENT:
+                retry_on = retry_on & {"connect_failure"}
+        body_buffer: list[bytes] | None = [] if head.has_body else None
+        avoid: EndpointState | None = None
+        failure: _UpstreamFailed | None = None
+        ep: EndpointState | None = None
+        for attempt in range(attempts):
+            ep, cookie = self._pick(cluster, head, avoid)
+            if ep is None:
+                if failure is not None:
+                    break
+                return await self._reply_error(503, f"no healthy endpoint in cluster {cluster.name!r}")
+            ex.upstream = ep.key
+            try:
+                return await self._forward(head, route, cluster, ep, cookie, body_buffer, fresh=attempt > 0)
+            except _UpstreamFailed as exc:
+                failure = exc
+                svc.metrics.upstream_error(cluster.name, exc.kind)
+                if exc.kind in ("connect_failure", "reset"):
+                    svc.passive_health(cluster, ep, False)
+                if not exc.retryable or exc.kind not in retry_on or attempt + 1 >= attempts:
+                    break
+                if head.has_body and not body_buffer:
+                    break  # the body was streamed upstream and is gone
+                avoid = ep
+                svc.metrics.count("retries")
+                if retry is not None and retry.backoff_ms:
+                    await trio.sleep(retry.backoff_ms / 1000 * (2**attempt))
+        assert failure is not None
+        log.warning("%s %s%s -> %s (%s): %s", head.method, host, head.path, ex.upstream or "-", cluster.name,
+                    failure.message)  # fmt: skip
+        return await self._reply_error(failure.status, failure.message)
+
+    def _pick(
+        self, cluster: ClusterRuntime, head: RequestHead, avoid: EndpointState | None
+    ) -> tuple[EndpointState | None, bytes | None]:
+        """(endpoint, Set-Cookie value) for this request, or (None, None)."""
+        affinity = cluster.affinity
+        if affinity is not None:
+            value = _cookie(head, affinity.cookie)
+            if value:
+                ep = affinity.index.find(value)
+                if ep is not None and ep is not avoid:
+                    return ep, None
+        ep = cluster.balancer.pick(_hash_key(cluster, head, self.client_ip))
+        if ep is not None and ep is avoid:  # a retry: prefer another endpoint
+            for _ in range(len(cluster.endpoints)):
+                other = cluster.balancer.pick(None)
+                if other is not None and other is not avoid:
+                    ep = other
+                    break
+        if ep is None:
+            return None, None
+        if affinity is None:
+            return ep, None
+        return ep, affinity.index.set_cookie_header(affinity.cookie, ep, affinity.ttl_ms, affinity.path).encode()
+
+    def _target(self, head: RequestHead, route: RouteRuntime) -> bytes:
+        if route.prefix_rewrite is None:
+            return head.target
+        rest = head.path[len(route.match_prefix) :]
+        new = route.prefix_rewrite + rest
+        if not new.startswith("/"):
+            new = "/" + new
+        return new.encode("latin-1") + (b"?" + head.query if head.query else b"")
+
+    async def _send_request(
+        self, up: socket.socket, head_bytes: bytes, head: RequestHead, read_timeout: float,
+        body_buffer: list[bytes] | None, replay: bool,
+    ) -> int:  # fmt: skip
+        """Send head and body upstream; returns body bytes sent. Streams the client's body chunk by chunk."""
+        reader = self.reader
+        if not head.has_body:
+            _body_complete(reader)
+            await net.send_all(up, head_bytes)
+            return 0
+        chunked = head.chunked
+        if replay and body_buffer:
+            await net.send_all(up, b"".join([head_bytes, *body_buffer]))
+            return sum(len(b) for b in body_buffer)
+        events = reader.events
+        out = [head_bytes]
+        sent = 0
+        buffered = 0
+        keep = body_buffer is not None
+        conn = self.conn
+        while True:
+            done = False
+            while events:
+                ev = events[0]
+                if ev is MESSAGE_END:
+                    events.popleft()
+                    if chunked:
+                        out.append(LAST_CHUNK)
+                        if keep:
+                            body_buffer.append(LAST_CHUNK)  # type: ignore[union-attr]
+                    done = True
+                    break
+                events.popleft()
+                piece = chunk(ev) if chunked else ev  # type: ignore[arg-type]
+                out.append(piece)
+                sent += len(ev)  # type: ignore[arg-type]
+                if keep:
+                    buffered += len(piece)
+                    if buffered > RETRY_BUFFER:
+                        keep = False
+                        body_buffer.clear()  # type: ignore[union-attr]
+                    else:
+                        body_buffer.append(piece)  # type: ignore[union-attr]
+            if out:
+                await net.send_all(up, b"".join(out) if len(out) > 1 else out[0])
+                out = []
+            if done:
+                return sent
+            conn.deadline = _now() + read_timeout
+            data = await net.recv(self.sock)
+            if not data:
+                raise _ClientGone("client closed while sending the request body")
+            reader.feed(data)
+
+    async def _forward(
+        self,
+        head: RequestHead,
+        route: RouteRuntime,
+        cluster: ClusterRuntime,
+        ep: EndpointState,
+        cookie: bytes | None,
+        body_buffer: list[bytes] | None,
+        *,
+        fresh: bool,
+    ) -> bool:
+        """One attempt against one endpoint. Raises _UpstreamFailed while the client saw nothing."""
+        svc, ex, conn_state = self.svc, self.ex, self.conn
+        assert ex is not None
+        pool = cluster.pools[ep.key]
+        framing = b"" if not head.has_body else (b"chunked" if head.chunked else str(head.content_length).encode())
+        upgrade = head.get("upgrade") if head.upgrade else None
+        head_bytes = upstream_request_head(
+            head,
+            target=self._target(head, route),
+            client_ip=self.client_ip,
+            proto=self.proto,
+            request_id=ex.rid,
+            body_framing=framing,
+            host=route.host_rewrite,
+            add=((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))) if upgrade else (),
+        )
+        read_timeout = cluster.read_timeout
+        now = _now()
+        total_deadline = now + route.timeout if route.timeout else math.inf
+        conn_state.phase = UPSTREAM
+        conn_state.deadline = min(now + read_timeout, total_deadline)
+        ep.active += 1
+        conn: UpstreamConn | None = None
+        reused = False
+        body_sent = 0
+        resp: ResponseHead | None = None
+        upstream_t0 = time.perf_counter()
+        try:
+            try:
+                if fresh:
+                    while pool.idle:  # a retry never trusts an idle connection
+                        net.close(pool.idle.pop().sock)
+                conn, reused = await pool.acquire(cluster.connect_timeout)
+            except PoolOverflow as exc:
+                raise _UpstreamFailed("overflow", 503, str(exc), retryable=True) from None
+            except net.ConnectError as exc:
+                raise _UpstreamFailed(
+                    "connect_failure", 502, f"upstream {ep.key} unreachable: {exc.strerror or exc}", retryable=True
+                ) from None
+            up = conn.sock
+            try:
+                body_sent = await self._send_request(
+                    up, head_bytes, head, read_timeout, body_buffer, replay=fresh and bool(body_buffer)
+                )
+            except OSError as exc:
+                raise _UpstreamFailed("reset", 502, f"upstream {ep.key} reset the connection: {exc}",
+                                      retryable=reused or not head.has_body) from None  # fmt: skip
+            reader = ResponseReader(head_request=head.method == "HEAD")
+            events = reader.events
+            got = False
+            conn_state.deadline = min(_now() + read_timeout, total_deadline)
+            while reader.head is None:
+                try:
+                    data = await (net.recv(up) if got else net.recv_later(up))
+                except OSError as exc:
+                    raise _UpstreamFailed("reset", 502, f"upstream {ep.key} reset the connection: {exc}",
+                                          retryable=not got) from None  # fmt: skip
+                if not data:
+                    if reader.eof() and reader.head is not None:
+                        break
+                    raise _UpstreamFailed(
+                        "reset", 502, f"upstream {ep.key} closed the connection before responding",
+                        retryable=not got and (reused or head.method in IDEMPOTENT),
+                    )  # fmt: skip
+                got = True
+                try:
+                    reader.feed(data)
+                except UpstreamProtocolError as exc:
+                    raise _UpstreamFailed("protocol", 502, f"upstream {ep.key} sent a bad response: {exc}",
+                                          retryable=False) from None  # fmt: skip
+            resp = reader.head
+            svc.metrics.upstream_time(cluster.name, time.perf_counter() - upstream_t0)
+            ex.response_started = True
+            conn_state.phase = RESPONDING
+            if resp.status == 101 and upgrade:
+                conn_state.deadline = math.inf
+                return await self._tunnel(conn, resp, route, cluster, ep)
+            # -- the client sees bytes from here on ------------------------------------------
+            if resp.content_length is not None:
+                chunked_out = False
+                close_client = not head.keep_alive or svc.draining
+            elif head.version == "1.1":
+                chunked_out = True
+                close_client = not head.keep_alive or svc.draining
+            else:
+                chunked_out = False
+                close_client = True
+            add = [(b"X-Request-Id", ex.rid)]
+            if cookie is not None:
+                add.append((b"Set-Cookie", cookie))
+            out = [client_response_head(resp, chunked=chunked_out, close=close_client, add=add)]
+            done = False
+            for ev in events[1:]:
+                if ev is MESSAGE_END:
+                    if chunked_out:
+                        out.append(LAST_CHUNK)
+                    done = True
+                elif ev:
+                    out.append(chunk(ev) if chunked_out else ev)  # type: ignore[arg-type]
+            events.clear()
+            data = b"".join(out)
+            bytes_out = len(data)
+            await net.send_all(self.sock, data)
+            while not done:
+                conn_state.deadline = min(_now() + read_timeout, total_deadline)
+                data = await net.recv(up)
+                if not data:
+                    if not reader.eof():
+                        raise ConnectionResetError("upstream closed mid-response")
+                else:
+                    try:
+                        reader.feed(data)
+                    except UpstreamProtocolError as exc:
+                        raise ConnectionResetError(str(exc)) from None
+                out = []
+                for ev in events:
+                    if ev is MESSAGE_END:
+                        if chunked_out:
+                            out.append(LAST_CHUNK)
+                        done = True
+                    elif ev:
+                        out.append(chunk(ev) if chunked_out else ev)  # type: ignore[arg-type]
+                events.clear()
+                if out:
+                    data = b"".join(out)
+                    bytes_out += len(data)
+                    await net.send_all(self.sock, data)
+            pool.release(conn, resp.keep_alive and not resp.until_close)
+            conn = None
+            status = resp.status
+            svc.passive_health(cluster, ep, status < 502 or status > 504)
+            elapsed = time.perf_counter() - ex.started
+            svc.metrics.request(ex.listener, route.name, cluster.name, status, elapsed, body_sent, bytes_out)
+            svc.access_log.log(ex.rid, self.client_ip, head.method, head.host, head.path, route.name, cluster.name,
+                               ep.key, status, body_sent, bytes_out, elapsed)  # fmt: skip
+            return not close_client
+        except OSError as exc:
+            # The client went away, or the upstream failed mid-response: the client has part of it.
+            if not ex.response_started and not isinstance(exc, _ClientGone):
+                raise _UpstreamFailed("reset", 502, f"upstream {ep.key}: {exc}", retryable=False) from None
+            elapsed = time.perf_counter() - ex.started
+            status = resp.status if resp is not None else 499
+            svc.metrics.request(ex.listener, route.name, cluster.name, status, elapsed, body_sent, 0)
+            svc.access_log.log(ex.rid, self.client_ip, head.method, head.host, head.path, route.name, cluster.name,
+                               ep.key, status, body_sent, 0, elapsed, error=f"aborted: {exc}")  # fmt: skip
+            return False
+        finally:
+            ep.active -= 1
+            if conn is not None:
+                pool.release(conn, False)
+
+    async def _tunnel(
+        self, conn: UpstreamConn, resp: ResponseHead, route: RouteRuntime, cluster: ClusterRuntime, ep: EndpointState
+    ) -> bool:
+        """Switch protocols (WebSocket and friends): pass the 101 on, then pipe bytes both ways."""
+        ex = self.ex
+        assert ex is not None
+        parts = [b"HTTP/1.1 101 ", resp.reason or b"Switching Protocols", b"\r\n"]
+        for name, value in resp.headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        await net.send_all(self.sock, b"".join(parts))
+        counts = [0, 0]
+
+        async def pipe(src: socket.socket, dst: socket.socket, i: int, done: trio.CancelScope) -> None:
+            try:
+                while True:
+                    data = await net.recv(src)
+                    if not data:
+                        break
+                    counts[i] += len(data)
+                    await net.send_all(dst, data)
+            except OSError:
+                pass
+            done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe, self.sock, conn.sock, 0, nursery.cancel_scope)
+            nursery.start_soon(pipe, conn.sock, self.sock, 1, nursery.cancel_scope)
+        elapsed = time.perf_counter() - ex.started
+        self.svc.metrics.request(ex.listener, route.name, cluster.name, 101, elapsed, counts[0], counts[1])
+        self.svc.access_log.log(ex.rid, self.client_ip, ex.head.method, ex.head.host, ex.head.path, route.name,
+                                cluster.name, ep.key, 101, counts[0], counts[1], elapsed)  # fmt: skip
+        return False
+
+
+class _ClientGone(ConnectionResetError):
+    pass
+
+
+async def serve_http(
+    svc: ProxyServices, sock: socket.socket, peer: tuple[str, int], listener: str, proto: bytes = b"http"
+) -> None:
+    """Serve one client connection until it closes, errs, idles out or the node drains."""
+    await HttpConnection(svc, sock, peer, listener, proto).serve()

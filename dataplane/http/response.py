@@ -1,0 +1,285 @@
+"""Sans-IO HTTP/1.1 response reader for upstream responses, one reader per response.
+
+Fast path: most upstream responses have a plain head and a Content-Length
+body. For those the reader splits the head itself, keeps its header lines as
+they came (minus hop-by-hop headers) so the proxy can pass them on without
+rebuilding them, and counts body bytes instead of parsing them. Anything else
+(chunked or read-until-close bodies, folded or odd header lines, interim 1xx
+responses) goes through httptools (llhttp), which validates and de-chunks.
+
+The reader also knows what llhttp cannot: a reply to HEAD has no body
+whatever its Content-Length says, and a body with neither length nor chunking
+ends when the upstream closes (`eof()`).
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from dataplane.http.request import MESSAGE_END
+
+MAX_HEAD = 64 * 1024
+
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream sent something that is not HTTP/1.x."""
+
+
+class ResponseHead:
+    """Status and framing of a response, and its end-to-end header block.
+
+    `block` holds the header lines ready to forward ("Name: value" joined by CRLF,
+    without a trailing CRLF; hop-by-hop headers and headers named in Connection
+    removed); `headers` gives them as (name, value) pairs.
+    """
+
+    __slots__ = ("_headers", "block", "chunked", "content_length", "keep_alive", "reason", "status", "version")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.version = "1.1"
+        self.block = b""
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self._headers is None:
+            pairs = []
+            for line in self.block.split(b"\r\n") if self.block else ():
+                name, _, value = line.partition(b":")
+                pairs.append((name, value.strip()))
+            self._headers = pairs
+        return self._headers
+
+    @property
+    def until_close(self) -> bool:
+        """Body delimited by the upstream closing the connection."""
+        return self.content_length is None and not self.chunked
+
+
+def _drop_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes]:
+    tokens = {t.strip().lower() for t in connection.split(b",")} - {b"close", b"keep-alive", b""}
+    if not tokens:
+        return lines
+    return [ln for ln in lines if ln.partition(b":")[0].lower() not in tokens]
+
+
+_FAST_HOP = (b"\r\nkeep-alive:", b"\r\nproxy-connection:", b"\r\nte:", b"\r\ntrailer:", b"\r\nupgrade:")
+
+
+def _cut_line(raw: bytes, low: bytes, start: int) -> tuple[bytes, bytes, bytes]:
+    """Remove the header line starting at `start` (its leading CRLF) from raw and low."""
+    stop = low.find(b"\r\n", start + 2)
+    if stop < 0:
+        stop = len(low)
+    return raw[:start] + raw[stop:], low[:start] + low[stop:], raw[start + 2 : stop]
+
+
+def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
+    """Parse a plain response head with a Content-Length (or none needed), else None for llhttp."""
+    if buf[:7] != b"HTTP/1." or buf[8:9] != b" " or not buf[9:12].isdigit():
+        return None
+    first = buf.find(b"\r\n")
+    if first < 0 or first > end:
+        first = end
+    status = int(buf[9:12])
+    if status < 200 or (first > 12 and buf[12] != 32):
+        return None  # 1xx (interim, upgrades) go through llhttp
+    raw = buf[first:end]  # "\r\nName: value\r\nName: value"
+    low = raw.lower()
+    if b"\r\ntransfer-encoding:" in low or b"\r\n " in raw or b"\r\n\t" in raw or b" :" in raw:
+        return None
+    head = ResponseHead()
+    head.status = status
+    head.reason = buf[13:first]
+    keep = buf[7] == 49
+    head.version = "1.1" if keep else "1.0"
+    i = low.find(b"\r\ncontent-length:")
+    if i >= 0:
+        if low.find(b"\r\ncontent-length:", i + 2) >= 0:
+            return None
+        stop = low.find(b"\r\n", i + 2)
+        value = low[i + 17 : stop if stop >= 0 else len(low)].strip()
+        if not value.isdigit():
+            return None
+        head.content_length = int(value)
+    i = low.find(b"\r\nconnection:")
+    if i >= 0:
+        raw, low, line = _cut_line(raw, low, i)
+        if b"\r\nconnection:" in low:
+            return None
+        connection = line[11:].strip().lower()
+        tokens = {t.strip() for t in connection.split(b",")}
+        if b"close" in tokens:
+            keep = False
+        elif b"keep-alive" in tokens:
+            keep = True
+        tokens -= {b"close", b"keep-alive", b""}
+        if tokens:
+            return None  # extra hop-by-hop names: let the careful path drop them
+    for hop in _FAST_HOP:
+        i = low.find(hop)
+        while i >= 0:
+            raw, low, _ = _cut_line(raw, low, i)
+            i = low.find(hop)
+    head.keep_alive = keep
+    head.block = raw[2:]
+    return head
+
+
+class ResponseReader:
+    __slots__ = (
+        "_bodyless", "_buf", "_connection", "_done", "_lines", "_next", "_parser", "_remaining", "events", "head",
+    )  # fmt: skip
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        self.events: list[object] = []
+        self.head: ResponseHead | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._next = ResponseHead()
+        self._bodyless = head_request
+        self._done = False
+        self._buf = b""
+        self._remaining = -1  # bytes of a Content-Length body still to come (fast path)
+        self._connection = b""
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data` into `events` (head, body chunks, MESSAGE_END)."""
+        if self._remaining >= 0:
+            self._body(data)
+        elif self._parser is not None:
+            self._llhttp(data)
+        else:
+            self._start(data)
+
+    def _start(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                raise UpstreamProtocolError("response head too large")
+            self._buf = buf
+            return
+        self._buf = b""
+        head = _fast_head(buf, end)
+        if head is not None and (self._bodyless or head.status in (204, 304)):
+            head.content_length = 0
+        if head is None or head.content_length is None:
+            self._parser = httptools.HttpResponseParser(self)
+            self._llhttp(buf)
+            return
+        self.head = head
+        self.events.append(head)
+        self._remaining = head.content_length
+        self._body(buf[end + 4 :])
+
+    def _body(self, data: bytes) -> None:
+        remaining = self._remaining
+        if data:
+            if len(data) > remaining:
+                # More than announced (a body on HEAD/204/304, or a broken upstream): drop
+                # the excess and never reuse this connection, whose framing is lost.
+                data = data[:remaining]
+                assert self.head is not None
+                self.head.keep_alive = False
+            if data:
+                self.events.append(data)
+            remaining -= len(data)
+            self._remaining = remaining
+        if remaining == 0 and not self._done:
+            self._done = True
+            self.events.append(MESSAGE_END)
+
+    def _llhttp(self, data: bytes) -> None:
+        assert self._parser is not None
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadDone):
+                raise UpstreamProtocolError(str(exc)) from None
+        except httptools.HttpParserError as exc:
+            raise UpstreamProtocolError(str(exc)) from None
+
+    def eof(self) -> bool:
+        """The upstream closed; True when that completes the response (a read-until-close body)."""
+        if self._done:
+            return True
+        head = self.head
+        if head is not None and head.until_close and self._remaining < 0:
+            self._done = True
+            self.events.append(MESSAGE_END)
+            return True
+        return False
+
+    # -- llhttp callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._next = ResponseHead()
+        self._connection = b""
+        self._lines: list[bytes] = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._next.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._next
+        low = name.lower()
+        if low in _HOP_BY_HOP:
+            if low == b"transfer-encoding":
+                head.chunked = b"chunked" in value.lower()
+            elif low == b"connection":
+                self._connection = value.lower()
+            return
+        if low == b"content-length":
+            try:
+                head.content_length = int(value)
+            except ValueError:
+                raise UpstreamProtocolError("bad Content-Length from upstream") from None
+        self._lines.append(name + b": " + value)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        head = self._next
+        head.status = parser.get_status_code()
+        if 100 <= head.status < 200 and head.status != 101:
+            return  # interim response: llhttp completes it; wait for the final one
+        head.version = parser.get_http_version()
+        head.keep_alive = parser.should_keep_alive()
+        lines = _drop_connection_tokens(self._lines, self._connection) if self._connection else self._lines
+        head.block = b"\r\n".join(lines)
+        if self._bodyless or head.status in (204, 304):
+            head.content_length = 0
+            head.chunked = False
+        self.head = head
+        self.events.append(head)
+        if self._bodyless:
+            self._done = True
+            self.events.append(MESSAGE_END)
+            raise _HeadDone
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.head is None:  # end of an interim 1xx response
+            return
+        if not self._done:
+            self._done = True
+            self.events.append(MESSAGE_END)
+
+
+class _HeadDone(Exception):
+    """Stops llhttp after the head of a reply to HEAD (it would wait for a body)."""

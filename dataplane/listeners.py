@@ -1,0 +1,147 @@
+"""ListenerManager: open, keep or close listening sockets as config versions change.
+
+Applying a version is two steps so a bind failure can refuse the version
+whole: `prepare(config)` binds every new socket (raising `ListenError` with
+the listener named), then `commit(plan)` starts their accept loops and stops
+the ones no longer configured. Stopping a listener closes its socket only;
+connections it accepted live in their own nursery and finish their requests.
+Sockets use SO_REUSEPORT so several worker processes share a port.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+
+import trio
+
+from dataplane import net
+from dataplane.config.runtime import ListenerRuntime, RuntimeConfig
+from dataplane.http.proxy import ProxyServices, serve_http
+from dataplane.l4 import serve_tcp, serve_udp
+
+log = logging.getLogger("flux.listeners")
+
+SocketKey = tuple[str, str, int, str]  # (transport, address, port, protocol)
+
+
+class ListenError(Exception):
+    pass
+
+
+@dataclass
+class _Active:
+    key: SocketKey
+    sock: socket.socket
+    name: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+@dataclass
+class Plan:
+    opened: list[_Active]
+    renamed: list[tuple[_Active, str]]
+    closing: list[_Active]
+
+
+def _key(lst: ListenerRuntime) -> SocketKey:
+    transport, address, port = lst.socket_key
+    return (transport, address, port, lst.protocol)
+
+
+class ListenerManager:
+    def __init__(self, svc: ProxyServices) -> None:
+        self.svc = svc
+        self.active: dict[SocketKey, _Active] = {}
+        self._services: trio.Nursery | None = None
+        self._connections: trio.Nursery | None = None
+        self.unsupported: dict[str, str] = {}
+
+    def bind(self, services: trio.Nursery, connections: trio.Nursery) -> None:
+        self._services = services
+        self._connections = connections
+
+    def prepare(self, cfg: RuntimeConfig) -> Plan:
+        wanted: dict[SocketKey, ListenerRuntime] = {}
+        self.unsupported = {}
+        for lst in cfg.listeners.values():
+            if lst.protocol == "https":
+                self.unsupported[lst.name] = "TLS termination is not built into this node yet (https listener skipped)"
+                continue
+            wanted[_key(lst)] = lst
+        opened: list[_Active] = []
+        try:
+            for key, lst in wanted.items():
+                if key in self.active:
+                    continue
+                kind = socket.SOCK_DGRAM if lst.protocol == "udp" else socket.SOCK_STREAM
+                try:
+                    sock = net.listen_socket(lst.address, lst.port, kind=kind)
+                except OSError as exc:
+                    raise ListenError(
+                        f"listener {lst.name!r}: cannot listen on {lst.protocol} {lst.address}:{lst.port}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
+                opened.append(_Active(key, sock, lst.name))
+        except ListenError:
+            for a in opened:
+                net.close(a.sock)
+            raise
+        renamed = [(a, wanted[k].name) for k, a in self.active.items() if k in wanted and a.name != wanted[k].name]
+        closing = [a for k, a in self.active.items() if k not in wanted]
+        return Plan(opened, renamed, closing)
+
+    def commit(self, plan: Plan) -> None:
+        assert self._services is not None, "bind() first"
+        for active in plan.closing:
+            log.info("closing listener %s (%s %s:%d)", active.name, active.key[3], active.key[1], active.key[2])
+            del self.active[active.key]
+            active.scope.cancel()
+            net.close(active.sock)
+        for active, name in plan.renamed:
+            active.name = name
+        for active in plan.opened:
+            self.active[active.key] = active
+            self._services.start_soon(self._serve, active)
+            port = active.sock.getsockname()[1]
+            log.info("listening: %s %s on %s:%d", active.key[3], active.name, active.key[1], port)
+        for name, why in self.unsupported.items():
+            log.warning("listener %s: %s", name, why)
+
+    def abort(self, plan: Plan) -> None:
+        for active in plan.opened:
+            net.close(active.sock)
+
+    async def _serve(self, active: _Active) -> None:
+        try:
+            await self._accept_loop(active)
+        except (trio.ClosedResourceError, OSError) as exc:
+            if active.key in self.active:  # not closed on purpose
+                log.error("listener %s stopped: %s", active.name, exc)
+
+    async def _accept_loop(self, active: _Active) -> None:
+        protocol = active.key[3]
+        with active.scope:
+            if protocol == "udp":
+                await serve_udp(self.svc, active.sock, lambda: active.name)
+                return
+            conns = self._connections
+            assert conns is not None
+            svc = self.svc
+            while True:
+                sock, peer = await net.accept(active.sock)
+                if protocol == "tcp":
+                    conns.start_soon(serve_tcp, svc, sock, peer, active.name)
+                else:
+                    conns.start_soon(serve_http, svc, sock, peer, active.name)
+
+    def close_all(self) -> None:
+        for active in self.active.values():
+            active.scope.cancel()
+            net.close(active.sock)
+        self.active.clear()
+
+    def ports(self) -> dict[str, int]:
+        """Listener name -> bound port (useful when a config asks for port 0 in tests)."""
+        return {a.name: a.sock.getsockname()[1] for a in self.active.values()}

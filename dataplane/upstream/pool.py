@@ -1,0 +1,188 @@
+"""Upstream HTTP/1.1 connection pools: one per (cluster, endpoint).
+
+A pool keeps idle keep-alive connections in a LIFO list (the most recently
+used connection is the one most likely still alive and warm), opens new ones
+up to `max_connections`, queues up to `max_pending` requests when full, and
+closes idle connections after `idle_timeout`. A connection idle for more than
+a second is probed with a non-blocking MSG_PEEK before reuse, which catches
+upstreams that closed it meanwhile; the proxy retries idempotent requests
+once when a reused connection still turns out dead.
+
+Pools outlive config versions: `PoolRegistry.reconcile` keeps the pools of
+endpoints that are still configured and closes the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from dataplane import net
+
+log = logging.getLogger("flux.upstream")
+
+PROBE_AFTER = 1.0  # seconds idle before a connection is probed on reuse
+
+
+class PoolOverflow(Exception):
+    """Too many requests waiting for a connection to one endpoint."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    max_connections: int = 1024
+    max_idle: int = 128
+    idle_timeout: float = 60.0
+    max_pending: int = 1024
+
+
+class UpstreamConn:
+    __slots__ = ("idle_since", "pool", "requests", "sock")
+
+    def __init__(self, sock: socket.socket, pool: EndpointPool) -> None:
+        self.sock = sock
+        self.pool = pool
+        self.idle_since = 0.0
+        self.requests = 0
+
+
+def _still_open(sock: socket.socket) -> bool:
+    try:
+        data = sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    del data  # EOF, or bytes nobody asked for: either way unusable
+    return False
+
+
+class EndpointPool:
+    __slots__ = ("address", "closed", "connecting", "idle", "in_use", "limits", "port", "stats_reused", "waiters")
+
+    def __init__(self, address: str, port: int, limits: PoolLimits) -> None:
+        self.address = address
+        self.port = port
+        self.limits = limits
+        self.idle: list[UpstreamConn] = []
+        self.in_use = 0
+        self.connecting = 0
+        self.waiters: deque[trio.Event] = deque()
+        self.closed = False
+        self.stats_reused = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + self.in_use + self.connecting
+
+    async def acquire(self, connect_timeout: float) -> tuple[UpstreamConn, bool]:
+        """A connection to use for one request and whether it was reused."""
+        while True:
+            idle = self.idle
+            while idle:
+                conn = idle.pop()
+                idle_for = time.monotonic() - conn.idle_since
+                if idle_for > self.limits.idle_timeout or (idle_for > PROBE_AFTER and not _still_open(conn.sock)):
+                    net.close(conn.sock)
+                    continue
+                self.in_use += 1
+                self.stats_reused += 1
+                return conn, True
+            if self.total < self.limits.max_connections:
+                self.connecting += 1
+                try:
+                    sock = await net.connect(self.address, self.port, connect_timeout)
+                finally:
+                    self.connecting -= 1
+                self.in_use += 1
+                return UpstreamConn(sock, self), False
+            if len(self.waiters) >= self.limits.max_pending:
+                raise PoolOverflow(f"{len(self.waiters)} requests already wait for {self.address}:{self.port}")
+            event = trio.Event()
+            self.waiters.append(event)
+            try:
+                with trio.fail_after(connect_timeout):
+                    await event.wait()
+            except trio.TooSlowError:
+                raise net.ConnectError(
+                    110, f"no connection to {self.address}:{self.port} free within {connect_timeout:g}s"
+                ) from None
+            finally:
+                if not event.is_set():
+                    try:
+                        self.waiters.remove(event)
+                    except ValueError:
+                        pass
+
+    def release(self, conn: UpstreamConn, reusable: bool) -> None:
+        """Give a connection back after a request; closes it unless `reusable`."""
+        self.in_use -= 1
+        conn.requests += 1
+        if reusable and not self.closed and len(self.idle) < self.limits.max_idle:
+            conn.idle_since = time.monotonic()
+            self.idle.append(conn)
+        else:
+            net.close(conn.sock)
+        if self.waiters:
+            self.waiters.popleft().set()
+
+    def close_expired(self, now: float) -> int:
+        keep, closed = [], 0
+        for conn in self.idle:
+            if now - conn.idle_since > self.limits.idle_timeout:
+                net.close(conn.sock)
+                closed += 1
+            else:
+                keep.append(conn)
+        self.idle = keep
+        return closed
+
+    def close(self) -> None:
+        """Close idle connections now; in-use ones close when released."""
+        self.closed = True
+        for conn in self.idle:
+            net.close(conn.sock)
+        self.idle = []
+        while self.waiters:
+            self.waiters.popleft().set()
+
+
+PoolKey = tuple[str, str, int]  # (cluster, address, port)
+
+
+class PoolRegistry:
+    """Every upstream pool of a worker, by (cluster, address, port)."""
+
+    def __init__(self) -> None:
+        self.pools: dict[PoolKey, EndpointPool] = {}
+
+    def get(self, cluster: str, address: str, port: int, limits: PoolLimits) -> EndpointPool:
+        key = (cluster, address, port)
+        pool = self.pools.get(key)
+        if pool is None or pool.limits != limits:
+            if pool is not None:
+                pool.close()
+            pool = self.pools[key] = EndpointPool(address, port, limits)
+        return pool
+
+    def reconcile(self, wanted: set[PoolKey]) -> None:
+        """Close and forget pools whose endpoint left the config."""
+        for key in [k for k in self.pools if k not in wanted]:
+            self.pools.pop(key).close()
+
+    async def run_sweeper(self, interval: float = 5.0) -> None:
+        while True:
+            await trio.sleep(interval)
+            now = time.monotonic()
+            closed = sum(pool.close_expired(now) for pool in self.pools.values())
+            if closed:
+                log.debug("closed %d idle upstream connections", closed)
+
+    def close_all(self) -> None:
+        for pool in self.pools.values():
+            pool.close()

@@ -1,0 +1,276 @@
+"""NodeWorker: one trio process of `flux-node`, wiring every part together.
+
+Start-up: open the admin port, apply the cached snapshot if there is one (so
+the node serves at once, even with no control plane), then subscribe to the
+control plane. Each snapshot is compiled, its new sockets bound, and only then
+swapped in as one reference; anything that fails refuses the version whole
+(NACK) and the previous config keeps serving. SIGTERM/SIGINT: stop accepting,
+let in-flight requests finish up to the drain deadline, exit 0.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from prometheus_client.core import GaugeMetricFamily
+
+from dataplane.accesslog import AccessLog
+from dataplane.admin import AdminServer, json_body, masked_snapshot
+from dataplane.config.compiler import CompileError, EndpointRegistry, compile_snapshot
+from dataplane.config.runtime import ConfigHolder
+from dataplane.discovery.cache import SnapshotFile
+from dataplane.discovery.client import DiscoveryClient
+from dataplane.health.checker import HealthService
+from dataplane.http.proxy import ProxyServices, ProxySettings
+from dataplane.http.request import RequestHead
+from dataplane.listeners import ListenerManager, ListenError
+from dataplane.metrics import Metrics
+from dataplane.upstream.pool import PoolRegistry
+from flux.v1 import config_pb2, discovery_pb2
+
+log = logging.getLogger("flux.node")
+
+BUILD_VERSION = "0.1.0"
+
+
+@dataclass
+class NodeOptions:
+    control_planes: list[str]
+    node_id: str
+    group: str = "default"
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 9901
+    cache_dir: str | None = None
+    drain_timeout: float = 10.0
+    access_log_fd: int | None = 1
+    worker_index: int = 0
+    workers: int = 1
+    settings: ProxySettings = field(default_factory=ProxySettings)
+
+
+def _tune_gc() -> None:
+    """Fewer, later cyclic GC passes: request objects die by refcount; what start-up
+    built (config, modules) is frozen out of every collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+class NodeWorker:
+    def __init__(self, opts: NodeOptions) -> None:
+        self.opts = opts
+        self.holder = ConfigHolder()
+        self.metrics = Metrics()
+        self.access_log = AccessLog(opts.access_log_fd)
+        self.pools = PoolRegistry()
+        self.endpoints = EndpointRegistry()
+        self.health = HealthService(self.holder)
+        self.svc = ProxyServices(
+            holder=self.holder,
+            metrics=self.metrics,
+            access_log=self.access_log,
+            passive_health=self.health.passive,
+            settings=opts.settings,
+        )
+        self.listeners = ListenerManager(self.svc)
+        self.cache = SnapshotFile(opts.cache_dir, opts.group)
+        self.discovery: DiscoveryClient | None = None
+        self.ready = False
+        self.draining = False
+        self.last_error: str | None = None
+        self.admin = AdminServer(
+            {
+                "/ready": self._ready,
+                "/healthz": lambda _h: (200, "application/json", json_body({"status": "alive"})),
+                "/metrics": lambda _h: (200, "text/plain; version=0.0.4", self.metrics.render()),
+                "/config_dump": self._config_dump,
+                "/clusters": self._clusters,
+                "/stats": self._stats,
+                "/listeners": lambda _h: (200, "application/json", json_body(self.listeners.ports())),
+            }
+        )
+        self.metrics.gauges.append(self._pool_gauges)
+
+    # -- applying config -------------------------------------------------------------
+
+    async def apply(self, snap: config_pb2.Snapshot) -> str | None:
+        """Compile and swap in `snap`; None on success, else why it was refused."""
+        try:
+            compiled = compile_snapshot(snap, self.endpoints, self.pools.get)
+        except CompileError as exc:
+            return self._refuse(snap, str(exc))
+        try:
+            plan = self.listeners.prepare(compiled.config)
+        except ListenError as exc:
+            return self._refuse(snap, str(exc))
+        self.holder.current = compiled.config
+        compiled.commit(self.endpoints)
+        self.listeners.commit(plan)
+        self.pools.reconcile(
+            {(c.name, ep.address, ep.port) for c in compiled.config.clusters.values() for ep in c.endpoints}
+        )
+        self.health.reconcile(compiled.config)
+        self.metrics.config_version = snap.version
+        self.metrics.config_applied += 1
+        self.last_error = None
+        if not self.ready:
+            log.info("node ready")
+        self.ready = True
+        self.cache.save(snap)
+        log.info(
+            "applied config version %s: %d listeners, %d routes, %d clusters",
+            snap.version, len(snap.listeners), len(snap.routes), len(snap.clusters),
+        )  # fmt: skip
+        return None
+
+    def _refuse(self, snap: config_pb2.Snapshot, reason: str) -> str:
+        self.metrics.config_rejected += 1
+        self.last_error = f"version {snap.version}: {reason}"
+        log.error("refusing config version %s: %s", snap.version, reason)
+        return reason
+
+    # -- admin handlers --------------------------------------------------------------
+
+    def _ready(self, _head: RequestHead) -> tuple[int, str, bytes]:
+        cfg = self.holder.current
+        body = {
+            "ready": self.ready and not self.draining,
+            "version": cfg.version if cfg else None,
+            "draining": self.draining,
+        }
+        return (200 if body["ready"] else 503), "application/json", json_body(body)
+
+    def _config_dump(self, _head: RequestHead) -> tuple[int, str, bytes]:
+        cfg = self.holder.current
+        if cfg is None:
+            return 503, "application/json", json_body({"error": "no config applied yet"})
+        body = {
+            "version": cfg.version,
+            "node": {"id": self.opts.node_id, "group": self.opts.group, "worker": self.opts.worker_index},
+            "snapshot": masked_snapshot(cfg.snapshot),
+            "skipped_listeners": self.listeners.unsupported,
+        }
+        return 200, "application/json", json_body(body)
+
+    def _clusters(self, _head: RequestHead) -> tuple[int, str, bytes]:
+        cfg = self.holder.current
+        out = []
+        for cluster in cfg.clusters.values() if cfg else []:
+            eps = []
+            for ep in cluster.endpoints:
+                d = ep.as_dict()
+                pool = cluster.pools.get(ep.key)
+                if pool is not None:
+                    d["pool"] = {"idle": len(pool.idle), "in_use": pool.in_use, "reused": pool.stats_reused}
+                eps.append(d)
+            out.append(
+                {
+                    "name": cluster.name,
+                    "lb": cluster.balancer.name,
+                    "health_check": cluster.health_check.type if cluster.health_check else None,
+                    "available": sum(1 for ep in cluster.endpoints if ep.available),
+                    "endpoints": eps,
+                }
+            )
+        return 200, "application/json", json_body({"version": cfg.version if cfg else None, "clusters": out})
+
+    def _stats(self, _head: RequestHead) -> tuple[int, str, bytes]:
+        d = self.discovery
+        body: dict[str, Any] = {
+            "node": self.opts.node_id,
+            "group": self.opts.group,
+            "version": self.holder.current.version if self.holder.current else None,
+            "ready": self.ready,
+            "draining": self.draining,
+            "last_error": self.last_error,
+            "downstream_connections": self.metrics.downstream_active,
+            "requests_in_flight": self.svc.in_flight,
+            "access_log": {"written": self.access_log.written, "dropped": self.access_log.dropped},
+            "discovery": {
+                "connected_to": d.connected_to if d else None,
+                "streams_opened": d.streams_opened if d else 0,
+                "snapshots_received": d.snapshots_received if d else 0,
+                "nacks_sent": d.nacks_sent if d else 0,
+            },
+        }
+        return 200, "application/json", json_body(body)
+
+    def _pool_gauges(self) -> Iterator[Any]:
+        cfg = self.holder.current
+        conns = GaugeMetricFamily(
+            "flux_upstream_connections", "Upstream connections by cluster and state", labels=["cluster", "state"]
+        )
+        health = GaugeMetricFamily(
+            "flux_endpoint_available", "1 when the endpoint takes traffic", labels=["cluster", "endpoint"]
+        )
+        for cluster in cfg.clusters.values() if cfg else []:
+            idle = sum(len(p.idle) for p in cluster.pools.values())
+            busy = sum(p.in_use for p in cluster.pools.values())
+            conns.add_metric([cluster.name, "idle"], idle)
+            conns.add_metric([cluster.name, "active"], busy)
+            for ep in cluster.endpoints:
+                health.add_metric([cluster.name, ep.key], 1 if ep.available else 0)
+        yield conns
+        yield health
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        opts = self.opts
+        node = discovery_pb2.Node(
+            id=opts.node_id,
+            group=opts.group,
+            build_version=BUILD_VERSION,
+            hostname=socket.gethostname(),
+            metadata={"worker": str(opts.worker_index), "workers": str(opts.workers)},
+        )
+        async with trio.open_nursery() as services:
+            async with trio.open_nursery() as connections:
+                self.listeners.bind(services, connections)
+                self.health.start(services)
+                admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)
+                log.info("admin endpoint on http://%s:%d", opts.admin_address, admin_port)
+                cached = self.cache.load()
+                version = ""
+                if cached is not None:
+                    log.info("starting from cached config version %s (%s)", cached.version, self.cache.path)
+                    if await self.apply(cached) is None:
+                        version = cached.version
+                self.discovery = DiscoveryClient(opts.control_planes, node, self.apply, version=version)
+                services.start_soon(self.discovery.run)
+                services.start_soon(self.pools.run_sweeper)
+                services.start_soon(self.access_log.run)
+                services.start_soon(self.svc.run_reaper)
+                _tune_gc()
+                task_status.started(admin_port)
+                await self._wait_for_stop()
+                await self._drain()
+                connections.cancel_scope.cancel()
+            services.cancel_scope.cancel()
+        self.pools.close_all()
+        log.info("node stopped")
+
+    async def _wait_for_stop(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                log.info("received %s: draining (up to %gs)", signal.Signals(sig).name, self.opts.drain_timeout)
+                return
+
+    async def _drain(self) -> None:
+        self.draining = True
+        self.listeners.close_all()
+        self.svc.start_draining()
+        with trio.move_on_after(self.opts.drain_timeout) as scope:
+            while self.svc.in_flight or self.metrics.downstream_active:
+                self.svc.start_draining()
+                await trio.sleep(0.05)
+        if scope.cancelled_caught:
+            log.warning("drain deadline passed with %d requests in flight", self.svc.in_flight)
+        await self.access_log.flush()

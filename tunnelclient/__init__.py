@@ -1,0 +1,1 @@
+"""flux-tunnel: the intranet tunnel agent (frp-style)."""
