@@ -80,6 +80,8 @@ class DiscoveryClient:
                 log.warning("config stream from %s ended; reconnecting", address)
             except _StreamEnded as exc:
                 log.warning("config stream from %s failed: %s", address, exc)
+            except Exception:  # never let the config stream take the node down
+                log.exception("config stream from %s broke; reconnecting", address)
             finally:
                 self.connected_to = None
             if self.snapshots_received > received_before:
@@ -135,13 +137,15 @@ class DiscoveryClient:
                     pass
 
         self.streams_opened += 1
+        ended: _StreamEnded | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_thread, pump)
                 first = True
                 async for item in receive:
                     if isinstance(item, _StreamEnded):
-                        raise item
+                        ended = item  # raised outside the nursery, not wrapped in a group
+                        break
                     if first:
                         self.connected_to = address
                         log.info("config stream open to %s", address)
@@ -153,6 +157,8 @@ class DiscoveryClient:
             call.cancel()
             outbox.put(None)
             channel.close()
+        if ended is not None:
+            raise ended
 
     async def _pump_thread(self, pump: Callable[[], None]) -> None:
         await trio.to_thread.run_sync(pump, limiter=self._limiter, abandon_on_cancel=True)

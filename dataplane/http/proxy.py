@@ -49,6 +49,8 @@ _now = time.monotonic  # the clock of connection deadlines (the reaper uses the 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 RETRY_BUFFER = 64 * 1024  # request bodies up to this size are kept for a retry
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_DEFAULT_RETRY_ON = frozenset({"connect_failure", "reset"})
+_CONNECT_ONLY = frozenset({"connect_failure"})
 
 # Connection phases (what a timeout means).
 IDLE, READING, UPSTREAM, RESPONDING = 0, 1, 2, 3
@@ -317,8 +319,8 @@ class HttpConnection:
 
         retry = route.retry
         attempts = 1 + (retry.attempts if retry is not None else 1)
-        if retry is None:
-            retry_on = frozenset({"connect_failure"})
+        if retry is None:  # like nginx's proxy_next_upstream "error": safe failures go to another endpoint
+            retry_on = _DEFAULT_RETRY_ON if head.method in IDEMPOTENT else _CONNECT_ONLY
         else:
             retry_on = frozenset(retry.retry_on)
             if not retry.retry_non_idempotent and head.method not in IDEMPOTENT:
