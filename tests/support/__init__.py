@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: child processes, polling, a test discovery client."""
