@@ -126,6 +126,9 @@ def run() -> None:
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
+    from dataplane.worker import _tune_gc
+
+    _tune_gc()  # as the node does
     prof = cProfile.Profile() if args.profile else None
     if prof:
         prof.enable()

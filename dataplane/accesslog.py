@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import stat
 import time
 
 import trio
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f]*$')
 
 
 def _q(text: str) -> str:
     """JSON string literal; the common case (nothing to escape) skips the encoder."""
-    if _PLAIN.match(text):
-        return f'"{text}"'
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
     return _dumps(text)
+
+
+def _never_blocks(fd: int) -> bool:
+    """Whether writes to `fd` finish at once (a regular file or /dev/null, not a pipe or terminal)."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return True
+        return stat.S_ISCHR(mode) and os.path.samefile(f"/proc/self/fd/{fd}", os.devnull)
+    except OSError:
+        return False
 
 
 class AccessLog:
@@ -36,6 +46,7 @@ class AccessLog:
         self.written = 0
         self._second = 0
         self._stamp = ""
+        self._regular: bool | None = None
 
     @property
     def enabled(self) -> bool:
@@ -95,7 +106,12 @@ class AccessLog:
         batch, self.lines = self.lines, []
         data = ("\n".join(batch) + "\n").encode()
         try:
-            await trio.to_thread.run_sync(self._write, data)
+            if self._regular is None:
+                self._regular = _never_blocks(self.fd)
+            if self._regular:
+                self._write(data)  # a local file never blocks for long: no thread hop
+            else:
+                await trio.to_thread.run_sync(self._write, data)  # a pipe or terminal may
             self.written += len(batch)
         except OSError:
             self.dropped += len(batch)

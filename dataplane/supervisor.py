@@ -60,10 +60,13 @@ def _worker_argv(args: argparse.Namespace, index: int, report: pathlib.Path) -> 
     return argv
 
 
-async def _fetch(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """GET http://127.0.0.1:PORT/PATH from a worker's admin endpoint."""
-    with trio.fail_after(timeout):
-        sock = await net.connect("127.0.0.1", port, timeout)
+FETCH_TIMEOUT = 2.0
+
+
+async def _fetch(port: int, path: str) -> tuple[int, bytes]:
+    """GET http://127.0.0.1:PORT/PATH from a worker's admin endpoint (2 s at most)."""
+    with trio.fail_after(FETCH_TIMEOUT):
+        sock = await net.connect("127.0.0.1", port, FETCH_TIMEOUT)
         try:
             await net.send_all(sock, f"GET {path} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n".encode())
             reader = ResponseReader()
@@ -173,7 +176,8 @@ class Supervisor:
             w.proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL)
             log.info("worker %d started (pid %d)", w.index, w.proc.pid)
             with trio.move_on_after(30):
-                while not w.report.exists() and w.proc.poll() is None:
+                # The worker writes the file when its admin port is open; polling is simplest.
+                while not w.report.exists() and w.proc.poll() is None:  # noqa: ASYNC110
                     await trio.sleep(0.05)
             if w.report.exists():
                 w.admin_port = json.loads(w.report.read_text())["admin_port"]

@@ -73,7 +73,7 @@ class PoolSpec(Strict):
 class SessionAffinitySpec(Strict):
     cookie: str = Field(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
     ttl: Duration = 0
-    path: str = "/"
+    path: str = Field(default="/", pattern=r"^/[^;\x00-\x1f\x7f]*$")
 
 
 class ServiceSelectorSpec(Strict):

@@ -43,6 +43,10 @@ _PATH_TYPE = {
 }
 
 
+_DEFAULT_RETRY_ON = frozenset({"connect_failure", "reset"})
+_CONNECT_ONLY = frozenset({"connect_failure"})
+
+
 class CompileError(Exception):
     """A snapshot the node refuses (NACKs); the message names the resource at fault."""
 
@@ -143,6 +147,11 @@ def _cluster(spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, o
     if spec.HasField("session_affinity") and spec.session_affinity.cookie:
         sa = spec.session_affinity
         affinity = Affinity(sa.cookie, sa.ttl_ms, sa.path or "/", AffinityIndex(endpoints))
+        if endpoints:
+            try:  # a bad cookie name or path would otherwise fail on every request
+                affinity.index.set_cookie_header(sa.cookie, endpoints[0], sa.ttl_ms, affinity.path)
+            except ValueError as exc:
+                raise CompileError(f"cluster {spec.name!r}: session_affinity: {exc}") from None
     try:
         balancer = make_balancer(_LB[spec.lb], endpoints)
     except ValueError as exc:
@@ -164,6 +173,7 @@ def _cluster(spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, o
         ),
         outlier=outlier,
         scheme=spec.scheme or "http",
+        keyed=bool(spec.hash_on) or _LB[spec.lb] == "ip_hash",
     )
 
 
@@ -183,15 +193,25 @@ def _route(spec: pb.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
     path_type = _PATH_TYPE.get(spec.path_type)
     if path_type is None:
         raise CompileError(f"route {spec.name!r}: unknown path_type {spec.path_type}")
+    retry = spec.retry if spec.HasField("retry") else None
+    if retry is None:  # like nginx's proxy_next_upstream "error": safe failures go to another endpoint
+        attempts, on_idem, on_other = 2, _DEFAULT_RETRY_ON, _CONNECT_ONLY
+    else:
+        attempts = 1 + retry.attempts
+        on_idem = frozenset(retry.retry_on)
+        on_other = on_idem if retry.retry_non_idempotent else on_idem & _CONNECT_ONLY
     return RouteRuntime(
         name=spec.name,
         clusters=tuple(targets),
         cumulative=tuple(accumulate(w for _, w in split)),
         timeout=spec.timeout_ms / 1000.0,
-        retry=spec.retry if spec.HasField("retry") else None,
+        retry=retry,
         match_prefix=spec.path if path_type == "prefix" else "",
         prefix_rewrite=spec.prefix_rewrite if spec.prefix_rewrite and path_type == "prefix" else None,
         host_rewrite=spec.host_rewrite.encode("idna") if spec.host_rewrite else None,
+        attempts=attempts,
+        retry_on_idempotent=on_idem,
+        retry_on_other=on_other,
     )
 
 

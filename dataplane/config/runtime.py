@@ -52,6 +52,7 @@ class ClusterRuntime:
     check_policy: ActiveCheckPolicy
     outlier: OutlierPolicy
     scheme: str
+    keyed: bool = False  # the balancer wants a hash key (consistent_hash / ip_hash)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -64,6 +65,9 @@ class RouteRuntime:
     match_prefix: str
     prefix_rewrite: str | None
     host_rewrite: bytes | None
+    attempts: int = 2
+    retry_on_idempotent: frozenset[str] = frozenset({"connect_failure", "reset"})
+    retry_on_other: frozenset[str] = frozenset({"connect_failure"})
 
     def pick_cluster(self) -> ClusterRuntime:
         clusters = self.clusters

@@ -20,7 +20,14 @@ import trio
 from dataplane import net
 from dataplane.balancing import EndpointState
 from dataplane.config.runtime import ClusterRuntime, ConfigHolder, RuntimeConfig
-from dataplane.health.state import ActiveCheckPolicy, next_release, record_check, record_request, release_ejections
+from dataplane.health.state import (
+    ActiveCheckPolicy,
+    next_release,
+    record_check,
+    record_request,
+    release_ejections,
+    reset_checks,
+)
 from dataplane.http.response import ResponseReader, UpstreamProtocolError
 from flux.v1 import config_pb2 as pb
 
@@ -135,9 +142,7 @@ class HealthService:
         for cluster in cfg.clusters.values():
             for ep in cluster.endpoints:
                 if (cluster.name, ep.key) not in checked and not ep.healthy:
-                    ep.healthy = True
-                    ep.checks_failed = 0
-                    ep._refresh()
+                    reset_checks(ep)
 
     async def _check_loop(
         self,

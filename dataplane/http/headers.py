@@ -49,7 +49,6 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 def upstream_request_head(
     req: RequestHead,
-    *,
     target: bytes,
     client_ip: str,
     proto: bytes,

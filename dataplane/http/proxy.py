@@ -49,8 +49,6 @@ _now = time.monotonic  # the clock of connection deadlines (the reaper uses the 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 RETRY_BUFFER = 64 * 1024  # request bodies up to this size are kept for a retry
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_DEFAULT_RETRY_ON = frozenset({"connect_failure", "reset"})
-_CONNECT_ONLY = frozenset({"connect_failure"})
 
 # Connection phases (what a timeout means).
 IDLE, READING, UPSTREAM, RESPONDING = 0, 1, 2, 3
@@ -173,8 +171,8 @@ def _cookie(head: RequestHead, name: str) -> str | None:
 
 def _hash_key(cluster: ClusterRuntime, head: RequestHead, client_ip: str) -> str | None:
     hk = cluster.hash_on
-    if hk is None:
-        return client_ip if cluster.balancer.name == "ip_hash" else None
+    if hk is None:  # ip_hash
+        return client_ip
     if hk.source == "header":
         return head.get(hk.name)
     if hk.source == "cookie":
@@ -318,13 +316,8 @@ class HttpConnection:
             await net.send_all(self.sock, CONTINUE)
 
         retry = route.retry
-        attempts = 1 + (retry.attempts if retry is not None else 1)
-        if retry is None:  # like nginx's proxy_next_upstream "error": safe failures go to another endpoint
-            retry_on = _DEFAULT_RETRY_ON if head.method in IDEMPOTENT else _CONNECT_ONLY
-        else:
-            retry_on = frozenset(retry.retry_on)
-            if not retry.retry_non_idempotent and head.method not in IDEMPOTENT:
-                retry_on = retry_on & {"connect_failure"}
+        attempts = route.attempts
+        retry_on = route.retry_on_idempotent if head.method in IDEMPOTENT else route.retry_on_other
         body_buffer: list[bytes] | None = [] if head.has_body else None
         avoid: EndpointState | None = None
         failure: _UpstreamFailed | None = None
@@ -367,7 +360,7 @@ class HttpConnection:
                 ep = affinity.index.find(value)
                 if ep is not None and ep is not avoid:
                     return ep, None
-        ep = cluster.balancer.pick(_hash_key(cluster, head, self.client_ip))
+        ep = cluster.balancer.pick(_hash_key(cluster, head, self.client_ip) if cluster.keyed else None)
         if ep is not None and ep is avoid:  # a retry: prefer another endpoint
             for _ in range(len(cluster.endpoints)):
                 other = cluster.balancer.pick(None)
@@ -462,13 +455,13 @@ class HttpConnection:
         upgrade = head.get("upgrade") if head.upgrade else None
         head_bytes = upstream_request_head(
             head,
-            target=self._target(head, route),
-            client_ip=self.client_ip,
-            proto=self.proto,
-            request_id=ex.rid,
-            body_framing=framing,
-            host=route.host_rewrite,
-            add=((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))) if upgrade else (),
+            head.target if route.prefix_rewrite is None else self._target(head, route),
+            self.client_ip,
+            self.proto,
+            ex.rid,
+            framing,
+            route.host_rewrite,
+            ((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))) if upgrade else (),
         )
         read_timeout = cluster.read_timeout
         now = _now()
@@ -486,7 +479,13 @@ class HttpConnection:
                 if fresh:
                     while pool.idle:  # a retry never trusts an idle connection
                         net.close(pool.idle.pop().sock)
-                conn, reused = await pool.acquire(cluster.connect_timeout)
+                    conn = None
+                else:
+                    conn = pool.take_idle()
+                if conn is None:
+                    conn, reused = await pool.acquire(cluster.connect_timeout)
+                else:
+                    reused = True
             except PoolOverflow as exc:
                 raise _UpstreamFailed("overflow", 503, str(exc), retryable=True) from None
             except net.ConnectError as exc:
@@ -541,12 +540,12 @@ class HttpConnection:
             else:
                 chunked_out = False
                 close_client = True
-            add = [(b"X-Request-Id", ex.rid)]
-            if cookie is not None:
-                add.append((b"Set-Cookie", cookie))
+            rid_header = (b"X-Request-Id", ex.rid)
+            add = (rid_header,) if cookie is None else (rid_header, (b"Set-Cookie", cookie))
             out = [client_response_head(resp, chunked=chunked_out, close=close_client, add=add)]
             done = False
-            for ev in events[1:]:
+            for i in range(1, len(events)):
+                ev = events[i]
                 if ev is MESSAGE_END:
                     if chunked_out:
                         out.append(LAST_CHUNK)
@@ -584,7 +583,10 @@ class HttpConnection:
             pool.release(conn, resp.keep_alive and not resp.until_close)
             conn = None
             status = resp.status
-            svc.passive_health(cluster, ep, status < 502 or status > 504)
+            if (502 <= status <= 504) or ep.consecutive_failures or ep.ejections:
+                svc.passive_health(cluster, ep, status < 502 or status > 504)
+            else:  # a success with no failure streak or back-off to forget: just count it
+                ep.total_requests += 1
             elapsed = time.perf_counter() - ex.started
             svc.metrics.request(ex.listener, route.name, cluster.name, status, elapsed, body_sent, bytes_out)
             svc.access_log.log(ex.rid, self.client_ip, head.method, head.host, head.path, route.name, cluster.name,

@@ -72,20 +72,16 @@ def _drop_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes
     return [ln for ln in lines if ln.partition(b":")[0].lower() not in tokens]
 
 
-_FAST_HOP = (b"\r\nkeep-alive:", b"\r\nproxy-connection:", b"\r\nte:", b"\r\ntrailer:", b"\r\nupgrade:")
-
-
-def _cut_line(raw: bytes, low: bytes, start: int) -> tuple[bytes, bytes, bytes]:
-    """Remove the header line starting at `start` (its leading CRLF) from raw and low."""
-    stop = low.find(b"\r\n", start + 2)
-    if stop < 0:
-        stop = len(low)
-    return raw[:start] + raw[stop:], low[:start] + low[stop:], raw[start + 2 : stop]
+_HOP_FIRST = frozenset(b"cCtTkKpPuU")  # first letters of Content-Length and the hop-by-hop names
 
 
 def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
-    """Parse a plain response head with a Content-Length (or none needed), else None for llhttp."""
-    if buf[:7] != b"HTTP/1." or buf[8:9] != b" " or not buf[9:12].isdigit():
+    """Parse a plain response head with a Content-Length (or none needed), else None for llhttp.
+
+    One split and a glance at each line's first byte: only lines that may be
+    Content-Length or hop-by-hop are looked at closely.
+    """
+    if buf[:7] != b"HTTP/1." or buf[8] != 32 or not buf[9:12].isdigit():
         return None
     first = buf.find(b"\r\n")
     if first < 0 or first > end:
@@ -93,45 +89,49 @@ def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
     status = int(buf[9:12])
     if status < 200 or (first > 12 and buf[12] != 32):
         return None  # 1xx (interim, upgrades) go through llhttp
-    raw = buf[first:end]  # "\r\nName: value\r\nName: value"
-    low = raw.lower()
-    if b"\r\ntransfer-encoding:" in low or b"\r\n " in raw or b"\r\n\t" in raw or b" :" in raw:
-        return None
+    keep = buf[7] == 49  # HTTP/1.1
+    kept: list[bytes] = []
+    content_length: int | None = None
+    connection = b""
+    if first < end:
+        for line in buf[first + 2 : end].split(b"\r\n"):
+            c = line[0] if line else 32
+            if c in _HOP_FIRST:
+                name, _, value = line.partition(b":")
+                low = name.lower()
+                if low == b"content-length":
+                    value = value.strip()
+                    if content_length is not None or not value.isdigit():
+                        return None
+                    content_length = int(value)
+                elif low in _HOP_BY_HOP:
+                    if low == b"transfer-encoding":
+                        return None  # chunked (or worse): llhttp de-chunks it
+                    if low == b"connection":
+                        connection = value.strip().lower()
+                    continue
+            elif c == 32 or c == 9:
+                return None  # obsolete line folding: let llhttp judge
+            kept.append(line)
+    if connection:
+        if connection == b"keep-alive":
+            keep = True
+        elif connection == b"close":
+            keep = False
+        else:
+            tokens = {t.strip() for t in connection.split(b",")}
+            if b"close" in tokens:
+                keep = False
+            elif b"keep-alive" in tokens:
+                keep = True
+            kept = _drop_connection_tokens(kept, connection)
     head = ResponseHead()
     head.status = status
     head.reason = buf[13:first]
-    keep = buf[7] == 49
-    head.version = "1.1" if keep else "1.0"
-    i = low.find(b"\r\ncontent-length:")
-    if i >= 0:
-        if low.find(b"\r\ncontent-length:", i + 2) >= 0:
-            return None
-        stop = low.find(b"\r\n", i + 2)
-        value = low[i + 17 : stop if stop >= 0 else len(low)].strip()
-        if not value.isdigit():
-            return None
-        head.content_length = int(value)
-    i = low.find(b"\r\nconnection:")
-    if i >= 0:
-        raw, low, line = _cut_line(raw, low, i)
-        if b"\r\nconnection:" in low:
-            return None
-        connection = line[11:].strip().lower()
-        tokens = {t.strip() for t in connection.split(b",")}
-        if b"close" in tokens:
-            keep = False
-        elif b"keep-alive" in tokens:
-            keep = True
-        tokens -= {b"close", b"keep-alive", b""}
-        if tokens:
-            return None  # extra hop-by-hop names: let the careful path drop them
-    for hop in _FAST_HOP:
-        i = low.find(hop)
-        while i >= 0:
-            raw, low, _ = _cut_line(raw, low, i)
-            i = low.find(hop)
+    head.version = "1.1" if buf[7] == 49 else "1.0"
     head.keep_alive = keep
-    head.block = raw[2:]
+    head.content_length = content_length
+    head.block = b"\r\n".join(kept)
     return head
 
 

@@ -80,18 +80,25 @@ class EndpointPool:
     def total(self) -> int:
         return len(self.idle) + self.in_use + self.connecting
 
+    def take_idle(self) -> UpstreamConn | None:
+        """An idle keep-alive connection that still looks usable, or None (no await: the hot path)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            idle_for = time.monotonic() - conn.idle_since
+            if idle_for > self.limits.idle_timeout or (idle_for > PROBE_AFTER and not _still_open(conn.sock)):
+                net.close(conn.sock)
+                continue
+            self.in_use += 1
+            self.stats_reused += 1
+            return conn
+        return None
+
     async def acquire(self, connect_timeout: float) -> tuple[UpstreamConn, bool]:
         """A connection to use for one request and whether it was reused."""
         while True:
-            idle = self.idle
-            while idle:
-                conn = idle.pop()
-                idle_for = time.monotonic() - conn.idle_since
-                if idle_for > self.limits.idle_timeout or (idle_for > PROBE_AFTER and not _still_open(conn.sock)):
-                    net.close(conn.sock)
-                    continue
-                self.in_use += 1
-                self.stats_reused += 1
+            conn = self.take_idle()
+            if conn is not None:
                 return conn, True
             if self.total < self.limits.max_connections:
                 self.connecting += 1

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from support.node import NodeProcess, UpstreamProcess
 from support.processes import ControlPlaneProcess, free_port, wait_until
 
@@ -96,7 +95,12 @@ def test_hop_by_hop_headers_do_not_cross(stack: dict[str, Any]) -> None:
     converge(stack, basic(port, [stack["ups"][0].endpoint()]))
     r = httpx.get(
         f"http://127.0.0.1:{port}/echo",
-        headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "Keep-Alive": "timeout=5", "TE": "trailers"},
+        headers={
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "1",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+        },
     )
     seen = {k.lower() for k in r.json()["headers"]}
     assert "x-secret-hop" not in seen and "keep-alive" not in seen and "te" not in seen
@@ -177,8 +181,13 @@ def test_active_health_checks_take_endpoints_out_and_back(stack: dict[str, Any],
             basic(
                 port,
                 [up.endpoint(), stack["ups"][1].endpoint()],
-                health_check={"type": "http", "path": "/healthz", "interval": "200ms", "unhealthy_threshold": 2,
-                              "healthy_threshold": 2},
+                health_check={
+                    "type": "http",
+                    "path": "/healthz",
+                    "interval": "200ms",
+                    "unhealthy_threshold": 2,
+                    "healthy_threshold": 2,
+                },
             ),
         )
         node = stack["nodes"][0]
@@ -274,10 +283,17 @@ def test_weighted_split_between_clusters(stack: dict[str, Any]) -> None:
         stack,
         {
             "listeners": [{"name": "web", "protocol": "http", "address": "127.0.0.1", "port": port}],
-            "clusters": [{"name": "stable", "endpoints": [a.endpoint()]}, {"name": "canary", "endpoints": [b.endpoint()]}],
+            "clusters": [
+                {"name": "stable", "endpoints": [a.endpoint()]},
+                {"name": "canary", "endpoints": [b.endpoint()]},
+            ],
             "routes": [
-                {"name": "split", "listener": "web", "path": "/", "clusters": [
-                    {"name": "stable", "weight": 80}, {"name": "canary", "weight": 20}]},
+                {
+                    "name": "split",
+                    "listener": "web",
+                    "path": "/",
+                    "clusters": [{"name": "stable", "weight": 80}, {"name": "canary", "weight": 20}],
+                },
             ],
         },
     )

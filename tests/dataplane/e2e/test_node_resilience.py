@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from support.node import NodeProcess, UpstreamProcess
 from support.processes import ControlPlaneProcess, free_port, wait_until
 
