@@ -1,8 +1,8 @@
 """In-process benchmark of the node's HTTP hot path, free of machine noise from other processes.
 
-One trio run holds N minimal keep-alive clients, the real proxy connection
-handler (`dataplane.http.proxy`) with a compiled one-route config, and a
-minimal upstream answering a fixed response; all talk over loopback TCP.
+One trio run holds N minimal keep-alive clients and a minimal upstream (trio
+tasks), and the real proxy connection handler (`dataplane.http.proxy`, on the
+reactor) with a compiled one-route config; all talk over loopback TCP.
 It reports microseconds of this process's CPU per proxied request, the number
 that decides how far one worker goes. Use `--profile` for a cProfile listing.
 
@@ -27,6 +27,7 @@ from dataplane.config.compiler import EndpointRegistry, compile_snapshot
 from dataplane.config.runtime import ConfigHolder
 from dataplane.http.proxy import ProxyServices, serve_http
 from dataplane.metrics import Metrics
+from dataplane.reactor import Reactor
 from dataplane.upstream.pool import PoolRegistry
 from flux.v1 import config_pb2 as pb
 
@@ -80,25 +81,29 @@ async def main(requests: int, clients: int, access_log: bool) -> tuple[float, fl
         clusters=[pb.Cluster(name="app", endpoints=[pb.Endpoint(address="127.0.0.1", port=up_port, weight=1)])],
         routes=[pb.Route(name="all", listener="web", path="/", cluster="app")],
     )
-    pools = PoolRegistry()
+    reactor = Reactor()
+    pools = PoolRegistry(reactor)
     holder = ConfigHolder()
     holder.current = compile_snapshot(snap, EndpointRegistry(), pools.get).config
     log = AccessLog(None if not access_log else _devnull())
-    svc = ProxyServices(holder=holder, metrics=Metrics(), access_log=log, passive_health=lambda *a: None)
+    svc = ProxyServices(
+        holder=holder, metrics=Metrics(), access_log=log, passive_health=lambda *a: None, reactor=reactor
+    )
     done = [0]
     async with trio.open_nursery() as nursery:
+        await nursery.start(reactor.run)
         nursery.start_soon(upstream, up)
         nursery.start_soon(svc.run_reaper)
         if access_log:
             nursery.start_soon(log.run)
 
         async def accept_loop() -> None:
-            async with trio.open_nursery() as conns:
-                while True:
-                    sock, peer = await net.accept(front)
-                    conns.start_soon(serve_http, svc, sock, peer, "web")
+            lsock = reactor.wrap(front)
+            while True:
+                sock, peer = await lsock.accept()
+                reactor.spawn(serve_http(svc, reactor.wrap(sock), peer, "web"))
 
-        nursery.start_soon(accept_loop)
+        reactor.spawn(accept_loop())
         per_client = requests // clients
         await trio.sleep(0.05)
         r0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -20,6 +20,7 @@ from dataplane import net
 from dataplane.config.runtime import ListenerRuntime, RuntimeConfig
 from dataplane.http.proxy import ProxyServices, serve_http
 from dataplane.l4 import serve_tcp, serve_udp
+from dataplane.reactor import RSock
 
 log = logging.getLogger("flux.listeners")
 
@@ -36,6 +37,7 @@ class _Active:
     sock: socket.socket
     name: str
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    rsock: RSock | None = None  # http listeners accept on the reactor
 
 
 @dataclass
@@ -97,13 +99,16 @@ class ListenerManager:
         for active in plan.closing:
             log.info("closing listener %s (%s %s:%d)", active.name, active.key[3], active.key[1], active.key[2])
             del self.active[active.key]
-            active.scope.cancel()
-            net.close(active.sock)
+            self._close(active)
         for active, name in plan.renamed:
             active.name = name
         for active in plan.opened:
             self.active[active.key] = active
-            self._services.start_soon(self._serve, active)
+            if active.key[3] in ("http", "https"):
+                active.rsock = self.svc.reactor.wrap(active.sock)
+                self.svc.reactor.spawn(self._accept_http(active), f"accept {active.name}")
+            else:
+                self._services.start_soon(self._serve, active)
             port = active.sock.getsockname()[1]
             log.info("listening: %s %s on %s:%d", active.key[3], active.name, active.key[1], port)
         for name, why in self.unsupported.items():
@@ -121,25 +126,39 @@ class ListenerManager:
                 log.error("listener %s stopped: %s", active.name, exc)
 
     async def _accept_loop(self, active: _Active) -> None:
-        protocol = active.key[3]
+        """tcp and udp listeners: trio tasks."""
         with active.scope:
-            if protocol == "udp":
+            if active.key[3] == "udp":
                 await serve_udp(self.svc, active.sock, lambda: active.name)
                 return
             conns = self._connections
             assert conns is not None
-            svc = self.svc
             while True:
                 sock, peer = await net.accept(active.sock)
-                if protocol == "tcp":
-                    conns.start_soon(serve_tcp, svc, sock, peer, active.name)
-                else:
-                    conns.start_soon(serve_http, svc, sock, peer, active.name)
+                conns.start_soon(serve_tcp, self.svc, sock, peer, active.name)
 
-    def close_all(self) -> None:
-        for active in self.active.values():
+    async def _accept_http(self, active: _Active) -> None:
+        """http listeners: a reactor task accepting, one reactor task per connection."""
+        reactor = self.svc.reactor
+        assert active.rsock is not None
+        try:
+            while True:
+                sock, peer = await active.rsock.accept()
+                reactor.spawn(serve_http(self.svc, reactor.wrap(sock), peer, active.name), "http")
+        except OSError as exc:
+            if active.key in self.active:  # not closed on purpose
+                log.error("listener %s stopped: %s", active.name, exc)
+
+    def _close(self, active: _Active) -> None:
+        if active.rsock is not None:
+            active.rsock.close()  # ends its accept task
+        else:
             active.scope.cancel()
             net.close(active.sock)
+
+    def close_all(self) -> None:
+        for active in list(self.active.values()):
+            self._close(active)
         self.active.clear()
 
     def ports(self) -> dict[str, int]:

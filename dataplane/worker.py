@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import signal
 import socket
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from dataplane.http.proxy import ProxyServices, ProxySettings
 from dataplane.http.request import RequestHead
 from dataplane.listeners import ListenerManager, ListenError
 from dataplane.metrics import Metrics
+from dataplane.reactor import Reactor
 from dataplane.upstream.pool import PoolRegistry
 from flux.v1 import config_pb2, discovery_pb2
 
@@ -56,11 +58,23 @@ class NodeOptions:
 
 
 def _tune_gc() -> None:
-    """Fewer, later cyclic GC passes: request objects die by refcount; what start-up
-    built (config, modules) is frozen out of every collection."""
+    """What start-up built (modules, config) is frozen out of every cyclic GC pass;
+    request objects die by reference counting anyway."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (like nginx's
+    worker_rlimit_nofile): each client and upstream connection takes one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 class NodeWorker:
@@ -69,7 +83,8 @@ class NodeWorker:
         self.holder = ConfigHolder()
         self.metrics = Metrics()
         self.access_log = AccessLog(opts.access_log_fd)
-        self.pools = PoolRegistry()
+        self.reactor = Reactor()
+        self.pools = PoolRegistry(self.reactor)
         self.endpoints = EndpointRegistry()
         self.health = HealthService(self.holder)
         self.svc = ProxyServices(
@@ -77,6 +92,7 @@ class NodeWorker:
             metrics=self.metrics,
             access_log=self.access_log,
             passive_health=self.health.passive,
+            reactor=self.reactor,
             settings=opts.settings,
         )
         self.listeners = ListenerManager(self.svc)
@@ -231,8 +247,12 @@ class NodeWorker:
             hostname=socket.gethostname(),
             metadata={"worker": str(opts.worker_index), "workers": str(opts.workers)},
         )
+        limit = raise_fd_limit()
+        if limit < 16384:
+            log.warning("open-file limit is %d: raise it (ulimit -n) to hold more connections", limit)
         async with trio.open_nursery() as services:
             async with trio.open_nursery() as connections:
+                await services.start(self.reactor.run)
                 self.listeners.bind(services, connections)
                 self.health.start(services)
                 admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)

@@ -8,11 +8,15 @@ metrics, the access log line and passive health. Every failure becomes a JSON
 error with the right status (400/404/413/417/431/502/503/504) and a log line;
 nothing a client or upstream sends can crash the node.
 
-Timeouts: each connection has one CancelScope and a `deadline` attribute that
-the handler moves as it goes (keep-alive idle, header read, upstream read,
-the route's total timeout). The `Reaper` task cancels connections whose
-deadline passed. Setting a float per phase costs nothing, where a trio
-CancelScope per request and per phase would cost more than the routing.
+Connections run as tasks of the `dataplane.reactor` (an edge-triggered loop
+inside one trio task), so a wait costs a coroutine resume instead of a trio
+task switch. Only reactor awaitables may be awaited here.
+
+Timeouts: each connection has a `deadline` attribute that the handler moves as
+it goes (keep-alive idle, header read, upstream read, the route's total
+timeout). The reaper (a trio task) raises `_Timeout` in connections whose
+deadline passed, at the await where they wait. Setting a float per phase costs
+nothing, where a timer per request and per phase would cost more than routing.
 
 Hot-path rules: few awaits (socket calls go straight to the kernel and only
 park when they would block), one send for a response that arrived whole, no
@@ -31,7 +35,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from dataplane import net
 from dataplane.accesslog import AccessLog
 from dataplane.balancing import EndpointState
 from dataplane.config.runtime import ClusterRuntime, ConfigHolder, RouteRuntime
@@ -40,6 +43,7 @@ from dataplane.http.headers import LAST_CHUNK, chunk, client_response_head, upst
 from dataplane.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
 from dataplane.http.response import ResponseHead, ResponseReader, UpstreamProtocolError
 from dataplane.metrics import Metrics
+from dataplane.reactor import ConnectError, Reactor, RSock, Task
 from dataplane.upstream.pool import PoolOverflow, UpstreamConn
 
 log = logging.getLogger("flux.proxy")
@@ -79,14 +83,21 @@ class ProxySettings:
 PassiveHealth = Callable[[ClusterRuntime, EndpointState, bool], None]
 
 
+class _Timeout(Exception):
+    """Raised in a connection whose deadline passed."""
+
+
+class _Drain(Exception):
+    """Raised in an idle keep-alive connection when the node drains."""
+
+
 class Conn:
     """Per-connection state the reaper and the drain logic can see."""
 
-    __slots__ = ("deadline", "phase", "scope", "sock")
+    __slots__ = ("deadline", "phase", "task")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.scope = trio.CancelScope()
+    def __init__(self) -> None:
+        self.task: Task | None = None
         self.deadline = math.inf
         self.phase = IDLE
 
@@ -99,6 +110,7 @@ class ProxyServices:
     metrics: Metrics
     access_log: AccessLog
     passive_health: PassiveHealth
+    reactor: Reactor
     settings: ProxySettings = field(default_factory=ProxySettings)
     request_ids: RequestIds = field(default_factory=RequestIds)
     draining: bool = False
@@ -109,18 +121,18 @@ class ProxyServices:
         """Stop keep-alive: idle connections close now, busy ones after their request."""
         self.draining = True
         for conn in list(self.conns):
-            if conn.phase == IDLE:
-                conn.scope.cancel()
+            if conn.phase == IDLE and conn.task is not None:
+                self.reactor.throw(conn.task, _Drain())
 
     async def run_reaper(self, interval: float = 0.1) -> None:
-        """Cancel connections whose deadline passed (idle, slow client, slow upstream)."""
+        """Stop connections whose deadline passed (idle, slow client, slow upstream)."""
         while True:
             await trio.sleep(interval)
             now = _now()
             for conn in self.conns:
-                if conn.deadline <= now:
+                if conn.deadline <= now and conn.task is not None:
                     conn.deadline = math.inf
-                    conn.scope.cancel()
+                    self.reactor.throw(conn.task, _Timeout())
 
 
 class _UpstreamFailed(Exception):
@@ -196,21 +208,20 @@ class HttpConnection:
 
     __slots__ = ("client_ip", "conn", "ex", "listener", "proto", "reader", "sock", "svc")
 
-    def __init__(
-        self, svc: ProxyServices, sock: socket.socket, peer: tuple[str, int], listener: str, proto: bytes
-    ) -> None:
+    def __init__(self, svc: ProxyServices, sock: RSock, peer: tuple[str, int], listener: str, proto: bytes) -> None:
         self.svc = svc
         self.sock = sock
         self.client_ip = peer[0]
         self.listener = listener
         self.proto = proto
-        self.conn = Conn(sock)
+        self.conn = Conn()
         settings = svc.settings
         self.reader = RequestReader(max_header_bytes=settings.max_header_bytes, body_limit=settings.max_body_bytes)
         self.ex: _Exchange | None = None
 
     async def serve(self) -> None:
         svc, conn, sock = self.svc, self.conn, self.sock
+        conn.task = svc.reactor.current
         metrics = svc.metrics
         metrics.downstream_active += 1
         metrics.downstream_total += 1
@@ -220,33 +231,34 @@ class HttpConnection:
         feed = self.reader.feed
         served = 0
         try:
-            with conn.scope:
-                while not svc.draining or events:
-                    if not events:
-                        conn.phase = IDLE if served else READING
-                        conn.deadline = _now() + (settings.idle_timeout if served else settings.header_timeout)
-                        while not events:
-                            data = await net.recv(sock)
-                            if not data:
-                                return
-                            conn.phase = READING
-                            feed(data)
-                    head = events.popleft()
-                    svc.in_flight += 1
-                    try:
-                        keep = await self.exchange(head)  # type: ignore[arg-type]
-                    finally:
-                        svc.in_flight -= 1
-                    self.ex = None
-                    served += 1
-                    if not keep:
-                        return
-            if conn.scope.cancelled_caught:
-                await self._timed_out()
+            while not svc.draining or events:
+                if not events:
+                    conn.phase = IDLE if served else READING
+                    conn.deadline = _now() + (settings.idle_timeout if served else settings.header_timeout)
+                    while not events:
+                        data = await sock.recv()
+                        if not data:
+                            return
+                        conn.phase = READING
+                        feed(data)
+                head = events.popleft()
+                svc.in_flight += 1
+                try:
+                    keep = await self.exchange(head)  # type: ignore[arg-type]
+                finally:
+                    svc.in_flight -= 1
+                self.ex = None
+                served += 1
+                if not keep:
+                    return
+        except _Timeout:
+            await self._timed_out()
+        except _Drain:
+            pass
         except HttpError as exc:
             metrics.count(f"bad_request_{exc.status}")
             try:
-                await net.send_all(sock, error_response(exc.status, exc.message, close=True))
+                await sock.send_all(error_response(exc.status, exc.message, close=True))
             except OSError:
                 pass
         except OSError:
@@ -254,8 +266,9 @@ class HttpConnection:
         except Exception:
             log.exception("unexpected error on a connection from %s", self.client_ip)
         finally:
+            conn.task = None
             svc.conns.discard(conn)
-            net.close(sock)
+            sock.close()
             metrics.downstream_active -= 1
 
     async def _timed_out(self) -> None:
@@ -267,11 +280,11 @@ class HttpConnection:
         if status == 504:
             self.svc.metrics.upstream_error(ex.cluster, "timeout")
             log.warning("%s %s -> %s (%s): %s", ex.head.method, ex.head.path, ex.upstream, ex.cluster, message)
-        with trio.move_on_after(1):
-            try:
-                await self._reply_error(status, message, close=True)
-            except OSError:
-                pass
+        self.conn.deadline = _now() + 1.0
+        try:
+            await self._reply_error(status, message, close=True)
+        except (OSError, _Timeout):
+            pass
 
     async def _reply_error(
         self, status: int, message: str, *, close: bool = False, headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -284,7 +297,7 @@ class HttpConnection:
         data = error_response(status, message, ex.rid, close=not keep, head_only=head.method == "HEAD",
                               headers=headers)  # fmt: skip
         ex.response_started = True
-        await net.send_all(self.sock, data)
+        await self.sock.send_all(data)
         elapsed = time.perf_counter() - ex.started
         self.svc.metrics.request(ex.listener, ex.route, ex.cluster, status, elapsed, 0, len(data))
         self.svc.access_log.log(
@@ -313,7 +326,7 @@ class HttpConnection:
 
         reader = self.reader
         if head.expect_continue and not (reader.events and reader.events[0] is MESSAGE_END):
-            await net.send_all(self.sock, CONTINUE)
+            await self.sock.send_all(CONTINUE)
 
         retry = route.retry
         attempts = route.attempts
@@ -343,7 +356,7 @@ class HttpConnection:
                 avoid = ep
                 svc.metrics.count("retries")
                 if retry is not None and retry.backoff_ms:
-                    await trio.sleep(retry.backoff_ms / 1000 * (2**attempt))
+                    await svc.reactor.sleep(retry.backoff_ms / 1000 * (2**attempt))
         assert failure is not None
         log.warning("%s %s%s -> %s (%s): %s", head.method, host, head.path, ex.upstream or "-", cluster.name,
                     failure.message)  # fmt: skip
@@ -383,18 +396,18 @@ class HttpConnection:
         return new.encode("latin-1") + (b"?" + head.query if head.query else b"")
 
     async def _send_request(
-        self, up: socket.socket, head_bytes: bytes, head: RequestHead, read_timeout: float,
+        self, up: RSock, head_bytes: bytes, head: RequestHead, read_timeout: float,
         body_buffer: list[bytes] | None, replay: bool,
     ) -> int:  # fmt: skip
         """Send head and body upstream; returns body bytes sent. Streams the client's body chunk by chunk."""
         reader = self.reader
         if not head.has_body:
             _body_complete(reader)
-            await net.send_all(up, head_bytes)
+            await up.send_all(head_bytes)
             return 0
         chunked = head.chunked
         if replay and body_buffer:
-            await net.send_all(up, b"".join([head_bytes, *body_buffer]))
+            await up.send_all(b"".join([head_bytes, *body_buffer]))
             return sum(len(b) for b in body_buffer)
         events = reader.events
         out = [head_bytes]
@@ -426,12 +439,12 @@ class HttpConnection:
                     else:
                         body_buffer.append(piece)  # type: ignore[union-attr]
             if out:
-                await net.send_all(up, b"".join(out) if len(out) > 1 else out[0])
+                await up.send_all(b"".join(out) if len(out) > 1 else out[0])
                 out = []
             if done:
                 return sent
             conn.deadline = _now() + read_timeout
-            data = await net.recv(self.sock)
+            data = await self.sock.recv()
             if not data:
                 raise _ClientGone("client closed while sending the request body")
             reader.feed(data)
@@ -478,7 +491,7 @@ class HttpConnection:
             try:
                 if fresh:
                     while pool.idle:  # a retry never trusts an idle connection
-                        net.close(pool.idle.pop().sock)
+                        pool.idle.pop().sock.close()
                     conn = None
                 else:
                     conn = pool.take_idle()
@@ -488,7 +501,7 @@ class HttpConnection:
                     reused = True
             except PoolOverflow as exc:
                 raise _UpstreamFailed("overflow", 503, str(exc), retryable=True) from None
-            except net.ConnectError as exc:
+            except ConnectError as exc:
                 raise _UpstreamFailed(
                     "connect_failure", 502, f"upstream {ep.key} unreachable: {exc.strerror or exc}", retryable=True
                 ) from None
@@ -506,7 +519,7 @@ class HttpConnection:
             conn_state.deadline = min(_now() + read_timeout, total_deadline)
             while reader.head is None:
                 try:
-                    data = await (net.recv(up) if got else net.recv_later(up))
+                    data = await (up.recv() if got else up.recv_later())
                 except OSError as exc:
                     raise _UpstreamFailed("reset", 502, f"upstream {ep.key} reset the connection: {exc}",
                                           retryable=not got) from None  # fmt: skip
@@ -555,10 +568,10 @@ class HttpConnection:
             events.clear()
             data = b"".join(out)
             bytes_out = len(data)
-            await net.send_all(self.sock, data)
+            await self.sock.send_all(data)
             while not done:
                 conn_state.deadline = min(_now() + read_timeout, total_deadline)
-                data = await net.recv(up)
+                data = await up.recv()
                 if not data:
                     if not reader.eof():
                         raise ConnectionResetError("upstream closed mid-response")
@@ -579,7 +592,7 @@ class HttpConnection:
                 if out:
                     data = b"".join(out)
                     bytes_out += len(data)
-                    await net.send_all(self.sock, data)
+                    await self.sock.send_all(data)
             pool.release(conn, resp.keep_alive and not resp.until_close)
             conn = None
             status = resp.status
@@ -617,24 +630,38 @@ class HttpConnection:
         for name, value in resp.headers:
             parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
-        await net.send_all(self.sock, b"".join(parts))
+        await self.sock.send_all(b"".join(parts))
         counts = [0, 0]
+        reactor = self.svc.reactor
+        done = reactor.event()
+        running = [2]
+        client, upstream = self.sock, conn.sock
 
-        async def pipe(src: socket.socket, dst: socket.socket, i: int, done: trio.CancelScope) -> None:
+        async def pipe(src: RSock, dst: RSock, i: int) -> None:
             try:
                 while True:
-                    data = await net.recv(src)
+                    data = await src.recv()
                     if not data:
                         break
                     counts[i] += len(data)
-                    await net.send_all(dst, data)
+                    await dst.send_all(data)
             except OSError:
                 pass
-            done.cancel()
+            try:
+                dst.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            running[0] -= 1
+            if running[0] == 0 or i == 1:  # both directions done, or the upstream closed
+                done.set()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pipe, self.sock, conn.sock, 0, nursery.cancel_scope)
-            nursery.start_soon(pipe, conn.sock, self.sock, 1, nursery.cancel_scope)
+        self.conn.deadline = math.inf
+        reactor.spawn(pipe(client, upstream, 0), "tunnel-up")
+        reactor.spawn(pipe(upstream, client, 1), "tunnel-down")
+        try:
+            await done
+        finally:
+            upstream.close()  # ends the other pipe if it still runs
         elapsed = time.perf_counter() - ex.started
         self.svc.metrics.request(ex.listener, route.name, cluster.name, 101, elapsed, counts[0], counts[1])
         self.svc.access_log.log(ex.rid, self.client_ip, ex.head.method, ex.head.host, ex.head.path, route.name,
@@ -647,7 +674,7 @@ class _ClientGone(ConnectionResetError):
 
 
 async def serve_http(
-    svc: ProxyServices, sock: socket.socket, peer: tuple[str, int], listener: str, proto: bytes = b"http"
+    svc: ProxyServices, sock: RSock, peer: tuple[str, int], listener: str, proto: bytes = b"http"
 ) -> None:
-    """Serve one client connection until it closes, errs, idles out or the node drains."""
+    """Serve one client connection (a reactor task) until it closes, errs, idles out or the node drains."""
     await HttpConnection(svc, sock, peer, listener, proto).serve()

@@ -1,12 +1,12 @@
-"""Upstream HTTP/1.1 connection pools: one per (cluster, endpoint).
+"""Upstream HTTP/1.1 connection pools: one per (cluster, endpoint), on the reactor.
 
 A pool keeps idle keep-alive connections in a LIFO list (the most recently
 used connection is the one most likely still alive and warm), opens new ones
 up to `max_connections`, queues up to `max_pending` requests when full, and
-closes idle connections after `idle_timeout`. A connection idle for more than
-a second is probed with a non-blocking MSG_PEEK before reuse, which catches
-upstreams that closed it meanwhile; the proxy retries idempotent requests
-once when a reused connection still turns out dead.
+closes idle connections after `idle_timeout`. The reactor notices when an
+upstream closes an idle connection (EOF or reset arrive as events), so a dead
+idle connection is dropped when taken; the proxy also retries idempotent
+requests once when a reused connection still turns out dead.
 
 Pools outlive config versions: `PoolRegistry.reconcile` keeps the pools of
 endpoints that are still configured and closes the rest.
@@ -14,23 +14,25 @@ endpoints that are still configured and closes the rest.
 
 from __future__ import annotations
 
+import errno
 import logging
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import trio
 
-from dataplane import net
+from dataplane.reactor import ConnectError, Reactor, REvent, RSock, connect
 
 log = logging.getLogger("flux.upstream")
-
-PROBE_AFTER = 1.0  # seconds idle before a connection is probed on reuse
 
 
 class PoolOverflow(Exception):
     """Too many requests waiting for a connection to one endpoint."""
+
+
+class _PoolWaitTimeout(Exception):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,35 +46,27 @@ class PoolLimits:
 class UpstreamConn:
     __slots__ = ("idle_since", "pool", "requests", "sock")
 
-    def __init__(self, sock: socket.socket, pool: EndpointPool) -> None:
+    def __init__(self, sock: RSock, pool: EndpointPool) -> None:
         self.sock = sock
         self.pool = pool
         self.idle_since = 0.0
         self.requests = 0
 
 
-def _still_open(sock: socket.socket) -> bool:
-    try:
-        data = sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    del data  # EOF, or bytes nobody asked for: either way unusable
-    return False
-
-
 class EndpointPool:
-    __slots__ = ("address", "closed", "connecting", "idle", "in_use", "limits", "port", "stats_reused", "waiters")
+    __slots__ = (
+        "address", "closed", "connecting", "idle", "in_use", "limits", "port", "reactor", "stats_reused", "waiters",
+    )  # fmt: skip
 
-    def __init__(self, address: str, port: int, limits: PoolLimits) -> None:
+    def __init__(self, reactor: Reactor, address: str, port: int, limits: PoolLimits) -> None:
+        self.reactor = reactor
         self.address = address
         self.port = port
         self.limits = limits
         self.idle: list[UpstreamConn] = []
         self.in_use = 0
         self.connecting = 0
-        self.waiters: deque[trio.Event] = deque()
+        self.waiters: deque[REvent] = deque()
         self.closed = False
         self.stats_reused = 0
 
@@ -81,13 +75,12 @@ class EndpointPool:
         return len(self.idle) + self.in_use + self.connecting
 
     def take_idle(self) -> UpstreamConn | None:
-        """An idle keep-alive connection that still looks usable, or None (no await: the hot path)."""
+        """An idle keep-alive connection that is still usable, or None (no await: the hot path)."""
         idle = self.idle
         while idle:
             conn = idle.pop()
-            idle_for = time.monotonic() - conn.idle_since
-            if idle_for > self.limits.idle_timeout or (idle_for > PROBE_AFTER and not _still_open(conn.sock)):
-                net.close(conn.sock)
+            if not conn.sock.still_usable() or time.monotonic() - conn.idle_since > self.limits.idle_timeout:
+                conn.sock.close()
                 continue
             self.in_use += 1
             self.stats_reused += 1
@@ -103,24 +96,27 @@ class EndpointPool:
             if self.total < self.limits.max_connections:
                 self.connecting += 1
                 try:
-                    sock = await net.connect(self.address, self.port, connect_timeout)
+                    sock = await connect(self.reactor, self.address, self.port, connect_timeout)
                 finally:
                     self.connecting -= 1
                 self.in_use += 1
                 return UpstreamConn(sock, self), False
             if len(self.waiters) >= self.limits.max_pending:
                 raise PoolOverflow(f"{len(self.waiters)} requests already wait for {self.address}:{self.port}")
-            event = trio.Event()
+            event = self.reactor.event()
             self.waiters.append(event)
+            task = self.reactor.current
+            assert task is not None
+            timer = self.reactor.call_later(connect_timeout, self.reactor.throw, task, _PoolWaitTimeout())
             try:
-                with trio.fail_after(connect_timeout):
-                    await event.wait()
-            except trio.TooSlowError:
-                raise net.ConnectError(
-                    110, f"no connection to {self.address}:{self.port} free within {connect_timeout:g}s"
+                await event
+            except _PoolWaitTimeout:
+                raise ConnectError(
+                    errno.ETIMEDOUT, f"no connection to {self.address}:{self.port} free within {connect_timeout:g}s"
                 ) from None
             finally:
-                if not event.is_set():
+                timer.cancel()
+                if not event.is_set:
                     try:
                         self.waiters.remove(event)
                     except ValueError:
@@ -130,19 +126,23 @@ class EndpointPool:
         """Give a connection back after a request; closes it unless `reusable`."""
         self.in_use -= 1
         conn.requests += 1
-        if reusable and not self.closed and len(self.idle) < self.limits.max_idle:
+        sock = conn.sock
+        if reusable and not self.closed and not sock.hup and len(self.idle) < self.limits.max_idle:
+            # The response was read whole: whatever arrives from now on (EOF, reset, stray
+            # bytes) comes as a new event and marks the socket unusable.
+            sock.readable = False
             conn.idle_since = time.monotonic()
             self.idle.append(conn)
         else:
-            net.close(conn.sock)
+            sock.close()
         if self.waiters:
             self.waiters.popleft().set()
 
     def close_expired(self, now: float) -> int:
         keep, closed = [], 0
         for conn in self.idle:
-            if now - conn.idle_since > self.limits.idle_timeout:
-                net.close(conn.sock)
+            if now - conn.idle_since > self.limits.idle_timeout or not conn.sock.still_usable():
+                conn.sock.close()
                 closed += 1
             else:
                 keep.append(conn)
@@ -153,7 +153,7 @@ class EndpointPool:
         """Close idle connections now; in-use ones close when released."""
         self.closed = True
         for conn in self.idle:
-            net.close(conn.sock)
+            conn.sock.close()
         self.idle = []
         while self.waiters:
             self.waiters.popleft().set()
@@ -165,7 +165,8 @@ PoolKey = tuple[str, str, int]  # (cluster, address, port)
 class PoolRegistry:
     """Every upstream pool of a worker, by (cluster, address, port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: Reactor) -> None:
+        self.reactor = reactor
         self.pools: dict[PoolKey, EndpointPool] = {}
 
     def get(self, cluster: str, address: str, port: int, limits: PoolLimits) -> EndpointPool:
@@ -174,7 +175,7 @@ class PoolRegistry:
         if pool is None or pool.limits != limits:
             if pool is not None:
                 pool.close()
-            pool = self.pools[key] = EndpointPool(address, port, limits)
+            pool = self.pools[key] = EndpointPool(self.reactor, address, port, limits)
         return pool
 
     def reconcile(self, wanted: set[PoolKey]) -> None:
