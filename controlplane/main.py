@@ -15,6 +15,7 @@ import sys
 import grpc
 import uvicorn
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from controlplane.api.app import create_app
 from controlplane.api.state import ControlPlane
@@ -178,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     except OSError as exc:
         log.error("%s", exc)
+        code = 2
+    except (ValueError, ArgumentError) as exc:  # a bad --db URL
+        log.error("%s", exc)
+        code = 2
+    except OperationalError as exc:  # the database does not answer
+        log.error("cannot use the database %s: %s", args.db, exc.orig if exc.orig is not None else exc)
         code = 2
     sys.exit(code)
 

@@ -55,6 +55,8 @@ def resource_router(kind: Kind) -> APIRouter:
         )
         cp.count("config_writes")
         response.headers["X-Flux-Config-Version"] = str(result.version)
+        if any(c.action == "create" for c in result.changes):
+            response.status_code = 201
         stored = result.config.get(plural, spec.name)
         assert stored is not None
         return stored.masked()
