@@ -24,9 +24,9 @@ def cp(module_controlplane: ControlPlaneProcess) -> ControlPlaneProcess:
             "/api/v1/clusters/base",
             json={"name": "base", "endpoints": [{"address": "127.0.0.1", "port": 9000}]},
         )
-        assert r.status_code == 200, r.text
+        assert r.status_code == 201, r.text  # PUT that creates answers 201
         r = c.put("/api/v1/routes/base-route", json={"name": "base-route", "cluster": "base", "path": "/base"})
-        assert r.status_code == 200, r.text
+        assert r.status_code == 201, r.text
     return module_controlplane
 
 
@@ -178,7 +178,7 @@ def test_crud(client: httpx.Client, kind: str) -> None:
 
     # PUT creates when the name is new.
     put_new = client.put(f"{url}/{name}", json=body)
-    assert put_new.status_code == 200, put_new.text
+    assert put_new.status_code == 201, put_new.text
     assert client.get(f"{url}/{name}").status_code == 200
     assert client.delete(f"{url}/{name}").status_code == 200
     assert client.get(url).json()["total"] == total0
