@@ -44,6 +44,7 @@ log = logging.getLogger("flux.reactor")
 RECV_SIZE = 65536
 _IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _OUT = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+_HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 
 
@@ -371,6 +372,13 @@ class Reactor:
             self._schedule(task, outcome)
             self._poke()
 
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
     def _poke(self) -> None:
         try:
             self._wake_w.send(b"\0")
@@ -422,6 +430,7 @@ class Reactor:
         socks = self._socks
         poll = self._ep.poll
         wake_fd = self._wake_r.fileno()
+        ep = self._ep
         while True:
             self._in_loop = True
             while ready:
@@ -432,36 +441,37 @@ class Reactor:
             timers = self._timers
             deadline = timers[0].deadline if timers else math.inf
             if deadline == math.inf:
-                await wait_readable(self._ep)
+                await wait_readable(ep)
             else:
                 with trio.move_on_after(max(0.0, deadline - time.monotonic())):
-                    await wait_readable(self._ep)
+                    await wait_readable(ep)
             self._in_loop = True
             for fd, mask in poll(0, 4096):
-                if fd == wake_fd:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    continue
                 rs = socks.get(fd)
                 if rs is None:
+                    if fd == wake_fd:
+                        self._drain_wake()
                     continue
                 if mask & _IN:
                     rs.readable = True
-                    if mask & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+                    if mask & _HUP:
                         rs.hup = True
                     task = rs.reader
-                    if task is not None:
+                    if task is not None:  # inlined _schedule: this runs for every event
                         rs.reader = None
-                        self._schedule(task)
+                        if not task.scheduled:
+                            task.scheduled = True
+                            task.parked = None
+                            ready.append((task, None))
                 if mask & _OUT:
                     rs.writable = True
                     task = rs.writer
                     if task is not None:
                         rs.writer = None
-                        self._schedule(task)
+                        if not task.scheduled:
+                            task.scheduled = True
+                            task.parked = None
+                            ready.append((task, None))
             if timers:
                 now = time.monotonic()
                 while timers and timers[0].deadline <= now:

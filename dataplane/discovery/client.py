@@ -105,6 +105,12 @@ class DiscoveryClient:
         outbox: queue.SimpleQueue[discovery_pb2.StreamConfigRequest | None] = queue.SimpleQueue()
         outbox.put(self._request())
         channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+        def watch(state: grpc.ChannelConnectivity) -> None:  # called from a grpc thread
+            if state == grpc.ChannelConnectivity.READY:
+                self.connected_to = address
+
+        channel.subscribe(watch, try_to_connect=True)
         stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
 
         def requests() -> Iterator[discovery_pb2.StreamConfigRequest]:
@@ -156,6 +162,7 @@ class DiscoveryClient:
             receive.close()
             call.cancel()
             outbox.put(None)
+            channel.unsubscribe(watch)
             channel.close()
         if ended is not None:
             raise ended

@@ -72,7 +72,15 @@ def _drop_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes
     return [ln for ln in lines if ln.partition(b":")[0].lower() not in tokens]
 
 
-_HOP_FIRST = frozenset(b"cCtTkKpPuU")  # first letters of Content-Length and the hop-by-hop names
+# First bytes that need a closer look: letters starting Content-Length and the hop-by-hop
+# names (False), and whitespace, which means obsolete line folding (True).
+_FIRST_BYTE = {**dict.fromkeys(b"cCtTkKpPuU", False), 32: True, 9: True}
+_SPECIAL = {
+    b"content-length": 1,
+    b"transfer-encoding": 2,
+    b"connection": 3,
+    **dict.fromkeys(_HOP_BY_HOP - {b"transfer-encoding", b"connection"}, 4),
+}
 
 
 def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
@@ -95,23 +103,24 @@ def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
     connection = b""
     if first < end:
         for line in buf[first + 2 : end].split(b"\r\n"):
-            c = line[0] if line else 32
-            if c in _HOP_FIRST:
+            look = _FIRST_BYTE.get(line[0])  # None for most headers: kept as they are
+            if look is not None:
+                if look:
+                    return None  # obsolete line folding: let llhttp judge
                 name, _, value = line.partition(b":")
-                low = name.lower()
-                if low == b"content-length":
-                    value = value.strip()
-                    if content_length is not None or not value.isdigit():
-                        return None
-                    content_length = int(value)
-                elif low in _HOP_BY_HOP:
-                    if low == b"transfer-encoding":
+                special = _SPECIAL.get(name.lower())
+                if special is not None:
+                    if special == 1:  # content-length
+                        value = value.strip()
+                        if content_length is not None or not value.isdigit():
+                            return None
+                        content_length = int(value)
+                    elif special == 2:  # transfer-encoding
                         return None  # chunked (or worse): llhttp de-chunks it
-                    if low == b"connection":
-                        connection = value.strip().lower()
-                    continue
-            elif c == 32 or c == 9:
-                return None  # obsolete line folding: let llhttp judge
+                    else:  # hop-by-hop: dropped
+                        if special == 3:
+                            connection = value.strip().lower()
+                        continue
             kept.append(line)
     if connection:
         if connection == b"keep-alive":
@@ -144,12 +153,10 @@ class ResponseReader:
         self.events: list[object] = []
         self.head: ResponseHead | None = None
         self._parser: httptools.HttpResponseParser | None = None
-        self._next = ResponseHead()
         self._bodyless = head_request
         self._done = False
         self._buf = b""
         self._remaining = -1  # bytes of a Content-Length body still to come (fast path)
-        self._connection = b""
 
     @property
     def done(self) -> bool:
