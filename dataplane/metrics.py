@@ -34,6 +34,7 @@ class Metrics:
         self.bytes_out: dict[str, int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.counters: dict[str, int] = {}
+        self.policies: dict[tuple[str, str, str, str], int] = {}  # (policy, type, result, reason)
         self.downstream_active = 0
         self.downstream_total = 0
         self.config_version = ""
@@ -66,6 +67,11 @@ class Metrics:
     def upstream_error(self, cluster: str, kind: str) -> None:
         key = (cluster, kind)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def policy(self, key: tuple[str, str, str, str]) -> None:
+        """One policy outcome: (policy name, type, "allowed" | "denied", reason)."""
+        policies = self.policies
+        policies[key] = policies.get(key, 0) + 1
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -119,6 +125,12 @@ class Metrics:
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
+        decisions = CounterMetricFamily(
+            "flux_policy_decisions", "Policy outcomes per request", labels=["policy", "type", "result", "reason"]
+        )
+        for (policy, ptype, result, why), n in sorted(self.policies.items()):
+            decisions.add_metric([policy, ptype, result, why], n)
+        yield decisions
         events = CounterMetricFamily("flux_node_events", "Other node events", labels=["event"])
         for name, n in sorted(self.counters.items()):
             events.add_metric([name], n)

@@ -508,6 +508,9 @@ async def connect(reactor: Reactor, host: str, port: int, connect_timeout: float
             raise ConnectError(
                 errno.ETIMEDOUT, f"connect to {host}:{port}: timed out after {connect_timeout:g}s"
             ) from None
+        except BaseException:
+            rs.close()  # interrupted by another exception (the proxy's timeout, a drain): do not leak it
+            raise
         finally:
             timer.cancel()
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -15,6 +15,7 @@ import logging
 import resource
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from dataplane.http.proxy import ProxyServices, ProxySettings
 from dataplane.http.request import RequestHead
 from dataplane.listeners import ListenerManager, ListenError
 from dataplane.metrics import Metrics
+from dataplane.policies.base import PolicyEnv, SharedServices
 from dataplane.reactor import Reactor
 from dataplane.upstream.pool import PoolRegistry
 from flux.v1 import config_pb2, discovery_pb2
@@ -85,6 +87,7 @@ class NodeWorker:
         self.access_log = AccessLog(opts.access_log_fd)
         self.reactor = Reactor()
         self.pools = PoolRegistry(self.reactor)
+        self.services = SharedServices()  # policy helpers kept across snapshots (JWKS, Redis, caches)
         self.endpoints = EndpointRegistry()
         self.health = HealthService(self.holder)
         self.svc = ProxyServices(
@@ -110,6 +113,7 @@ class NodeWorker:
                 "/clusters": self._clusters,
                 "/stats": self._stats,
                 "/listeners": lambda _h: (200, "application/json", json_body(self.listeners.ports())),
+                "/circuit_breakers": self._breakers,
             }
         )
         self.metrics.gauges.append(self._pool_gauges)
@@ -118,10 +122,14 @@ class NodeWorker:
 
     async def apply(self, snap: config_pb2.Snapshot) -> str | None:
         """Compile and swap in `snap`; None on success, else why it was refused."""
+        env = PolicyEnv(services=self.services, reactor=self.reactor, workers=self.opts.workers)
         try:
-            compiled = compile_snapshot(snap, self.endpoints, self.pools.get)
+            compiled = compile_snapshot(snap, self.endpoints, self.pools.get, env)
         except CompileError as exc:
             return self._refuse(snap, str(exc))
+        except Exception as exc:  # a bug must cost a NACK, never the node
+            log.exception("compiling config version %s failed", snap.version)
+            return self._refuse(snap, f"internal error while compiling: {exc!r}")
         try:
             plan = self.listeners.prepare(compiled.config)
         except ListenError as exc:
@@ -197,6 +205,19 @@ class NodeWorker:
             )
         return 200, "application/json", json_body({"version": cfg.version if cfg else None, "clusters": out})
 
+    def _breakers(self, _head: RequestHead) -> tuple[int, str, bytes]:
+        now = time.monotonic()
+        out = [
+            {"policy": key[1], "scope": key[3], **breaker.snapshot(now)}
+            for key, breaker in self.services.items()
+            if isinstance(key, tuple) and key and key[0] == "breaker"
+        ]
+        return (
+            200,
+            "application/json",
+            json_body({"circuit_breakers": sorted(out, key=lambda b: (b["policy"], b["scope"]))}),
+        )
+
     def _stats(self, _head: RequestHead) -> tuple[int, str, bytes]:
         d = self.discovery
         body: dict[str, Any] = {
@@ -253,6 +274,7 @@ class NodeWorker:
         async with trio.open_nursery() as services:
             async with trio.open_nursery() as connections:
                 await services.start(self.reactor.run)
+                self.services.nursery = services
                 self.listeners.bind(services, connections)
                 self.health.start(services)
                 admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)

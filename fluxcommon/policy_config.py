@@ -45,7 +45,14 @@ def _regex(value: str) -> str:
     return value
 
 
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
 Cidr = Annotated[str, BeforeValidator(lambda v: _cidr(v) if isinstance(v, str) else v)]
+HttpUrl = Annotated[str, BeforeValidator(lambda v: _http_url(v) if isinstance(v, str) else v)]
 Regex = Annotated[str, BeforeValidator(lambda v: _regex(v) if isinstance(v, str) else v)]
 TokenSource = Annotated[str, Field(pattern=r"^(header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+|cookie:\S+)$")]
 
@@ -54,7 +61,7 @@ class JwtConfig(_Config):
     issuer: str | None = None
     audience: str | list[str] | None = None
     algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]] = []
-    jwks_url: str | None = None
+    jwks_url: HttpUrl | None = None
     jwks_refresh: Ms = 300_000
     leeway: Ms = 0
     from_: TokenSource = Field(default="header:Authorization", alias="from")
@@ -63,7 +70,7 @@ class JwtConfig(_Config):
 
 
 class OAuth2Config(_Config):
-    introspection_url: str
+    introspection_url: HttpUrl
     client_id: str
     client_secret: str
     required_scopes: list[str] = []

@@ -12,6 +12,8 @@ picks a free port). Endpoints:
   GET  /stream?n=N&chunk=C N bytes, chunked, C bytes a chunk
   POST /sink               reads the whole body (any size), answers with its length and sha256
   GET  /close              answers then closes the connection
+  GET  (Upgrade: websocket) 101, a greeting line, then echoes every byte
+  (with --fail-status N every request but /healthz gets status N)
   *    (anything else)     200 "hello from NAME" (plain text)
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import http
 import json
@@ -34,11 +37,15 @@ def _reason(status: int) -> bytes:
         return b"Unknown"
 
 
+FAIL_STATUS = 0  # --fail-status: answer everything (but /healthz) with this status
+
+
 class _Conn(asyncio.Protocol):
     def __init__(self, name: str) -> None:
         self.name = name
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.upgraded = False
         self._reset()
 
     def _reset(self) -> None:
@@ -53,8 +60,14 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            if self.transport:
+                self.transport.write(data)  # the switched protocol: echo raw bytes
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._switch(data[exc.args[0] :] if exc.args else b"")
         except httptools.HttpParserError:
             if self.transport:
                 self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -77,7 +90,24 @@ class _Conn(asyncio.Protocol):
         if self.sink:
             self.sha.update(body)
 
+    def _switch(self, rest: bytes) -> None:
+        """Answer an upgrade (WebSocket) with 101, a greeting, and echo every byte after."""
+        key = dict((k.lower(), v) for k, v in self.headers).get(b"sec-websocket-key", b"")
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        if self.transport is None:
+            return
+        self.upgraded = True
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\nX-Upstream: " + self.name.encode() + b"\r\n\r\n"
+            b"greeting-from-" + self.name.encode() + b"\n"
+        )
+        if rest:
+            self.transport.write(rest)
+
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade():
+            return  # answered in _switch
         keep = self.parser.should_keep_alive()
         method = self.method = self.parser.get_method().decode()
         parsed = urllib.parse.urlsplit(self.url.decode("latin-1"))
@@ -105,7 +135,9 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
     def _answer(self, method: str, path: str, query: dict[str, list[str]], keep: bool) -> None:
-        if path == "/healthz":
+        if FAIL_STATUS and path != "/healthz":
+            self._send(FAIL_STATUS, b'{"error": "failing on purpose"}', b"application/json", keep)
+        elif path == "/healthz":
             self._send(200, b"ok", b"text/plain", keep)
         elif path in ("/echo", "/anything") or path.startswith(("/echo/", "/anything/")):
             body = json.dumps(
@@ -171,7 +203,10 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--name", default="upstream")
+    p.add_argument("--fail-status", type=int, default=0, help="answer every request (but /healthz) with this status")
     args = p.parse_args()
+    global FAIL_STATUS
+    FAIL_STATUS = args.fail_status
     try:
         asyncio.run(serve(args.host, args.port, args.name))
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from controlplane.api import config, status
+from controlplane.api import config, status, tokens
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.limits import BodySizeLimit
 from controlplane.api.resources import resource_router
@@ -27,5 +27,6 @@ def create_app(cp: ControlPlane) -> FastAPI:
         app.include_router(resource_router(kind))
     app.include_router(config.router)
     app.include_router(status.router)
+    app.include_router(tokens.router)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY)
     return app

@@ -44,6 +44,9 @@ class JwtCredential(Strict):
     algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"] = "HS256"
     secret: str | None = None
     public_key: str | None = None
+    private_key: str | None = Field(
+        default=None, description="PEM private key: lets POST /api/v1/auth/token sign RS/ES/EdDSA tokens"
+    )
 
     @model_validator(mode="after")
     def _key(self) -> JwtCredential:
@@ -60,6 +63,10 @@ class JwtCredential(Strict):
             if self.secret:
                 raise ValueError(f"secret: {self.algorithm} uses public_key, not secret")
             _check_public_key(self.public_key)
+            if self.private_key and self.private_key != MASK:
+                _check_key_pair(self.private_key, self.public_key)
+        if self.private_key and self.algorithm.startswith("HS"):
+            raise ValueError("private_key: HMAC algorithms sign with secret")
         return self
 
 
@@ -100,6 +107,24 @@ def _check_public_key(pem: str) -> None:
         raise ValueError(f"public_key: not a PEM public key ({exc})") from None
 
 
+def _check_key_pair(private_pem: str, public_pem: str) -> None:
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+        load_pem_public_key,
+    )
+
+    try:
+        private = load_pem_private_key(private_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"private_key: not an unencrypted PEM private key ({exc})") from None
+    mine = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    theirs = load_pem_public_key(public_pem.encode()).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    if mine != theirs:
+        raise ValueError("private_key: does not belong to public_key")
+
+
 def _identity(cred: Any) -> tuple[str, str]:
     if isinstance(cred, JwtCredential):
         return ("jwt", cred.issuer)
@@ -134,6 +159,8 @@ class ConsumerSpec(Resource):
                 d = cred.model_dump(mode="json", exclude_none=True)
                 if cred.secret:
                     d["secret"] = MASK
+                if cred.private_key:
+                    d["private_key"] = MASK
                 creds.append(d)
             else:
                 creds.append({"type": "basic_auth", "username": cred.username, "password": MASK})
@@ -157,10 +184,15 @@ class ConsumerSpec(Resource):
                     raise ValueError("credentials: a masked api_key's fingerprint matches no stored key")
                 old_keys.remove(match)
                 merged.append(match)
-            elif isinstance(cred, JwtCredential) and cred.secret == MASK:
-                if not isinstance(prev, JwtCredential) or not prev.secret:
-                    raise ValueError(f"credentials: no stored secret for jwt issuer {cred.issuer!r}")
-                merged.append(cred.model_copy(update={"secret": prev.secret}))
+            elif isinstance(cred, JwtCredential) and MASK in (cred.secret, cred.private_key):
+                update = {}
+                for field in ("secret", "private_key"):
+                    if getattr(cred, field) == MASK:
+                        stored = getattr(prev, field, None) if isinstance(prev, JwtCredential) else None
+                        if not stored:
+                            raise ValueError(f"credentials: no stored {field} for jwt issuer {cred.issuer!r}")
+                        update[field] = stored
+                merged.append(cred.model_copy(update=update))
             elif isinstance(cred, BasicAuthCredential):
                 merged.append(cred.stored(prev if isinstance(prev, BasicAuthCredential) else None))
             else:

@@ -120,6 +120,7 @@ class CredentialRow(SQLModel, table=True):
     algorithm: str | None = Field(default=None, max_length=8)
     secret: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     public_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    private_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     username: str | None = Field(default=None, max_length=255)
     password_hash: str | None = Field(default=None, max_length=255)
 

@@ -8,20 +8,23 @@ applied by `Compiled.commit()` only after the swap is decided.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 
 from dataplane.balancing import AffinityIndex, EndpointState, endpoint_key, make_balancer
 from dataplane.config.runtime import (
     Affinity,
     ClusterRuntime,
+    ClusterState,
     HashKey,
     ListenerRuntime,
     RouteRuntime,
     RuntimeConfig,
 )
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.policies.base import ConsumerIndex, Policy, PolicyEnv
+from dataplane.policies.chain import EMPTY_CHAIN, PolicyBuildError, PolicyChain, build_policies
 from dataplane.routing import RouteMatcher, RouteRule
 from dataplane.upstream.pool import EndpointPool, PoolLimits
 from flux.v1 import config_pb2 as pb
@@ -55,10 +58,11 @@ PoolFactory = Callable[[str, str, int, PoolLimits], EndpointPool]
 
 
 class EndpointRegistry:
-    """Endpoint states by (cluster, endpoint key), kept across config versions."""
+    """Endpoint states by (cluster, endpoint key) and cluster counters by name, kept across config versions."""
 
     def __init__(self) -> None:
         self.states: dict[tuple[str, str], EndpointState] = {}
+        self.clusters: dict[str, ClusterState] = {}
 
     def retain(self, wanted: set[tuple[str, str]]) -> None:
         for key in [k for k in self.states if k not in wanted]:
@@ -70,6 +74,7 @@ class Compiled:
     config: RuntimeConfig
     endpoint_updates: list[tuple[EndpointState, pb.Endpoint]] = field(default_factory=list)
     new_states: dict[tuple[str, str], EndpointState] = field(default_factory=dict)
+    env: PolicyEnv = field(default_factory=PolicyEnv)
 
     def commit(self, registry: EndpointRegistry) -> None:
         """Make the staged endpoint changes live (after the config is swapped in)."""
@@ -78,6 +83,8 @@ class Compiled:
         registry.states.update(self.new_states)
         wanted = {(c.name, ep.key) for c in self.config.clusters.values() for ep in c.endpoints}
         registry.retain(wanted)
+        registry.clusters = {name: c.state for name, c in self.config.clusters.items()}
+        self.env.services.retain()  # close policy helpers (JWKS caches, Redis clients) no longer used
 
 
 def _hash_key(cluster: pb.Cluster) -> HashKey | None:
@@ -174,6 +181,8 @@ def _cluster(spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, o
         outlier=outlier,
         scheme=spec.scheme or "http",
         keyed=bool(spec.hash_on) or _LB[spec.lb] == "ip_hash",
+        max_requests=spec.pool.max_requests if spec.HasField("pool") else 0,
+        state=registry.clusters.get(spec.name) or ClusterState(),
     )
 
 
@@ -215,13 +224,40 @@ def _route(spec: pb.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
     )
 
 
-def compile_snapshot(snap: pb.Snapshot, registry: EndpointRegistry, pools: PoolFactory) -> Compiled:
-    out = Compiled(config=RuntimeConfig(version=snap.version, node_group=snap.node_group, snapshot=snap))
+def _chain(
+    names: Iterable[str], policies: dict[str, Policy], where: str, scope: str, head: PolicyChain = EMPTY_CHAIN
+) -> PolicyChain:
+    """The policies named by a resource (after `head`); scoped policies (breakers) bind to `scope`."""
+    chosen = list(head.policies)
+    for name in names:
+        policy = policies.get(name)
+        if policy is None:
+            raise CompileError(f"{where}: unknown policy {name!r}")
+        scoped = getattr(policy, "scoped", None)
+        chosen.append(scoped(scope) if scoped is not None else policy)
+    return PolicyChain(chosen) if chosen else EMPTY_CHAIN
+
+
+def compile_snapshot(
+    snap: pb.Snapshot, registry: EndpointRegistry, pools: PoolFactory, env: PolicyEnv | None = None
+) -> Compiled:
+    env = env or PolicyEnv()
+    env.consumers = ConsumerIndex(snap.consumers)
+    env.services.begin()
+    out = Compiled(config=RuntimeConfig(version=snap.version, node_group=snap.node_group, snapshot=snap), env=env)
+    try:
+        policies = build_policies(snap.policies, env)
+    except PolicyBuildError as exc:
+        raise CompileError(str(exc)) from None
+    global_names = sorted(p.name for p in snap.policies if p.is_global)
     clusters: dict[str, ClusterRuntime] = {}
     for c in snap.clusters:
         if c.name in clusters:
             raise CompileError(f"cluster {c.name!r} defined twice")
-        clusters[c.name] = _cluster(c, registry, pools, out)
+        runtime = _cluster(c, registry, pools, out)
+        if c.policies:
+            runtime = replace(runtime, chain=_chain(c.policies, policies, f"cluster {c.name!r}", f"cluster:{c.name}"))
+        clusters[c.name] = runtime
 
     routes: dict[str, tuple[pb.Route, RouteRuntime]] = {}
     for r in snap.routes:
@@ -246,7 +282,7 @@ def compile_snapshot(snap: pb.Snapshot, registry: EndpointRegistry, pools: PoolF
                 methods=frozenset(m.upper() for m in r.methods),
                 headers=tuple(sorted((k.lower(), v) for k, v in r.headers.items())),
                 priority=r.priority,
-                target=runtime,
+                target=_with_chain(runtime, r, lst, global_names, policies),
             )
             for r, runtime in routes.values()
             if protocol in ("http", "https") and (r.listener == lst.name or not r.listener)
@@ -275,3 +311,16 @@ def compile_snapshot(snap: pb.Snapshot, registry: EndpointRegistry, pools: PoolF
         version=snap.version, node_group=snap.node_group, snapshot=snap, listeners=listeners, clusters=clusters
     )
     return out
+
+
+def _with_chain(
+    runtime: RouteRuntime, route: pb.Route, listener: pb.Listener, global_names: list[str], policies: dict[str, Policy]
+) -> RouteRuntime:
+    """The route as served on one listener: global, listener and route policies, in that order."""
+    if not (global_names or listener.policies or route.policies):
+        return runtime
+    scope = f"route:{route.name}"
+    chain = _chain(global_names, policies, "global policies", scope)
+    chain = _chain(listener.policies, policies, f"listener {listener.name!r}", scope, chain)
+    chain = _chain(route.policies, policies, f"route {route.name!r}", scope, chain)
+    return replace(runtime, chain=chain)

@@ -16,9 +16,19 @@ from dataclasses import dataclass, field
 
 from dataplane.balancing import AffinityIndex, Balancer, EndpointState
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.routing import RouteMatcher
 from dataplane.upstream.pool import EndpointPool, PoolLimits
 from flux.v1 import config_pb2 as pb
+
+
+class ClusterState:
+    """Counters of a cluster that outlive config versions (kept by the compiler's registry)."""
+
+    __slots__ = ("in_flight",)
+
+    def __init__(self) -> None:
+        self.in_flight = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,9 @@ class ClusterRuntime:
     outlier: OutlierPolicy
     scheme: str
     keyed: bool = False  # the balancer wants a hash key (consistent_hash / ip_hash)
+    chain: PolicyChain = EMPTY_CHAIN  # the cluster's own policies (after the route's)
+    max_requests: int = 0  # concurrent requests allowed to the cluster (0: no limit)
+    state: ClusterState = field(default_factory=lambda: ClusterState())
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -68,6 +81,7 @@ class RouteRuntime:
     attempts: int = 2
     retry_on_idempotent: frozenset[str] = frozenset({"connect_failure", "reset"})
     retry_on_other: frozenset[str] = frozenset({"connect_failure"})
+    chain: PolicyChain = EMPTY_CHAIN  # global, listener and route policies, in order
 
     def pick_cluster(self) -> ClusterRuntime:
         clusters = self.clusters

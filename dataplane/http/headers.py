@@ -22,7 +22,16 @@ HOP_BY_HOP = frozenset(
 )
 # Headers the node writes itself on the way up.
 _SET_UPSTREAM = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"content-length", b"expect"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+        b"content-length",
+        b"expect",
+        b"x-consumer-name",
+        b"x-consumer-groups",  # only the node's auth policies may claim an identity
+    }
 )
 _SKIP_UP = HOP_BY_HOP | _SET_UPSTREAM
 
@@ -69,8 +78,8 @@ def upstream_request_head(
     for name, value in req.headers:
         low = name.lower()
         if low in _SKIP_UP or low in extra_hop or low in remove:
-            if low == b"x-forwarded-for":
-                xff = value
+            if low == b"x-forwarded-for":  # several lines form one list: keep every hop
+                xff = xff + b", " + value if xff else value
             continue
         if host is not None and low == b"host":
             continue

@@ -39,10 +39,12 @@ from dataplane.accesslog import AccessLog
 from dataplane.balancing import EndpointState
 from dataplane.config.runtime import ClusterRuntime, ConfigHolder, RouteRuntime
 from dataplane.http.errors import error_response
-from dataplane.http.headers import LAST_CHUNK, chunk, client_response_head, upstream_request_head
+from dataplane.http.headers import LAST_CHUNK, chunk, client_response_head, reason, upstream_request_head
 from dataplane.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
 from dataplane.http.response import ResponseHead, ResponseReader, UpstreamProtocolError
 from dataplane.metrics import Metrics
+from dataplane.policies.base import LocalResponse, RequestContext
+from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.reactor import ConnectError, Reactor, RSock, Task
 from dataplane.upstream.pool import PoolOverflow, UpstreamConn
 
@@ -149,7 +151,10 @@ class _UpstreamFailed(Exception):
 class _Exchange:
     """What is known of the request in progress (for logs after a timeout)."""
 
-    __slots__ = ("cluster", "head", "listener", "response_started", "rid", "route", "started", "upstream")
+    __slots__ = (
+        "chain", "cluster", "ctx", "deadline", "head", "listener", "response_started", "rid", "route", "started",
+        "upstream",
+    )  # fmt: skip
 
     def __init__(self, head: RequestHead, rid: bytes, listener: str, started: float) -> None:
         self.head = head
@@ -160,6 +165,14 @@ class _Exchange:
         self.cluster = ""
         self.upstream = ""
         self.response_started = False
+        self.ctx: RequestContext | None = None  # set when policies run
+        self.chain: PolicyChain = EMPTY_CHAIN
+        self.deadline = math.inf  # the route's total timeout, over every attempt
+
+    @property
+    def consumer(self) -> str:
+        ctx = self.ctx
+        return ctx.consumer.name if ctx is not None and ctx.consumer is not None else ""
 
 
 def _host_of(head: RequestHead) -> str:
@@ -266,6 +279,9 @@ class HttpConnection:
         except Exception:
             log.exception("unexpected error on a connection from %s", self.client_ip)
         finally:
+            ex = self.ex
+            if ex is not None and ex.ctx is not None:
+                ex.chain.on_abort(ex.ctx)  # a request that ended without a status: breakers free its permit
             conn.task = None
             svc.conns.discard(conn)
             sock.close()
@@ -294,6 +310,10 @@ class HttpConnection:
         assert ex is not None
         head = ex.head
         keep = not close and head.keep_alive and _body_complete(self.reader) and not self.svc.draining
+        ctx = ex.ctx
+        if ctx is not None:
+            ex.chain.on_response(ctx, status)  # breakers count the failure; CORS headers still apply
+            headers = (*headers, *ctx.response_add)
         data = error_response(status, message, ex.rid, close=not keep, head_only=head.method == "HEAD",
                               headers=headers)  # fmt: skip
         ex.response_started = True
@@ -302,7 +322,39 @@ class HttpConnection:
         self.svc.metrics.request(ex.listener, ex.route, ex.cluster, status, elapsed, 0, len(data))
         self.svc.access_log.log(
             ex.rid, self.client_ip, head.method, head.host, head.path, ex.route, ex.cluster, ex.upstream, status,
-            0, len(data), elapsed, error=message,
+            0, len(data), elapsed, consumer=ex.consumer, error=message,
+        )  # fmt: skip
+        return keep
+
+    async def _reply_local(self, answer: LocalResponse) -> bool:
+        """Send a response a policy made (401, 403, 429, a CORS preflight, a redirect...)."""
+        ex = self.ex
+        assert ex is not None
+        head = ex.head
+        keep = head.keep_alive and _body_complete(self.reader) and not self.svc.draining
+        parts = [b"HTTP/1.1 %d %b\r\n" % (answer.status, reason(answer.status))]
+        if answer.content_type and answer.body:
+            parts.append(b"Content-Type: " + answer.content_type + b"\r\n")
+        if answer.status not in (204, 304):
+            parts.append(b"Content-Length: %d\r\n" % len(answer.body))
+        parts.append(b"X-Request-Id: " + ex.rid + b"\r\n")
+        ctx = ex.ctx
+        extra = answer.headers if ctx is None else [*answer.headers, *ctx.response_add]
+        for name, value in extra:
+            parts += (name, b": ", value, b"\r\n")
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if head.method != "HEAD" and answer.status not in (204, 304):
+            parts.append(answer.body)
+        data = b"".join(parts)
+        ex.response_started = True
+        await self.sock.send_all(data)
+        elapsed = time.perf_counter() - ex.started
+        self.svc.metrics.request(ex.listener, ex.route, ex.cluster, answer.status, elapsed, 0, len(data))
+        self.svc.access_log.log(
+            ex.rid, self.client_ip, head.method, head.host, head.path, ex.route, ex.cluster, "", answer.status,
+            0, len(data), elapsed, consumer=ex.consumer, error=answer.reason,
         )  # fmt: skip
         return keep
 
@@ -323,6 +375,25 @@ class HttpConnection:
         ex.route = route.name
         cluster = route.pick_cluster()
         ex.cluster = cluster.name
+        chain = route.chain + cluster.chain if cluster.chain else route.chain
+        if chain:
+            ctx = ex.ctx = RequestContext(head, self.client_ip, self.listener, route.name, _now())
+            ex.chain = chain
+            answer = chain.run(ctx, svc.metrics.policy)
+            if answer is not None and type(answer) is not LocalResponse:
+                answer = await answer
+            if answer is not None:
+                return await self._reply_local(answer)
+            moved = ctx.vars.get("cluster")  # a circuit breaker's fallback cluster
+            if moved is not None:
+                cfg_cluster = cfg.clusters.get(moved)
+                if cfg_cluster is None:
+                    return await self._reply_error(503, f"fallback cluster {moved!r} is not configured")
+                cluster = cfg_cluster
+                ex.cluster = cluster.name
+        if cluster.max_requests and cluster.state.in_flight >= cluster.max_requests:
+            svc.metrics.upstream_error(cluster.name, "max_requests")
+            return await self._reply_error(503, f"cluster {cluster.name!r} is at its limit of concurrent requests")
 
         reader = self.reader
         if head.expect_continue and not (reader.events and reader.events[0] is MESSAGE_END):
@@ -335,6 +406,8 @@ class HttpConnection:
         avoid: EndpointState | None = None
         failure: _UpstreamFailed | None = None
         ep: EndpointState | None = None
+        if route.timeout:
+            ex.deadline = _now() + route.timeout
         for attempt in range(attempts):
             ep, cookie = self._pick(cluster, head, avoid)
             if ep is None:
@@ -342,14 +415,24 @@ class HttpConnection:
                     break
                 return await self._reply_error(503, f"no healthy endpoint in cluster {cluster.name!r}")
             ex.upstream = ep.key
+            last = attempt + 1 >= attempts
             try:
-                return await self._forward(head, route, cluster, ep, cookie, body_buffer, fresh=attempt > 0)
+                return await self._forward(
+                    head,
+                    route,
+                    cluster,
+                    ep,
+                    cookie,
+                    body_buffer,
+                    fresh=attempt > 0,
+                    retry_on=(() if last else retry_on),
+                )
             except _UpstreamFailed as exc:
                 failure = exc
                 svc.metrics.upstream_error(cluster.name, exc.kind)
-                if exc.kind in ("connect_failure", "reset"):
+                if exc.kind in ("connect_failure", "reset", "timeout") or exc.status in (502, 503, 504):
                     svc.passive_health(cluster, ep, False)
-                if not exc.retryable or exc.kind not in retry_on or attempt + 1 >= attempts:
+                if not exc.retryable or last or not _may_retry(exc.kind, retry_on):
                     break
                 if head.has_body and not body_buffer:
                     break  # the body was streamed upstream and is gone
@@ -386,14 +469,22 @@ class HttpConnection:
             return ep, None
         return ep, affinity.index.set_cookie_header(affinity.cookie, ep, affinity.ttl_ms, affinity.path).encode()
 
-    def _target(self, head: RequestHead, route: RouteRuntime) -> bytes:
-        if route.prefix_rewrite is None:
-            return head.target
-        rest = head.path[len(route.match_prefix) :]
-        new = route.prefix_rewrite + rest
-        if not new.startswith("/"):
-            new = "/" + new
-        return new.encode("latin-1") + (b"?" + head.query if head.query else b"")
+    def _target(self, head: RequestHead, route: RouteRuntime, ctx: RequestContext | None = None) -> bytes:
+        """The request target sent upstream: the route's prefix rewrite, then a policy's path/query rewrite."""
+        path = head.path
+        if route.prefix_rewrite is not None:
+            path = route.prefix_rewrite + path[len(route.match_prefix) :]
+            if not path.startswith("/"):
+                path = "/" + path
+        query = head.query
+        if ctx is not None:
+            if ctx.path is not None:
+                path = ctx.path
+            if ctx.query is not None:
+                query = ctx.query
+            if path is head.path and query is head.query:
+                return head.target
+        return path.encode("latin-1") + (b"?" + query if query else b"")
 
     async def _send_request(
         self, up: RSock, head_bytes: bytes, head: RequestHead, read_timeout: float,
@@ -459,29 +550,55 @@ class HttpConnection:
         body_buffer: list[bytes] | None,
         *,
         fresh: bool,
+        retry_on: frozenset[str] | tuple[()] = (),
     ) -> bool:
-        """One attempt against one endpoint. Raises _UpstreamFailed while the client saw nothing."""
+        """One attempt against one endpoint. Raises _UpstreamFailed while the client saw nothing.
+
+        `retry_on` is empty on the last attempt; otherwise a 5xx answer the retry policy names is
+        dropped (raised as a failure) so the next attempt can go to another endpoint.
+        """
         svc, ex, conn_state = self.svc, self.ex, self.conn
         assert ex is not None
         pool = cluster.pools[ep.key]
         framing = b"" if not head.has_body else (b"chunked" if head.chunked else str(head.content_length).encode())
         upgrade = head.get("upgrade") if head.upgrade else None
-        head_bytes = upstream_request_head(
-            head,
-            head.target if route.prefix_rewrite is None else self._target(head, route),
-            self.client_ip,
-            self.proto,
-            ex.rid,
-            framing,
-            route.host_rewrite,
-            ((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))) if upgrade else (),
-        )
+        ctx = ex.ctx
+        if ctx is None:
+            head_bytes = upstream_request_head(
+                head,
+                head.target if route.prefix_rewrite is None else self._target(head, route),
+                self.client_ip,
+                self.proto,
+                ex.rid,
+                framing,
+                route.host_rewrite,
+                ((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))) if upgrade else (),
+            )
+        else:
+            add = ctx.upstream_add
+            if upgrade:
+                add = [*add, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))]
+            head_bytes = upstream_request_head(
+                head,
+                self._target(head, route, ctx),
+                self.client_ip,
+                self.proto,
+                ex.rid,
+                framing,
+                ctx.host if ctx.host is not None else route.host_rewrite,
+                add,
+                frozenset(ctx.upstream_remove),
+            )
         read_timeout = cluster.read_timeout
         now = _now()
-        total_deadline = now + route.timeout if route.timeout else math.inf
+        total_deadline = ex.deadline
+        retry = route.retry
+        if retry is not None and retry.per_try_timeout_ms and retry_on:
+            total_deadline = min(total_deadline, now + retry.per_try_timeout_ms / 1000)
         conn_state.phase = UPSTREAM
         conn_state.deadline = min(now + read_timeout, total_deadline)
         ep.active += 1
+        cluster.state.in_flight += 1
         conn: UpstreamConn | None = None
         reused = False
         body_sent = 0
@@ -538,11 +655,19 @@ class HttpConnection:
                                           retryable=False) from None  # fmt: skip
             resp = reader.head
             svc.metrics.upstream_time(cluster.name, time.perf_counter() - upstream_t0)
+            if (
+                retry_on
+                and resp.status >= 500
+                and ("5xx" in retry_on or ("gateway_error" in retry_on and resp.status in (502, 503, 504)))
+            ):
+                pool.release(conn, reader.done and resp.keep_alive and not resp.until_close)
+                conn = None
+                raise _UpstreamFailed("5xx", resp.status, f"upstream {ep.key} answered {resp.status}", True)
             ex.response_started = True
             conn_state.phase = RESPONDING
             if resp.status == 101 and upgrade:
                 conn_state.deadline = math.inf
-                return await self._tunnel(conn, resp, route, cluster, ep)
+                return await self._tunnel(conn, resp, reader.tail, route, cluster, ep)
             # -- the client sees bytes from here on ------------------------------------------
             if resp.content_length is not None:
                 chunked_out = False
@@ -555,6 +680,11 @@ class HttpConnection:
                 close_client = True
             rid_header = (b"X-Request-Id", ex.rid)
             add = (rid_header,) if cookie is None else (rid_header, (b"Set-Cookie", cookie))
+            if ctx is not None:
+                ex.chain.on_response(ctx, resp.status)
+                add = (*add, *ctx.response_add)
+                if ctx.response_remove or "status" in ctx.vars:
+                    resp = _rewritten(resp, ctx)
             out = [client_response_head(resp, chunked=chunked_out, close=close_client, add=add)]
             done = False
             for i in range(1, len(events)):
@@ -603,8 +733,15 @@ class HttpConnection:
             elapsed = time.perf_counter() - ex.started
             svc.metrics.request(ex.listener, route.name, cluster.name, status, elapsed, body_sent, bytes_out)
             svc.access_log.log(ex.rid, self.client_ip, head.method, head.host, head.path, route.name, cluster.name,
-                               ep.key, status, body_sent, bytes_out, elapsed)  # fmt: skip
+                               ep.key, status, body_sent, bytes_out, elapsed, consumer=ex.consumer)  # fmt: skip
             return not close_client
+        except _Timeout:
+            # A per-try timeout (the route's total deadline not reached yet) is a failed attempt.
+            if ex.response_started or _now() >= ex.deadline or not retry_on:
+                raise
+            conn_state.deadline = math.inf
+            raise _UpstreamFailed("timeout", 504, f"upstream {ep.key} did not answer within the per-try timeout",
+                                  retryable=not body_sent) from None  # fmt: skip
         except OSError as exc:
             # The client went away, or the upstream failed mid-response: the client has part of it.
             if not ex.response_started and not isinstance(exc, _ClientGone):
@@ -617,19 +754,26 @@ class HttpConnection:
             return False
         finally:
             ep.active -= 1
+            cluster.state.in_flight -= 1
             if conn is not None:
                 pool.release(conn, False)
 
     async def _tunnel(
-        self, conn: UpstreamConn, resp: ResponseHead, route: RouteRuntime, cluster: ClusterRuntime, ep: EndpointState
+        self,
+        conn: UpstreamConn,
+        resp: ResponseHead,
+        tail: bytes,
+        route: RouteRuntime,
+        cluster: ClusterRuntime,
+        ep: EndpointState,
     ) -> bool:
         """Switch protocols (WebSocket and friends): pass the 101 on, then pipe bytes both ways."""
         ex = self.ex
         assert ex is not None
         parts = [b"HTTP/1.1 101 ", resp.reason or b"Switching Protocols", b"\r\n"]
-        for name, value in resp.headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
+        if resp.block:
+            parts += (resp.block, b"\r\n")
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", resp.upgrade or b"websocket", b"\r\n\r\n", tail)
         await self.sock.send_all(b"".join(parts))
         counts = [0, 0]
         reactor = self.svc.reactor
@@ -671,6 +815,31 @@ class HttpConnection:
 
 class _ClientGone(ConnectionResetError):
     pass
+
+
+def _may_retry(kind: str, retry_on: frozenset[str]) -> bool:
+    """Whether a failed attempt of `kind` may go again under the route's `retry_on`."""
+    if kind == "5xx":
+        return True  # only raised when retry_on asked for it
+    if kind == "timeout":
+        return "5xx" in retry_on or "gateway_error" in retry_on
+    return kind in retry_on
+
+
+def _rewritten(resp: ResponseHead, ctx: RequestContext) -> ResponseHead:
+    """The response head after response_rewrite policies: headers removed, status replaced."""
+    out = ResponseHead()
+    out.status = ctx.vars.get("status", resp.status)
+    out.reason = resp.reason if out.status == resp.status else b""
+    out.version = resp.version
+    out.content_length = resp.content_length
+    out.chunked = resp.chunked
+    out.keep_alive = resp.keep_alive
+    drop = ctx.response_remove
+    out.block = b"\r\n".join(
+        line for line in resp.block.split(b"\r\n") if line and line.partition(b":")[0].strip().lower() not in drop
+    )
+    return out
 
 
 async def serve_http(

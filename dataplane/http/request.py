@@ -149,8 +149,8 @@ class RequestReader:
         head.headers.append((name, value))
         n = len(name)
         if n == 4 and name.lower() == b"host":
-            if head.host:
-                raise HttpError(400, "more than one Host header")
+            if head.host or any(len(h) == 4 and h.lower() == b"host" for h, _ in head.headers[:-1]):
+                raise HttpError(400, "more than one Host header")  # an empty first Host counts too
             head.host = value.decode("latin-1")
         elif n == 14 and name.lower() == b"content-length":
             try:
@@ -158,7 +158,11 @@ class RequestReader:
             except ValueError:
                 raise HttpError(400, "bad Content-Length") from None
         elif n == 17 and name.lower() == b"transfer-encoding":
-            head.chunked = True  # llhttp accepts only codings that end in chunked
+            # llhttp accepts codings that end in chunked ("gzip, chunked"), but the node only
+            # de-chunks: forwarding such a body as plain chunked would corrupt it.
+            if value.strip().lower() != b"chunked":
+                raise HttpError(501, f"unsupported transfer coding: {value.decode('latin-1')}")
+            head.chunked = True
         elif n == 6 and name.lower() == b"expect":
             if value.lower() != b"100-continue":
                 raise HttpError(417, f"unsupported Expect: {value.decode('latin-1')}")
@@ -176,7 +180,7 @@ class RequestReader:
         head.keep_alive = parser.should_keep_alive()
         head.upgrade = parser.should_upgrade()
         url = self._url
-        if not url or (url[0] != 47 and url != b"*"):  # 47 == "/"
+        if not url or url[0] != 47:  # 47 == "/"
             if url.startswith((b"http://", b"https://")):
                 parsed = httptools.parse_url(url)
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")

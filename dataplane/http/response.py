@@ -37,7 +37,9 @@ class ResponseHead:
     removed); `headers` gives them as (name, value) pairs.
     """
 
-    __slots__ = ("_headers", "block", "chunked", "content_length", "keep_alive", "reason", "status", "version")
+    __slots__ = (
+        "_headers", "block", "chunked", "content_length", "keep_alive", "reason", "status", "upgrade", "version",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.status = 0
@@ -48,6 +50,7 @@ class ResponseHead:
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
+        self.upgrade = b""  # the Upgrade header of a 101 (hop-by-hop, so not in `block`)
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -83,14 +86,18 @@ _SPECIAL = {
 }
 
 
-def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
+def _fast_head(buf: bytes, end: int, bodyless: bool = False) -> ResponseHead | None:
     """Parse a plain response head with a Content-Length (or none needed), else None for llhttp.
 
     One split and a glance at each line's first byte: only lines that may be
-    Content-Length or hop-by-hop are looked at closely.
+    Content-Length or hop-by-hop are looked at closely. `bodyless` (a reply to
+    HEAD): the framing headers do not matter, there is no body.
     """
     if buf[:7] != b"HTTP/1." or buf[8] != 32 or not buf[9:12].isdigit():
         return None
+    crlf = buf.count(b"\r\n", 0, end)
+    if buf.count(b"\n", 0, end) != crlf or buf.count(b"\r", 0, end) != crlf:
+        return None  # a bare CR or LF: a client could split these lines differently; llhttp refuses them
     first = buf.find(b"\r\n")
     if first < 0 or first > end:
         first = end
@@ -116,11 +123,16 @@ def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
                             return None
                         content_length = int(value)
                     elif special == 2:  # transfer-encoding
-                        return None  # chunked (or worse): llhttp de-chunks it
+                        if not bodyless:
+                            return None  # chunked (or worse): llhttp de-chunks it
+                        continue  # a reply to HEAD has no body whatever its framing says
                     else:  # hop-by-hop: dropped
-                        if special == 3:
-                            connection = value.strip().lower()
+                        if special == 3:  # Connection may come on several lines: all count
+                            value = value.strip().lower()
+                            connection = connection + b"," + value if connection else value
                         continue
+                elif name[-1:] in (b" ", b"\t"):
+                    return None  # "Content-Length :": a client may still read it as framing; llhttp refuses it
             kept.append(line)
     if connection:
         if connection == b"keep-alive":
@@ -147,6 +159,7 @@ def _fast_head(buf: bytes, end: int) -> ResponseHead | None:
 class ResponseReader:
     __slots__ = (
         "_bodyless", "_buf", "_connection", "_done", "_lines", "_next", "_parser", "_remaining", "events", "head",
+        "tail",
     )  # fmt: skip
 
     def __init__(self, *, head_request: bool = False) -> None:
@@ -157,6 +170,7 @@ class ResponseReader:
         self._done = False
         self._buf = b""
         self._remaining = -1  # bytes of a Content-Length body still to come (fast path)
+        self.tail = b""  # after a 101: bytes of the new protocol that came with the head
 
     @property
     def done(self) -> bool:
@@ -164,6 +178,10 @@ class ResponseReader:
 
     def feed(self, data: bytes) -> None:
         """Parse `data` into `events` (head, body chunks, MESSAGE_END)."""
+        if self._done:
+            if data and self.head is not None:
+                self.head.keep_alive = False  # bytes past the end: the framing is lost
+            return
         if self._remaining >= 0:
             self._body(data)
         elif self._parser is not None:
@@ -180,7 +198,7 @@ class ResponseReader:
             self._buf = buf
             return
         self._buf = b""
-        head = _fast_head(buf, end)
+        head = _fast_head(buf, end, self._bodyless)
         if head is not None and (self._bodyless or head.status in (204, 304)):
             head.content_length = 0
         if head is None or head.content_length is None:
@@ -216,7 +234,14 @@ class ResponseReader:
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _HeadDone):
                 raise UpstreamProtocolError(str(exc)) from None
+        except httptools.HttpParserUpgrade as exc:
+            # A 101: the head is queued; the bytes after it belong to the new protocol.
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.tail = data[offset:]
         except httptools.HttpParserError as exc:
+            if self._done and self.head is not None:
+                self.head.keep_alive = False  # junk after a complete response: drop it, never reuse
+                return
             raise UpstreamProtocolError(str(exc)) from None
 
     def eof(self) -> bool:
@@ -233,6 +258,10 @@ class ResponseReader:
     # -- llhttp callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._done:  # another message after the response: not ours, and the framing is lost
+            assert self.head is not None
+            self.head.keep_alive = False
+            raise _HeadDone
         self._next = ResponseHead()
         self._connection = b""
         self._lines: list[bytes] = []
@@ -246,8 +275,10 @@ class ResponseReader:
         if low in _HOP_BY_HOP:
             if low == b"transfer-encoding":
                 head.chunked = b"chunked" in value.lower()
-            elif low == b"connection":
-                self._connection = value.lower()
+            elif low == b"connection":  # may come on several lines: all count
+                self._connection = self._connection + b"," + value.lower() if self._connection else value.lower()
+            elif low == b"upgrade":
+                head.upgrade = value
             return
         if low == b"content-length":
             try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -127,9 +128,9 @@ class EndpointPool:
         self.in_use -= 1
         conn.requests += 1
         sock = conn.sock
-        if reusable and not self.closed and not sock.hup and len(self.idle) < self.limits.max_idle:
-            # The response was read whole: whatever arrives from now on (EOF, reset, stray
-            # bytes) comes as a new event and marks the socket unusable.
+        if reusable and not self.closed and not sock.hup and len(self.idle) < self.limits.max_idle and _quiet(sock):
+            # The response was read whole and nothing waits behind it: whatever arrives from
+            # now on (EOF, reset, stray bytes) comes as a new event and marks the socket unusable.
             sock.readable = False
             conn.idle_since = time.monotonic()
             self.idle.append(conn)
@@ -157,6 +158,24 @@ class EndpointPool:
         self.idle = []
         while self.waiters:
             self.waiters.popleft().set()
+
+
+def _quiet(sock: RSock) -> bool:
+    """No bytes or EOF already wait on a connection whose response was read whole.
+
+    Bytes that arrived before the release (while the proxy still wrote to its client) set
+    `readable` then, not later; clearing the flag without a look would hide them, and the
+    next request would read them as the start of its response.
+    """
+    if not sock.readable:
+        return True
+    try:
+        sock.sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False  # stray bytes, or b"" (EOF)
 
 
 PoolKey = tuple[str, str, int]  # (cluster, address, port)

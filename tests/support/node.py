@@ -29,15 +29,25 @@ ECHO = ROOT / "scripts" / "echo_upstream.py"
 class UpstreamProcess:
     """The echo upstream (scripts/echo_upstream.py) as a child process."""
 
-    def __init__(self, name: str = "up", port: int = 0) -> None:
+    def __init__(self, name: str = "up", port: int = 0, fail_status: int = 0) -> None:
         self.name = name
+        self.fail_status = fail_status
         self.requested_port = port
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> UpstreamProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, str(ECHO), "--port", str(self.requested_port or self.port), "--name", self.name],
+            [
+                sys.executable,
+                str(ECHO),
+                "--port",
+                str(self.requested_port or self.port),
+                "--name",
+                self.name,
+                "--fail-status",
+                str(self.fail_status),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -453,3 +453,28 @@ def test_listeners_open_and_close_without_restart(stack: dict[str, Any]) -> None
         httpx.get(f"http://127.0.0.1:{p1}/echo")
     t.join()
     assert slow["r"].status_code == 200  # in flight on the removed listener: finished
+
+
+def test_websocket_upgrade_is_piped_both_ways(stack: dict[str, Any]) -> None:
+    port = free_port()
+    converge(stack, basic(port, [stack["ups"][0].endpoint()]))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        data = b""
+        while b"greeting-from-a\n" not in data:
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 101")
+        assert b"upgrade: websocket" in head and b"connection: upgrade" in head
+        assert b"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head
+        for message in (b"frame-one", b"x" * 100_000):
+            s.sendall(message)
+            echoed = b""
+            while len(echoed) < len(message):
+                echoed += s.recv(65536)
+            assert echoed == message

@@ -1,0 +1,1 @@
+"""Traffic policies: the chain, authentication, access control, CORS, rate limits, circuit breaking."""

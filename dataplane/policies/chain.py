@@ -1,0 +1,148 @@
+"""The policy chain: building policies from a snapshot and running them per request.
+
+Order (the contract): global policies (by name), then the listener's, then the
+route's, then the chosen cluster's, each level in its listed order. A chain is
+a tuple; running it is a plain loop until a policy needs I/O, and only then a
+coroutine (so requests through synchronous policies never pay for an await).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from dataplane.policies.base import LocalResponse, Policy, PolicyEnv, RequestContext
+from flux.v1 import config_pb2 as pb
+from fluxcommon.policy_config import PolicyConfigError, parse_policy_config
+
+PolicyFactory = Callable[[str, Any, PolicyEnv], Policy]
+
+
+def _factories() -> dict[str, PolicyFactory]:
+    """Policy classes by type (imported here so a missing optional module names itself)."""
+    from dataplane.policies.access import ApiAclPolicy, DomainAclPolicy, IpAclPolicy, UaFilterPolicy
+    from dataplane.policies.auth import ApiKeyPolicy, BasicAuthPolicy, JwtPolicy, OAuth2Policy
+    from dataplane.policies.breaker import CircuitBreakerPolicy
+    from dataplane.policies.cors import CorsPolicy
+    from dataplane.policies.ratelimit import RateLimitPolicy
+    from dataplane.policies.rewrite import RedirectPolicy, RequestRewritePolicy, ResponseRewritePolicy
+
+    classes: Iterable[type[Policy]] = (
+        JwtPolicy, OAuth2Policy, ApiKeyPolicy, BasicAuthPolicy, IpAclPolicy, UaFilterPolicy, DomainAclPolicy,
+        ApiAclPolicy, CorsPolicy, RateLimitPolicy, CircuitBreakerPolicy, RequestRewritePolicy,
+        ResponseRewritePolicy, RedirectPolicy,
+    )  # fmt: skip
+    return {cls.type: cls for cls in classes}  # type: ignore[misc]
+
+
+class PolicyBuildError(ValueError):
+    """A policy whose config the node refuses (the snapshot is NACKed with this message)."""
+
+
+def config_dict(policy: pb.Policy) -> dict[str, Any]:
+    return MessageToDict(policy.config) if policy.HasField("config") else {}
+
+
+def _ints(value: Any) -> Any:
+    """Struct numbers arrive as floats; give integral ones back as ints (rate: 100.0 -> 100)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def build_policies(policies: Iterable[pb.Policy], env: PolicyEnv) -> dict[str, Policy]:
+    """Every policy of a snapshot, built once; raises PolicyBuildError naming the policy at fault."""
+    built: dict[str, Policy] = {}
+    policies = list(policies)
+    if not policies:
+        return built
+    factories = _factories()
+    for spec in policies:
+        factory = factories.get(spec.type)
+        if factory is None:
+            raise PolicyBuildError(f"policy {spec.name!r}: unknown type {spec.type!r}")
+        raw = _ints(config_dict(spec))
+        try:
+            config = parse_policy_config(spec.type, raw)
+            policy = factory(spec.name, config, env)
+        except PolicyConfigError as exc:
+            raise PolicyBuildError(f"policy {spec.name!r}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise PolicyBuildError(f"policy {spec.name!r}: {exc}") from None
+        policy.config_key = json.dumps(raw, sort_keys=True)  # type: ignore[attr-defined]
+        built[spec.name] = policy
+    return built
+
+
+class PolicyChain:
+    """An ordered tuple of policies with the metric keys of their outcomes."""
+
+    __slots__ = ("allow_keys", "policies", "response_policies")
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self.policies = tuple(policies)
+        self.response_policies = tuple(p for p in self.policies if p.wants_response)
+        self.allow_keys = tuple((p.name, p.type, "allowed", "") for p in self.policies)
+
+    def __bool__(self) -> bool:
+        return bool(self.policies)
+
+    def __add__(self, other: PolicyChain) -> PolicyChain:
+        return PolicyChain(self.policies + other.policies)
+
+    def run(self, ctx: RequestContext, count: Callable[[tuple[str, str, str, str]], None]) -> Any:
+        """None (go on), a LocalResponse (answer it), or an awaitable giving one of those."""
+        policies = self.policies
+        for i, policy in enumerate(policies):
+            result = policy.on_request(ctx)
+            if result is None:
+                continue
+            if type(result) is LocalResponse:
+                count((policy.name, policy.type, "denied", result.reason))
+                return result
+            return self._finish(ctx, i, result, count)  # needs I/O: continue as a coroutine
+        for key in self.allow_keys:
+            count(key)
+        return None
+
+    async def _finish(
+        self,
+        ctx: RequestContext,
+        index: int,
+        pending: Awaitable[LocalResponse | None],
+        count: Callable[[tuple[str, str, str, str]], None],
+    ) -> LocalResponse | None:
+        policies = self.policies
+        result = await pending
+        if result is not None:
+            policy = policies[index]
+            count((policy.name, policy.type, "denied", result.reason))
+            return result
+        for policy in policies[index + 1 :]:
+            result = policy.on_request(ctx)  # type: ignore[assignment]
+            if result is not None and type(result) is not LocalResponse:
+                result = await result  # type: ignore[misc]
+            if result is not None:
+                count((policy.name, policy.type, "denied", result.reason))
+                return result
+        for key in self.allow_keys:
+            count(key)
+        return None
+
+    def on_response(self, ctx: RequestContext, status: int) -> None:
+        for policy in self.response_policies:
+            policy.on_response(ctx, status)
+
+    def on_abort(self, ctx: RequestContext) -> None:
+        for policy in self.response_policies:
+            policy.on_abort(ctx)
+
+
+EMPTY_CHAIN = PolicyChain(())
