@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dataplane.accesslog import AccessLog
 from dataplane.admin import AdminServer, json_body, masked_snapshot
@@ -256,6 +256,39 @@ class NodeWorker:
                 health.add_metric([cluster.name, ep.key], 1 if ep.available else 0)
         yield conns
         yield health
+        yield from self._policy_gauges()
+
+    def _policy_gauges(self) -> Iterator[Any]:
+        cfg = self.holder.current
+        fallbacks = CounterMetricFamily(
+            "flux_ratelimit_fallbacks", "Rate-limit decisions made without Redis (on_redis_error)", labels=["policy"]
+        )
+        for name, policy in sorted((cfg.policies if cfg else {}).items()):
+            if hasattr(policy, "fallbacks"):
+                fallbacks.add_metric([name], policy.fallbacks)
+        yield fallbacks
+        redis_up = GaugeMetricFamily(
+            "flux_ratelimit_redis_up", "1 while the shared rate-limit Redis answers", labels=["redis"]
+        )
+        redis_calls = CounterMetricFamily(
+            "flux_ratelimit_redis_calls", "Rate-limit decisions asked of Redis", labels=["redis", "result"]
+        )
+        breakers = GaugeMetricFamily(
+            "flux_circuit_breaker_state", "1 for the state each breaker is in", labels=["policy", "scope", "state"]
+        )
+        now = time.monotonic()
+        for key, obj in self.services.items():
+            if hasattr(obj, "pipelines") and hasattr(obj, "safe_url"):
+                redis_up.add_metric([obj.safe_url], 1 if obj.state == "up" else 0)
+                redis_calls.add_metric([obj.safe_url, "ok"], obj.calls - obj.failed_calls)
+                redis_calls.add_metric([obj.safe_url, "failed"], obj.failed_calls)
+            elif isinstance(key, tuple) and key and key[0] == "breaker":
+                state = obj.advance(now)
+                for s in ("closed", "open", "half_open"):
+                    breakers.add_metric([key[1], key[3], s], 1 if s == state else 0)
+        yield redis_up
+        yield redis_calls
+        yield breakers
 
     # -- lifecycle -------------------------------------------------------------------
 

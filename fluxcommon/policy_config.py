@@ -57,7 +57,11 @@ Regex = Annotated[str, BeforeValidator(lambda v: _regex(v) if isinstance(v, str)
 TokenSource = Annotated[str, Field(pattern=r"^(header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+|cookie:\S+)$")]
 
 
-class JwtConfig(_Config):
+class _AuthConfig(_Config):
+    consumer_header: str = Field(default="X-Consumer-Name", pattern=r"^[A-Za-z0-9-]+$")
+
+
+class JwtConfig(_AuthConfig):
     issuer: str | None = None
     audience: str | list[str] | None = None
     algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]] = []
@@ -69,7 +73,7 @@ class JwtConfig(_Config):
     forward_header: str | None = None
 
 
-class OAuth2Config(_Config):
+class OAuth2Config(_AuthConfig):
     introspection_url: HttpUrl
     client_id: str
     client_secret: str
@@ -79,13 +83,13 @@ class OAuth2Config(_Config):
     timeout: Ms = 2000
 
 
-class ApiKeyConfig(_Config):
+class ApiKeyConfig(_AuthConfig):
     header: str = "apikey"
     query: str | None = None
     hide_credentials: bool = True
 
 
-class BasicAuthConfig(_Config):
+class BasicAuthConfig(_AuthConfig):
     realm: str = "flux"
     hide_credentials: bool = True
 

@@ -308,7 +308,12 @@ def compile_snapshot(
         if r.listener and r.listener not in listeners:
             raise CompileError(f"route {r.name!r}: unknown listener {r.listener!r}")
     out.config = RuntimeConfig(
-        version=snap.version, node_group=snap.node_group, snapshot=snap, listeners=listeners, clusters=clusters
+        version=snap.version,
+        node_group=snap.node_group,
+        snapshot=snap,
+        listeners=listeners,
+        clusters=clusters,
+        policies=policies,
     )
     return out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from typing import Any
 
 from dataplane.balancing import AffinityIndex, Balancer, EndpointState
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
@@ -111,6 +112,7 @@ class RuntimeConfig:
     snapshot: pb.Snapshot
     listeners: dict[str, ListenerRuntime] = field(default_factory=dict)
     clusters: dict[str, ClusterRuntime] = field(default_factory=dict)
+    policies: dict[str, Any] = field(default_factory=dict)  # built policies by name (for metrics)
 
 
 class ConfigHolder:

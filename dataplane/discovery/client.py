@@ -104,14 +104,9 @@ class DiscoveryClient:
     async def _stream(self, address: str) -> None:
         outbox: queue.SimpleQueue[discovery_pb2.StreamConfigRequest | None] = queue.SimpleQueue()
         outbox.put(self._request())
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-
-        def watch(state: grpc.ChannelConnectivity) -> None:  # called from a grpc thread
-            if state == grpc.ChannelConnectivity.READY:
-                self.connected_to = address
-
-        channel.subscribe(watch, try_to_connect=True)
-        stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
+        send, receive = trio.open_memory_channel[object](8)
+        token = trio.lowlevel.current_trio_token()
+        calls: list[grpc.Future] = []  # the live call, so the trio side can cancel it
 
         def requests() -> Iterator[discovery_pb2.StreamConfigRequest]:
             while True:
@@ -120,12 +115,18 @@ class DiscoveryClient:
                     return
                 yield item
 
-        call = stub.StreamConfig(requests())
-        send, receive = trio.open_memory_channel[object](8)
-        token = trio.lowlevel.current_trio_token()
+        def watch(state: grpc.ChannelConnectivity) -> None:  # called from a grpc thread
+            if state == grpc.ChannelConnectivity.READY:
+                self.connected_to = address
 
         def pump() -> None:
+            # Everything grpc does, including creating and closing the channel (which can take
+            # a long time when the address refuses), happens in this thread, never in trio's.
+            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel.subscribe(watch, try_to_connect=True)
             try:
+                call = discovery_pb2_grpc.DiscoveryServiceStub(channel).StreamConfig(requests())
+                calls.append(call)
                 for response in call:
                     trio.from_thread.run(send.send, response, trio_token=token)
             except grpc.RpcError as exc:
@@ -137,6 +138,9 @@ class DiscoveryClient:
             except (trio.RunFinishedError, trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
+                outbox.put(None)
+                channel.unsubscribe(watch)
+                channel.close()
                 try:
                     trio.from_thread.run_sync(send.close, trio_token=token)
                 except trio.RunFinishedError:
@@ -160,10 +164,9 @@ class DiscoveryClient:
                 nursery.cancel_scope.cancel()
         finally:
             receive.close()
-            call.cancel()
+            for call in calls:
+                call.cancel()  # returns at once; the pump thread closes the channel
             outbox.put(None)
-            channel.unsubscribe(watch)
-            channel.close()
         if ended is not None:
             raise ended
 

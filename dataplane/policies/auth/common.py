@@ -206,11 +206,11 @@ def _header_safe(value: str) -> str:
     return quote(value, safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
 
 
-def authenticated(ctx: RequestContext, consumer: Consumer) -> None:
-    """The request is `consumer`'s: set `ctx.consumer` and tell the upstream (replacing any
-    X-Consumer-* header the client sent)."""
+def authenticated(ctx: RequestContext, consumer: Consumer, header: str = CONSUMER_HEADER) -> None:
+    """The request is `consumer`'s: set `ctx.consumer` and tell the upstream in `header`
+    (X-Consumer-Name unless configured) and X-Consumer-Groups, replacing any copy the client sent."""
     ctx.consumer = consumer
-    ctx.set_upstream_header(CONSUMER_HEADER, _header_safe(consumer.name))
+    ctx.set_upstream_header(header, _header_safe(consumer.name))
     if consumer.groups:
         ctx.set_upstream_header(GROUPS_HEADER, _header_safe(",".join(sorted(consumer.groups))))
     else:
@@ -227,13 +227,14 @@ class AuthPolicy(Policy):
 
     type: ClassVar[str] = ""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, consumer_header: str = CONSUMER_HEADER) -> None:
         super().__init__(name)
         self.allowed = 0
         self.denied: dict[str, int] = {}
+        self.consumer_header = consumer_header
 
     def _allow(self, ctx: RequestContext, consumer: Consumer) -> None:
-        authenticated(ctx, consumer)
+        authenticated(ctx, consumer, self.consumer_header)
         ctx.vars["auth_method"] = self.type
         self.allowed += 1
 

@@ -173,7 +173,7 @@ class JwtPolicy(AuthPolicy):
     type = "jwt"
 
     def __init__(self, name: str, config: JwtConfig, env: PolicyEnv, *, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(name)
+        super().__init__(name, config.consumer_header)
         self.config = config
         self._env = env
         self._consumers = env.consumers  # this snapshot's consumers (env.consumers moves on with the next)

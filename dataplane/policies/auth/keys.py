@@ -57,7 +57,7 @@ class ApiKeyPolicy(AuthPolicy):
     type = "api_key"
 
     def __init__(self, name: str, config: ApiKeyConfig, env: PolicyEnv) -> None:
-        super().__init__(name)
+        super().__init__(name, config.consumer_header)
         self.config = config
         self._consumers = env.consumers
         self._header = config.header.lower() if config.header else None
@@ -138,7 +138,7 @@ class BasicAuthPolicy(AuthPolicy):
     type = "basic_auth"
 
     def __init__(self, name: str, config: BasicAuthConfig, env: PolicyEnv) -> None:
-        super().__init__(name)
+        super().__init__(name, config.consumer_header)
         self.config = config
         self._env = env
         self._consumers = env.consumers

@@ -178,7 +178,7 @@ class OAuth2Policy(AuthPolicy):
     type = "oauth2"
 
     def __init__(self, name: str, config: OAuth2Config, env: PolicyEnv) -> None:
-        super().__init__(name)
+        super().__init__(name, config.consumer_header)
         self.config = config
         self._env = env
         self._consumers = env.consumers

@@ -278,6 +278,10 @@ def test_on_redis_error_follows_the_policy(stack: dict[str, Any], tmp_path: Any)
         wait_until(lambda: httpx.get(f"{base}/deny", timeout=5).status_code in (429, 503), 10)
         assert httpx.get(f"{base}/allow", timeout=5).status_code == 200
         assert time.monotonic() - t0 < 10
+        # ... and says so in metrics
+        metrics = "".join(n.get("/metrics").text for n in stack["nodes"])
+        assert 'flux_ratelimit_fallbacks_total{policy="rl-allow"}' in metrics
+        assert f'flux_ratelimit_redis_up{{redis="redis://127.0.0.1:{rport}/0"}} 0.0' in metrics
     finally:
         if proc.poll() is None:
             proc.kill()
