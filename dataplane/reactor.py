@@ -83,7 +83,19 @@ class _Park:
 class RSock(_Park):
     """A non-blocking socket registered with the reactor (edge-triggered)."""
 
-    __slots__ = ("_want", "fd", "hup", "reactor", "readable", "reader", "sock", "writable", "writer")
+    __slots__ = (
+        "_want",
+        "edges",
+        "fd",
+        "hup",
+        "reactor",
+        "readable",
+        "reader",
+        "recv_edges",
+        "sock",
+        "writable",
+        "writer",
+    )
 
     def __init__(self, reactor: Reactor, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -92,6 +104,8 @@ class RSock(_Park):
         self.fd = sock.fileno()
         self.readable = True  # optimistic: try the call first
         self.writable = True
+        self.edges = 0  # read events seen (the loop counts them)
+        self.recv_edges = 0  # `edges` as of the last recv that returned data
         self.hup = False
         self.reader: Task | None = None
         self.writer: Task | None = None
@@ -129,11 +143,15 @@ class RSock(_Park):
     async def recv(self, size: int = RECV_SIZE) -> bytes:
         """Up to `size` bytes; b"" at EOF. Raises OSError on reset."""
         while True:
+            edges = self.edges
             try:
-                return self.sock.recv(size)
+                data = self.sock.recv(size)
             except BlockingIOError:
                 self.readable = False
                 await self._wait(1)
+                continue
+            self.recv_edges = edges  # read events seen before this read (see pool._quiet)
+            return data
 
     async def recv_later(self, size: int = RECV_SIZE) -> bytes:
         """`recv` for data that cannot be there yet: skip the call that would say "not yet"."""
@@ -454,6 +472,7 @@ class Reactor:
                     continue
                 if mask & _IN:
                     rs.readable = True
+                    rs.edges += 1
                     if mask & _HUP:
                         rs.hup = True
                     task = rs.reader

@@ -375,8 +375,8 @@ class HttpConnection:
         ex.route = route.name
         cluster = route.pick_cluster()
         ex.cluster = cluster.name
-        chain = route.chain + cluster.chain if cluster.chain else route.chain
-        if chain:
+        chain = route.chain + cluster.chain if cluster.chain.policies else route.chain
+        if chain.policies:
             ctx = ex.ctx = RequestContext(head, self.client_ip, self.listener, route.name, _now())
             ex.chain = chain
             answer = chain.run(ctx, svc.metrics.policy)
