@@ -153,6 +153,26 @@ class RSock(_Park):
             self.recv_edges = edges  # read events seen before this read (see pool._quiet)
             return data
 
+    def try_recv(self, size: int = RECV_SIZE) -> bytes | None:
+        """`recv` without awaiting: the bytes, b"" at EOF, or None when nothing is there yet."""
+        if not self.readable:
+            return None
+        edges = self.edges
+        try:
+            data = self.sock.recv(size)
+        except BlockingIOError:
+            self.readable = False
+            return None
+        self.recv_edges = edges
+        return data
+
+    def try_send(self, data: bytes) -> int:
+        """Send what the kernel takes now (no await); the caller awaits `send_all` for the rest."""
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+
     async def recv_later(self, size: int = RECV_SIZE) -> bytes:
         """`recv` for data that cannot be there yet: skip the call that would say "not yet"."""
         if not self.readable:

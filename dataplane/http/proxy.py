@@ -249,7 +249,9 @@ class HttpConnection:
                     conn.phase = IDLE if served else READING
                     conn.deadline = _now() + (settings.idle_timeout if served else settings.header_timeout)
                     while not events:
-                        data = await sock.recv()
+                        data = sock.try_recv()  # usually there: no coroutine for the common case
+                        if data is None:
+                            data = await sock.recv()
                         if not data:
                             return
                         conn.phase = READING
@@ -624,9 +626,15 @@ class HttpConnection:
                 ) from None
             up = conn.sock
             try:
-                body_sent = await self._send_request(
-                    up, head_bytes, head, read_timeout, body_buffer, replay=fresh and bool(body_buffer)
-                )
+                if head.has_body:
+                    body_sent = await self._send_request(
+                        up, head_bytes, head, read_timeout, body_buffer, replay=fresh and bool(body_buffer)
+                    )
+                else:
+                    _body_complete(self.reader)
+                    sent = up.try_send(head_bytes)
+                    if sent < len(head_bytes):
+                        await up.send_all(memoryview(head_bytes)[sent:])
             except OSError as exc:
                 raise _UpstreamFailed("reset", 502, f"upstream {ep.key} reset the connection: {exc}",
                                       retryable=reused or not head.has_body) from None  # fmt: skip
@@ -698,7 +706,9 @@ class HttpConnection:
             events.clear()
             data = b"".join(out)
             bytes_out = len(data)
-            await self.sock.send_all(data)
+            sent = self.sock.try_send(data)
+            if sent < bytes_out:
+                await self.sock.send_all(memoryview(data)[sent:])
             while not done:
                 conn_state.deadline = min(_now() + read_timeout, total_deadline)
                 data = await up.recv()
