@@ -9,10 +9,13 @@ policies (plus every global one), certificates; consumers go to every group.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf import struct_pb2
 
+from controlplane.registry.types import Selector
 from controlplane.spec import (
     CertificateSpec,
     ClusterSpec,
@@ -23,17 +26,36 @@ from controlplane.spec import (
     RouteSpec,
     TunnelSpec,
 )
+from controlplane.spec.cluster import ServiceSelectorSpec
 from controlplane.spec.consumer import ApiKeyCredential, BasicAuthCredential, JwtCredential
 from flux.v1 import config_pb2 as pb
 
 SNAPSHOT_TYPE_URL = "type.googleapis.com/flux.v1.Snapshot"
 
-EndpointResolver = Callable[[ClusterSpec], list[pb.Endpoint]]
-"""Endpoints of a `service:` cluster, from the registry (empty when there is none)."""
+
+class RegistryView(Protocol):
+    """What rendering needs of the service registry (controlplane.registry.store implements it)."""
+
+    def endpoints(self, selector: Selector) -> list[pb.Endpoint]: ...
+
+    def service_index(self, name: str) -> int: ...
 
 
-def _no_registry(_cluster: ClusterSpec) -> list[pb.Endpoint]:
-    return []
+class _NoRegistry:
+    def endpoints(self, selector: Selector) -> list[pb.Endpoint]:
+        return []
+
+    def service_index(self, name: str) -> int:
+        return 0
+
+
+NO_REGISTRY: RegistryView = _NoRegistry()
+
+
+def strategy(selector: ServiceSelectorSpec, registry: RegistryView | None = None) -> str:
+    """The routing strategy of a service cluster: the service's, from the registry, if it has one."""
+    spec = getattr(registry, "service_spec", lambda _name: None)(selector.name) if registry else None
+    return getattr(spec, "strategy", "") or "round_robin"
 
 
 def node_groups(cfg: ConfigSet) -> set[str]:
@@ -56,7 +78,7 @@ def _listener(spec: ListenerSpec) -> pb.Listener:
     )
 
 
-def _cluster(spec: ClusterSpec, resolve: EndpointResolver) -> pb.Cluster:
+def _cluster(spec: ClusterSpec, registry: RegistryView) -> pb.Cluster:
     msg = pb.Cluster(
         name=spec.name,
         lb=pb.LbPolicy.Value(f"LB_POLICY_{spec.lb.upper()}"),
@@ -110,9 +132,16 @@ def _cluster(spec: ClusterSpec, resolve: EndpointResolver) -> pb.Cluster:
     if spec.service:
         sv = spec.service
         msg.service.CopyFrom(
-            pb.ServiceSelector(name=sv.name, tags=sv.tags, version=sv.version, zone=sv.zone, namespace=sv.namespace)
+            pb.ServiceSelector(
+                name=sv.name,
+                tags=sv.tags,
+                version=sv.version,
+                zone=sv.zone,
+                namespace=sv.namespace,
+                strategy=strategy(sv, registry),
+            )
         )
-        msg.endpoints.extend(resolve(spec))
+        msg.endpoints.extend(registry.endpoints(Selector(sv.name, sv.namespace, tuple(sv.tags), sv.version, sv.zone)))
     return msg
 
 
@@ -133,6 +162,23 @@ def _route(spec: RouteSpec) -> pb.Route:
         prefix_rewrite=spec.prefix_rewrite or "",
         host_rewrite=spec.host_rewrite or "",
     )
+    if spec.grayscale:
+        gs = spec.grayscale
+        sticky = gs.sticky
+        msg.grayscale.CopyFrom(
+            pb.Grayscale(
+                versions=gs.versions,
+                rules=[
+                    pb.GrayRule(
+                        headers=r.headers, cookies=r.cookies, consumer_group=r.consumer_group, version=r.version
+                    )
+                    for r in gs.rules
+                ],
+                sticky_cookie=(sticky.cookie or "") if sticky else "",
+                sticky_ttl_ms=sticky.ttl if sticky else 0,
+                sticky_hash=(sticky.hash or "") if sticky else "",
+            )
+        )
     if spec.retry:
         r = spec.retry
         msg.retry.CopyFrom(
@@ -210,7 +256,24 @@ def _sorted(items: Iterable[object]) -> list:  # type: ignore[type-arg]
     return sorted(items, key=lambda x: x.name)  # type: ignore[attr-defined]
 
 
-def render_snapshot(cfg: ConfigSet, version: int, group: str, resolve: EndpointResolver = _no_registry) -> pb.Snapshot:
+@dataclass(frozen=True)
+class GroupView:
+    """What one node group's snapshot holds, by name (from `select`)."""
+
+    listeners: list[ListenerSpec]
+    routes: list[RouteSpec]
+    clusters: list[ClusterSpec]
+    policies: list[PolicySpec]
+    tunnels: list[TunnelSpec]
+    certificates: set[str]
+
+    @property
+    def services(self) -> set[str]:
+        """Registry services whose instances the group's clusters use."""
+        return {c.service.name for c in self.clusters if c.service is not None}
+
+
+def select(cfg: ConfigSet, group: str) -> GroupView:
     listeners: list[ListenerSpec] = [x for x in _sorted(cfg["listeners"].values()) if x.node_group == group]
     names = {x.name for x in listeners}
     has_http = any(x.protocol in ("http", "https") for x in listeners)
@@ -240,12 +303,33 @@ def render_snapshot(cfg: ConfigSet, version: int, group: str, resolve: EndpointR
     cert_names = {c for x in listeners for c in x.certificates} | {
         t.tls.certificate for t in tunnels if t.tls.certificate
     }
+    return GroupView(listeners, routes, clusters, policies, tunnels, cert_names)
+
+
+def snapshot_version(config_version: int, services: Iterable[str], registry: RegistryView | None) -> str:
+    """ "C" for a group that uses no registry service, else "C.R" with R the highest modify
+    index of its services: the same database state gives the same version on every control plane."""
+    services = list(services)
+    if not services or registry is None:
+        return str(config_version)
+    return f"{config_version}.{max(registry.service_index(name) for name in services)}"
+
+
+def render_snapshot(
+    cfg: ConfigSet, version: int | str, group: str, registry: RegistryView | None = None
+) -> pb.Snapshot:
+    """The group's snapshot; `version` as `snapshot_version` gives it (an int is the config version)."""
+    registry = registry or NO_REGISTRY
+    view = select(cfg, group)
+    listeners, routes, tunnels, clusters, policies, cert_names = (
+        view.listeners, view.routes, view.tunnels, view.clusters, view.policies, view.certificates,
+    )  # fmt: skip
     return pb.Snapshot(
         version=str(version),
         node_group=group,
         listeners=[_listener(x) for x in listeners],
         routes=[_route(r) for r in routes],
-        clusters=[_cluster(c, resolve) for c in clusters],
+        clusters=[_cluster(c, registry) for c in clusters],
         policies=[_policy(p) for p in policies],
         consumers=[_consumer(c) for c in _sorted(cfg["consumers"].values())],
         certificates=[_certificate(c) for c in _sorted(cfg["certificates"].values()) if c.name in cert_names],

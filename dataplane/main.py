@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's id (default: host name)",
     )
     p.add_argument("--group", default="default", help="node group whose config to serve (default: default)")
+    p.add_argument(
+        "--zone",
+        default=os.environ.get("FLUX_NODE_ZONE", ""),
+        help="this node's zone: services with strategy prefer_zone send it to instances in the same zone first",
+    )
     p.add_argument("--admin", default="127.0.0.1:9901", help="admin endpoint address (default 127.0.0.1:9901)")
     p.add_argument(
         "--cache-dir",
@@ -84,6 +89,7 @@ def options_from(args: argparse.Namespace, worker_index: int, admin: tuple[str, 
         control_planes=[a.strip() for a in args.control_plane.split(",") if a.strip()],
         node_id=node_id,
         group=args.group,
+        zone=args.zone,
         admin_address=admin[0],
         admin_port=admin[1],
         cache_dir=args.cache_dir,

@@ -49,6 +49,7 @@ class NodeOptions:
     control_planes: list[str]
     node_id: str
     group: str = "default"
+    zone: str = ""
     admin_address: str = "127.0.0.1"
     admin_port: int = 9901
     cache_dir: str | None = None
@@ -124,7 +125,7 @@ class NodeWorker:
         """Compile and swap in `snap`; None on success, else why it was refused."""
         env = PolicyEnv(services=self.services, reactor=self.reactor, workers=self.opts.workers)
         try:
-            compiled = compile_snapshot(snap, self.endpoints, self.pools.get, env)
+            compiled = compile_snapshot(snap, self.endpoints, self.pools.get, env, zone=self.opts.zone)
         except CompileError as exc:
             return self._refuse(snap, str(exc))
         except Exception as exc:  # a bug must cost a NACK, never the node
@@ -299,7 +300,7 @@ class NodeWorker:
             group=opts.group,
             build_version=BUILD_VERSION,
             hostname=socket.gethostname(),
-            metadata={"worker": str(opts.worker_index), "workers": str(opts.workers)},
+            metadata={"worker": str(opts.worker_index), "workers": str(opts.workers), "zone": opts.zone},
         )
         limit = raise_fd_limit()
         if limit < 16384:

@@ -17,8 +17,15 @@ router = APIRouter()
 @router.get("/api/v1/nodes", tags=["nodes"], summary="Data-plane nodes: group, address, acked version, last NACK")
 def list_nodes(cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
     version = cp.store.db_version()
-    nodes = [n.as_dict(version) for n in cp.nodes.list()]
+    nodes = [n.as_dict(_expected(cp, version, n.node_group)) for n in cp.nodes.list()]
     return {"items": nodes, "total": len(nodes), "version": version}
+
+
+def _expected(cp: ControlPlane, version: int, group: str) -> str:
+    """The snapshot version a node of `group` should hold now ("42", or "42.1037" with registry services)."""
+    if cp.cache.ready and cp.cache.version == version:
+        return cp.cache.group_version(group)
+    return str(version)
 
 
 @router.get("/api/v1/nodes/{node_id:path}", tags=["nodes"], summary="One node")
@@ -26,7 +33,7 @@ def get_node(node_id: str, cp: ControlPlane = Depends(get_cp)) -> Any:
     version = cp.store.db_version()
     for n in cp.nodes.list():
         if n.node_id == node_id:
-            return n.as_dict(version)
+            return n.as_dict(_expected(cp, version, n.node_group))
     return JSONResponse({"error": "not_found", "message": f"node {node_id!r} not known"}, status_code=404)
 
 

@@ -1,8 +1,17 @@
 """SnapshotCache: the current config version and its per-group snapshots.
 
 Knows nothing of gRPC (as go-control-plane's cache): `publish` sets a new
-version and wakes subscribers; `response_bytes` renders a group's snapshot once
-per version (in a worker thread) and shares it between all streams of that group.
+config version, `registry_changed` marks the groups whose registry services
+changed, and both wake the subscribed streams. `snapshot(group)` renders a
+group once per change (in a worker thread) and shares the bytes between every
+stream of that group.
+
+Versions: a group's snapshot version is the config version ("42"), or, for a
+group whose clusters take instances from the registry, "42.1037" (the highest
+modify index of those services), so the same database state names the same
+version on every control plane. Streams decide what to send by a local,
+monotonic sequence number per group (`group_seq`), which moves whenever the
+group's snapshot may have changed.
 """
 
 from __future__ import annotations
@@ -10,26 +19,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from google.protobuf import any_pb2
 
-from controlplane.snapshot import SNAPSHOT_TYPE_URL, render_snapshot
+from controlplane.snapshot import SNAPSHOT_TYPE_URL, RegistryView, render_snapshot, select, snapshot_version
 from controlplane.spec import ConfigSet
 from flux.v1 import config_pb2
 
 log = logging.getLogger("flux.discovery")
 
-Renderer = Callable[[ConfigSet, int, str], config_pb2.Snapshot]
+Renderer = Callable[[ConfigSet, str, str, RegistryView | None], config_pb2.Snapshot]
+
+REGISTRY_COALESCE = 0.05  # seconds: registry changes inside this window make one push
 
 
 class SnapshotCache:
-    def __init__(self, renderer: Renderer = render_snapshot) -> None:
+    def __init__(self, renderer: Renderer = render_snapshot, registry: RegistryView | None = None) -> None:
         self._renderer = renderer
+        self.registry = registry
         self.version = -1
         self._config: ConfigSet | None = None
-        self._rendered: dict[str, asyncio.Future[any_pb2.Any]] = {}
+        self._rendered: dict[str, asyncio.Future[tuple[str, any_pb2.Any]]] = {}
+        self._services: dict[str, frozenset[str]] = {}  # group -> registry services it uses
         self._subscribers: set[asyncio.Event] = set()
+        self._seq = 0
+        self._base_seq = 0
+        self._group_seq: dict[str, int] = {}
+        self._pending: set[str] = set()
+        self._flush: asyncio.TimerHandle | None = None
         self.renders = 0
         self.last_render_ms = 0.0
 
@@ -43,12 +61,51 @@ class SnapshotCache:
         self.version = version
         self._config = config
         self._rendered = {}
-        for event in self._subscribers:
-            event.set()
+        self._services = {}
+        self._seq += 1
+        self._base_seq = self._seq
+        self._group_seq = {}
+        self._wake()
+
+    def registry_changed(self, services: Iterable[str]) -> None:
+        """Services whose instances changed; the affected groups are re-rendered shortly
+        (changes within REGISTRY_COALESCE seconds make one push)."""
+        self._pending.update(services)
+        if self._flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._apply_registry_changes()
+                return
+            self._flush = loop.call_later(REGISTRY_COALESCE, self._apply_registry_changes)
+
+    def _apply_registry_changes(self) -> None:
+        self._flush = None
+        changed, self._pending = self._pending, set()
+        if not changed or self._config is None:
+            return
+        touched = False
+        for group in list(self._known_groups()):
+            if self.services(group) & changed:
+                self._seq += 1
+                self._group_seq[group] = self._seq
+                self._rendered.pop(group, None)
+                touched = True
+        if touched:
+            self._wake()
+
+    def _known_groups(self) -> set[str]:
+        return set(self._services) | set(self._rendered) | set(self._group_seq)
 
     def refresh(self) -> None:
-        """Re-render every group at the current version (registry endpoints changed)."""
+        """Re-render every group (e.g. the registry was reloaded from the database)."""
+        self._seq += 1
+        self._base_seq = self._seq
+        self._group_seq = {}
         self._rendered = {}
+        self._wake()
+
+    def _wake(self) -> None:
         for event in self._subscribers:
             event.set()
 
@@ -58,28 +115,49 @@ class SnapshotCache:
     def unsubscribe(self, event: asyncio.Event) -> None:
         self._subscribers.discard(event)
 
-    async def snapshot(self, group: str) -> tuple[int, any_pb2.Any]:
-        """(version, packed snapshot) of `group` at the current version."""
-        version, config = self.version, self._config
+    # -- per-group state -----------------------------------------------------------------------
+
+    def services(self, group: str) -> frozenset[str]:
+        found = self._services.get(group)
+        if found is None:
+            assert self._config is not None
+            found = self._services[group] = frozenset(select(self._config, group).services)
+        return found
+
+    def group_seq(self, group: str) -> int:
+        """Moves whenever `group`'s snapshot may have changed (streams compare it with what they sent)."""
+        return self._group_seq.get(group, self._base_seq)
+
+    def group_version(self, group: str) -> str:
+        """The version the group's snapshot has now ("42" or "42.1037")."""
+        return snapshot_version(self.version, self.services(group), self.registry)
+
+    async def snapshot(self, group: str) -> tuple[int, str, any_pb2.Any]:
+        """(sequence, version, packed snapshot) of `group` as it is now."""
+        config = self._config
         assert config is not None, "snapshot() before the first publish()"
+        seq = self.group_seq(group)
         fut = self._rendered.get(group)
         if fut is None:
+            version = self.group_version(group)
             fut = asyncio.get_running_loop().create_future()
             self._rendered[group] = fut
             try:
                 packed = await asyncio.to_thread(self._render, config, version, group)
             except BaseException as exc:
                 fut.set_exception(exc)
-                self._rendered.pop(group, None)
+                if self._rendered.get(group) is fut:
+                    self._rendered.pop(group, None)
                 raise
-            fut.set_result(packed)
-        return version, await asyncio.shield(fut)
+            fut.set_result((version, packed))
+        version, packed = await asyncio.shield(fut)
+        return seq, version, packed
 
-    def _render(self, config: ConfigSet, version: int, group: str) -> any_pb2.Any:
+    def _render(self, config: ConfigSet, version: str, group: str) -> any_pb2.Any:
         start = time.perf_counter()
-        snap = self._renderer(config, version, group)
+        snap = self._renderer(config, version, group, self.registry)
         packed = any_pb2.Any(type_url=SNAPSHOT_TYPE_URL, value=snap.SerializeToString(deterministic=True))
         self.renders += 1
         self.last_render_ms = (time.perf_counter() - start) * 1000
-        log.debug("rendered group %s at version %d in %.1f ms", group, version, self.last_render_ms)
+        log.debug("rendered group %s at version %s in %.1f ms", group, version, self.last_render_ms)
         return packed

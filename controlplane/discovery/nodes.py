@@ -53,7 +53,7 @@ class NodeState:
     last_seen: datetime | None = field(default_factory=_now)
     stream: int = 0
 
-    def as_dict(self, current_version: int | None = None) -> dict[str, Any]:
+    def as_dict(self, current_version: int | str | None = None) -> dict[str, Any]:
         iso = lambda d: d.isoformat() if d else None  # noqa: E731
         return {
             "id": self.node_id,
@@ -66,6 +66,7 @@ class NodeState:
             "acked_version": self.acked_version,
             "sent_version": self.sent_version,
             "in_sync": current_version is not None and self.acked_version == str(current_version),
+            "config_version": self.acked_version.partition(".")[0],
             "last_nack": (
                 {
                     "version": self.last_nack_version,

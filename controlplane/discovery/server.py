@@ -35,7 +35,8 @@ class _Stream:
         self.state = state
         self.wake = asyncio.Event()
         self.held_version = held_version  # what the node says it runs
-        self.sent_version = -1
+        self.sent_seq = -1  # the cache's sequence number for the group when we last sent (or skipped)
+        self.sent_version = ""
         self.outstanding: str | None = None  # nonce awaiting ACK/NACK
         self.outstanding_since = 0.0
         self.closed = False
@@ -95,7 +96,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                 if stream.outstanding is None or req.response_nonce != stream.outstanding:
                     continue  # stale or unsolicited: Envoy's rule, ignore
                 if req.HasField("error_detail") and req.error_detail.message:
-                    self.nodes.nack(stream.state, str(stream.sent_version), req.error_detail.message)
+                    self.nodes.nack(stream.state, stream.sent_version, req.error_detail.message)
                 else:
                     self.nodes.ack(stream.state, req.version_info)
                     stream.held_version = req.version_info
@@ -108,24 +109,23 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
             stream.wake.set()
 
     async def _write(self, stream: _Stream, context: grpc.aio.ServicerContext, group: str) -> None:
+        cache = self.cache
         while not stream.closed:
             stream.wake.clear()
-            version = self.cache.version
             waiting_ack = stream.outstanding is not None and (time.monotonic() - stream.outstanding_since < ACK_TIMEOUT)
-            due = (
-                self.cache.ready
-                and version > stream.sent_version
-                and str(version) != stream.held_version
-                and not waiting_ack
-            )
-            if due:
-                version, packed = await self.cache.snapshot(group)
+            seq = cache.group_seq(group) if cache.ready else -1
+            if seq > stream.sent_seq and not waiting_ack:
+                if cache.group_version(group) == stream.held_version:
+                    stream.sent_seq = seq  # the node runs this version already (a resumed stream)
+                    continue
+                seq, version, packed = await cache.snapshot(group)
                 nonce = secrets.token_hex(8)
                 stream.outstanding, stream.outstanding_since = nonce, time.monotonic()
+                stream.sent_seq = seq
                 stream.sent_version = version
                 await context.write(
                     discovery_pb2.StreamConfigResponse(
-                        version_info=str(version),
+                        version_info=version,
                         resources=[packed],
                         type_url=SNAPSHOT_TYPE_URL,
                         nonce=nonce,
@@ -133,7 +133,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                     )
                 )
                 self.pushes += 1
-                self.nodes.sent(stream.state, str(version))
+                self.nodes.sent(stream.state, version)
                 continue
             try:
                 await asyncio.wait_for(stream.wake.wait(), timeout=ACK_TIMEOUT if waiting_ack else None)

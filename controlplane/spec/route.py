@@ -30,6 +30,55 @@ class RetrySpec(Strict):
     retry_non_idempotent: bool = False
 
 
+class GrayRuleSpec(Strict):
+    """Requests matching every given condition go to instances of `version`."""
+
+    headers: dict[str, str] = {}
+    cookies: dict[str, str] = {}
+    consumer_group: str = ""
+    version: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> GrayRuleSpec:
+        if not (self.headers or self.cookies or self.consumer_group):
+            raise ValueError("headers: a rule needs headers, cookies or consumer_group to match on")
+        for name in self.headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"headers: bad header name {name!r}")
+        return self
+
+
+class StickySpec(Strict):
+    cookie: str | None = Field(default=None, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    ttl: Duration = 0
+    hash: str | None = Field(default=None, pattern=r"^(ip|header:[A-Za-z0-9-]+)$")
+
+    @model_validator(mode="after")
+    def _one(self) -> StickySpec:
+        if bool(self.cookie) == bool(self.hash):
+            raise ValueError("cookie: give exactly one of cookie or hash")
+        return self
+
+
+class GrayscaleSpec(Strict):
+    """Split a route's traffic between instance versions of its cluster."""
+
+    versions: dict[str, int] = {}
+    rules: list[GrayRuleSpec] = []
+    sticky: StickySpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GrayscaleSpec:
+        if not self.versions and not self.rules:
+            raise ValueError("versions: give version weights, rules, or both")
+        for version, weight in self.versions.items():
+            if weight < 0 or weight > 10_000:
+                raise ValueError(f"versions: weight of {version!r} must be 0-10000")
+        if self.versions and not any(self.versions.values()):
+            raise ValueError("versions: at least one weight must be above 0")
+        return self
+
+
 class RouteSpec(Resource):
     listener: Name | None = None
     hosts: list[str] = []
@@ -45,6 +94,7 @@ class RouteSpec(Resource):
     retry: RetrySpec | None = None
     prefix_rewrite: str | None = None
     host_rewrite: str | None = None
+    grayscale: GrayscaleSpec | None = None
     description: str = ""
 
     @field_validator("hosts")
@@ -87,6 +137,8 @@ class RouteSpec(Resource):
             raise ValueError("clusters: a cluster is named twice in the split")
         if self.prefix_rewrite is not None and self.path_type != "prefix":
             raise ValueError("prefix_rewrite: only with path_type: prefix")
+        if self.grayscale is not None and self.clusters:
+            raise ValueError("grayscale: splits one cluster by instance version; use cluster, not clusters")
         return self
 
     def cluster_names(self) -> list[str]:

@@ -26,6 +26,7 @@ from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
 from dataplane.policies.base import ConsumerIndex, Policy, PolicyEnv
 from dataplane.policies.chain import EMPTY_CHAIN, PolicyBuildError, PolicyChain, build_policies
 from dataplane.routing import RouteMatcher, RouteRule
+from dataplane.routing.grayscale import GrayRule, GrayscalePlan
 from dataplane.upstream.pool import EndpointPool, PoolLimits
 from flux.v1 import config_pb2 as pb
 
@@ -102,7 +103,9 @@ def _ms(value: int, default_ms: int) -> float:
     return (value or default_ms) / 1000.0
 
 
-def _cluster(spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, out: Compiled) -> ClusterRuntime:
+def _cluster(
+    spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, out: Compiled, zone: str = ""
+) -> ClusterRuntime:
     if spec.lb not in _LB:
         raise CompileError(f"cluster {spec.name!r}: unknown lb {spec.lb}")
     endpoints: list[EndpointState] = []
@@ -163,6 +166,15 @@ def _cluster(spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, o
         balancer = make_balancer(_LB[spec.lb], endpoints)
     except ValueError as exc:
         raise CompileError(f"cluster {spec.name!r}: {exc}") from None
+    by_version = {
+        version: make_balancer(_LB[spec.lb], [ep for ep in endpoints if ep.version == version])
+        for version in sorted({ep.version for ep in endpoints if ep.version})
+    }
+    zone_balancer = None
+    if zone and spec.HasField("service") and spec.service.strategy == "prefer_zone":
+        local = [ep for ep in endpoints if ep.zone == zone]
+        if local and len(local) < len(endpoints):
+            zone_balancer = make_balancer(_LB[spec.lb], local)
     return ClusterRuntime(
         name=spec.name,
         endpoints=tuple(endpoints),
@@ -182,6 +194,8 @@ def _cluster(spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, o
         scheme=spec.scheme or "http",
         keyed=bool(spec.hash_on) or _LB[spec.lb] == "ip_hash",
         max_requests=spec.pool.max_requests if spec.HasField("pool") else 0,
+        by_version=by_version,
+        zone_balancer=zone_balancer,
         state=registry.clusters.get(spec.name) or ClusterState(),
     )
 
@@ -221,6 +235,7 @@ def _route(spec: pb.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
         attempts=attempts,
         retry_on_idempotent=on_idem,
         retry_on_other=on_other,
+        grayscale=_grayscale(spec) if spec.HasField("grayscale") else None,
     )
 
 
@@ -238,8 +253,35 @@ def _chain(
     return PolicyChain(chosen) if chosen else EMPTY_CHAIN
 
 
+def _grayscale(spec: pb.Route) -> GrayscalePlan:
+    gs = spec.grayscale
+    rules = [
+        GrayRule(
+            headers=tuple(sorted((k.lower(), v) for k, v in r.headers.items())),
+            cookies=tuple(sorted(r.cookies.items())),
+            consumer_group=r.consumer_group,
+            version=r.version,
+        )
+        for r in gs.rules
+    ]
+    if gs.sticky_hash and gs.sticky_hash != "ip" and not gs.sticky_hash.startswith("header:"):
+        raise CompileError(f"route {spec.name!r}: bad grayscale sticky hash {gs.sticky_hash!r}")
+    return GrayscalePlan(
+        dict(gs.versions),
+        rules,
+        sticky_cookie=gs.sticky_cookie,
+        sticky_ttl_ms=gs.sticky_ttl_ms,
+        sticky_hash=gs.sticky_hash,
+    )
+
+
 def compile_snapshot(
-    snap: pb.Snapshot, registry: EndpointRegistry, pools: PoolFactory, env: PolicyEnv | None = None
+    snap: pb.Snapshot,
+    registry: EndpointRegistry,
+    pools: PoolFactory,
+    env: PolicyEnv | None = None,
+    *,
+    zone: str = "",
 ) -> Compiled:
     env = env or PolicyEnv()
     env.consumers = ConsumerIndex(snap.consumers)
@@ -254,7 +296,7 @@ def compile_snapshot(
     for c in snap.clusters:
         if c.name in clusters:
             raise CompileError(f"cluster {c.name!r} defined twice")
-        runtime = _cluster(c, registry, pools, out)
+        runtime = _cluster(c, registry, pools, out, zone)
         if c.policies:
             runtime = replace(runtime, chain=_chain(c.policies, policies, f"cluster {c.name!r}", f"cluster:{c.name}"))
         clusters[c.name] = runtime

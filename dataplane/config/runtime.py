@@ -19,6 +19,7 @@ from dataplane.balancing import AffinityIndex, Balancer, EndpointState
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
 from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.routing import RouteMatcher
+from dataplane.routing.grayscale import GrayscalePlan
 from dataplane.upstream.pool import EndpointPool, PoolLimits
 from flux.v1 import config_pb2 as pb
 
@@ -65,6 +66,8 @@ class ClusterRuntime:
     scheme: str
     keyed: bool = False  # the balancer wants a hash key (consistent_hash / ip_hash)
     chain: PolicyChain = EMPTY_CHAIN  # the cluster's own policies (after the route's)
+    by_version: dict[str, Balancer] = field(default_factory=dict)  # grayscale: a balancer per instance version
+    zone_balancer: Balancer | None = None  # prefer_zone: the endpoints in this node's zone
     max_requests: int = 0  # concurrent requests allowed to the cluster (0: no limit)
     state: ClusterState = field(default_factory=lambda: ClusterState())
 
@@ -83,6 +86,7 @@ class RouteRuntime:
     retry_on_idempotent: frozenset[str] = frozenset({"connect_failure", "reset"})
     retry_on_other: frozenset[str] = frozenset({"connect_failure"})
     chain: PolicyChain = EMPTY_CHAIN  # global, listener and route policies, in order
+    grayscale: GrayscalePlan | None = None
 
     def pick_cluster(self) -> ClusterRuntime:
         clusters = self.clusters

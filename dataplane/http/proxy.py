@@ -411,7 +411,7 @@ class HttpConnection:
         if route.timeout:
             ex.deadline = _now() + route.timeout
         for attempt in range(attempts):
-            ep, cookie = self._pick(cluster, head, avoid)
+            ep, cookies = self._pick(cluster, head, avoid, route)
             if ep is None:
                 if failure is not None:
                     break
@@ -424,7 +424,7 @@ class HttpConnection:
                     route,
                     cluster,
                     ep,
-                    cookie,
+                    cookies,
                     body_buffer,
                     fresh=attempt > 0,
                     retry_on=(() if last else retry_on),
@@ -448,17 +448,34 @@ class HttpConnection:
         return await self._reply_error(failure.status, failure.message)
 
     def _pick(
-        self, cluster: ClusterRuntime, head: RequestHead, avoid: EndpointState | None
-    ) -> tuple[EndpointState | None, bytes | None]:
-        """(endpoint, Set-Cookie value) for this request, or (None, None)."""
+        self, cluster: ClusterRuntime, head: RequestHead, avoid: EndpointState | None, route: RouteRuntime
+    ) -> tuple[EndpointState | None, tuple[bytes, ...]]:
+        """(endpoint, Set-Cookie values) for this request, or (None, ())."""
         affinity = cluster.affinity
         if affinity is not None:
             value = _cookie(head, affinity.cookie)
             if value:
                 ep = affinity.index.find(value)
                 if ep is not None and ep is not avoid:
-                    return ep, None
-        ep = cluster.balancer.pick(_hash_key(cluster, head, self.client_ip) if cluster.keyed else None)
+                    return ep, ()
+        balancer = cluster.balancer
+        cookies: tuple[bytes, ...] = ()
+        if route.grayscale is not None:  # a version of the cluster's instances, by rule, weight or stickiness
+            ctx = self.ex.ctx if self.ex is not None else None
+            groups = ctx.consumer.groups if ctx is not None and ctx.consumer is not None else frozenset()
+            choice = route.grayscale.choose(head.get, lambda name: _cookie(head, name), groups, self.client_ip)
+            if choice is not None:
+                subset = cluster.by_version.get(choice.version)
+                if subset is not None:
+                    balancer = subset
+                    if choice.set_cookie:
+                        cookies = (choice.set_cookie.encode("latin-1"),)
+        elif cluster.zone_balancer is not None:  # prefer_zone: this node's zone first
+            balancer = cluster.zone_balancer
+        key = _hash_key(cluster, head, self.client_ip) if cluster.keyed else None
+        ep = balancer.pick(key)
+        if ep is None and balancer is not cluster.balancer:
+            ep = cluster.balancer.pick(key)  # nothing available in the subset: any instance
         if ep is not None and ep is avoid:  # a retry: prefer another endpoint
             for _ in range(len(cluster.endpoints)):
                 other = cluster.balancer.pick(None)
@@ -466,10 +483,11 @@ class HttpConnection:
                     ep = other
                     break
         if ep is None:
-            return None, None
+            return None, ()
         if affinity is None:
-            return ep, None
-        return ep, affinity.index.set_cookie_header(affinity.cookie, ep, affinity.ttl_ms, affinity.path).encode()
+            return ep, cookies
+        pin = affinity.index.set_cookie_header(affinity.cookie, ep, affinity.ttl_ms, affinity.path).encode()
+        return ep, (*cookies, pin)
 
     def _target(self, head: RequestHead, route: RouteRuntime, ctx: RequestContext | None = None) -> bytes:
         """The request target sent upstream: the route's prefix rewrite, then a policy's path/query rewrite."""
@@ -548,7 +566,7 @@ class HttpConnection:
         route: RouteRuntime,
         cluster: ClusterRuntime,
         ep: EndpointState,
-        cookie: bytes | None,
+        cookies: tuple[bytes, ...],
         body_buffer: list[bytes] | None,
         *,
         fresh: bool,
@@ -687,7 +705,7 @@ class HttpConnection:
                 chunked_out = False
                 close_client = True
             rid_header = (b"X-Request-Id", ex.rid)
-            add = (rid_header,) if cookie is None else (rid_header, (b"Set-Cookie", cookie))
+            add = (rid_header,) if not cookies else (rid_header, *((b"Set-Cookie", c) for c in cookies))
             if ctx is not None:
                 ex.chain.on_response(ctx, resp.status)
                 add = (*add, *ctx.response_add)

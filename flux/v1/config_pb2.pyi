@@ -159,18 +159,20 @@ class SessionAffinity(_message.Message):
     def __init__(self, cookie: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ServiceSelector(_message.Message):
-    __slots__ = ("name", "tags", "version", "zone", "namespace")
+    __slots__ = ("name", "tags", "version", "zone", "namespace", "strategy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     name: str
     tags: _containers.RepeatedScalarFieldContainer[str]
     version: str
     zone: str
     namespace: str
-    def __init__(self, name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., zone: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+    strategy: str
+    def __init__(self, name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., zone: _Optional[str] = ..., namespace: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class Cluster(_message.Message):
     __slots__ = ("name", "lb", "hash_on", "session_affinity", "endpoints", "service", "health_check", "outlier_detection", "timeouts", "pool", "policies", "scheme")
@@ -222,8 +224,55 @@ class RetryPolicy(_message.Message):
     retry_non_idempotent: bool
     def __init__(self, attempts: _Optional[int] = ..., per_try_timeout_ms: _Optional[int] = ..., backoff_ms: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ..., retry_non_idempotent: _Optional[bool] = ...) -> None: ...
 
+class GrayRule(_message.Message):
+    __slots__ = ("headers", "cookies", "consumer_group", "version")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CookiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    COOKIES_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    headers: _containers.ScalarMap[str, str]
+    cookies: _containers.ScalarMap[str, str]
+    consumer_group: str
+    version: str
+    def __init__(self, headers: _Optional[_Mapping[str, str]] = ..., cookies: _Optional[_Mapping[str, str]] = ..., consumer_group: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class Grayscale(_message.Message):
+    __slots__ = ("versions", "rules", "sticky_cookie", "sticky_ttl_ms", "sticky_hash")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    STICKY_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    STICKY_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    STICKY_HASH_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.ScalarMap[str, int]
+    rules: _containers.RepeatedCompositeFieldContainer[GrayRule]
+    sticky_cookie: str
+    sticky_ttl_ms: int
+    sticky_hash: str
+    def __init__(self, versions: _Optional[_Mapping[str, int]] = ..., rules: _Optional[_Iterable[_Union[GrayRule, _Mapping]]] = ..., sticky_cookie: _Optional[str] = ..., sticky_ttl_ms: _Optional[int] = ..., sticky_hash: _Optional[str] = ...) -> None: ...
+
 class Route(_message.Message):
-    __slots__ = ("name", "listener", "hosts", "path", "path_type", "methods", "headers", "cluster", "clusters", "priority", "policies", "timeout_ms", "retry", "prefix_rewrite", "host_rewrite")
+    __slots__ = ("name", "listener", "hosts", "path", "path_type", "methods", "headers", "cluster", "clusters", "priority", "policies", "timeout_ms", "retry", "prefix_rewrite", "host_rewrite", "grayscale")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +295,7 @@ class Route(_message.Message):
     RETRY_FIELD_NUMBER: _ClassVar[int]
     PREFIX_REWRITE_FIELD_NUMBER: _ClassVar[int]
     HOST_REWRITE_FIELD_NUMBER: _ClassVar[int]
+    GRAYSCALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     listener: str
     hosts: _containers.RepeatedScalarFieldContainer[str]
@@ -261,7 +311,8 @@ class Route(_message.Message):
     retry: RetryPolicy
     prefix_rewrite: str
     host_rewrite: str
-    def __init__(self, name: _Optional[str] = ..., listener: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., path_type: _Optional[_Union[PathType, str]] = ..., methods: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., cluster: _Optional[str] = ..., clusters: _Optional[_Iterable[_Union[WeightedCluster, _Mapping]]] = ..., priority: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., prefix_rewrite: _Optional[str] = ..., host_rewrite: _Optional[str] = ...) -> None: ...
+    grayscale: Grayscale
+    def __init__(self, name: _Optional[str] = ..., listener: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., path_type: _Optional[_Union[PathType, str]] = ..., methods: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., cluster: _Optional[str] = ..., clusters: _Optional[_Iterable[_Union[WeightedCluster, _Mapping]]] = ..., priority: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., prefix_rewrite: _Optional[str] = ..., host_rewrite: _Optional[str] = ..., grayscale: _Optional[_Union[Grayscale, _Mapping]] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("name", "type", "config", "is_global")

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.tls import self_signed
 
+from controlplane.registry.types import Selector
 from controlplane.snapshot import node_groups, render_snapshot
 from controlplane.spec import (
     KINDS,
@@ -231,11 +232,15 @@ def test_group_filtering_by_example() -> None:
     cfg = _example()
     resolved: list[str] = []
 
-    def resolve(cluster: ClusterSpec) -> list[pb.Endpoint]:
-        resolved.append(cluster.name)
-        return [pb.Endpoint(address="10.9.9.9", port=8000, weight=1)]
+    class Registry:
+        def endpoints(self, selector: Selector) -> list[pb.Endpoint]:
+            resolved.append(selector.service)
+            return [pb.Endpoint(address="10.9.9.9", port=8000, weight=1)]
 
-    default = render_snapshot(cfg, 12, "default", resolve)
+        def service_index(self, name: str) -> int:
+            return 7
+
+    default = render_snapshot(cfg, 12, "default", Registry())
     assert [x.name for x in default.listeners] == ["pg", "public", "tls"]
     assert [r.name for r in default.routes] == ["any-http", "orders-api"]  # not edge-route
     assert [c.name for c in default.clusters] == ["fallback", "orders", "raw", "registry"]
@@ -246,7 +251,8 @@ def test_group_filtering_by_example() -> None:
     assert [c.name for c in default.consumers] == ["alice"]
     assert default.consumers[0].credentials[0].key_sha256 == hashlib.sha256(b"alice-key-1234").hexdigest()
     registry = next(c for c in default.clusters if c.name == "registry")
-    assert resolved == ["registry"] and registry.endpoints[0].address == "10.9.9.9"
+    assert registry.endpoints[0].address == "10.9.9.9"
+    assert resolved == [registry.service.name]
     orders = next(c for c in default.clusters if c.name == "orders")
     assert orders.lb == pb.LB_POLICY_ROUND_ROBIN and orders.endpoints[0].weight == 3
     assert orders.timeouts.connect_ms == 2000

@@ -478,3 +478,32 @@ def test_websocket_upgrade_is_piped_both_ways(stack: dict[str, Any]) -> None:
             while len(echoed) < len(message):
                 echoed += s.recv(65536)
             assert echoed == message
+
+
+def test_grayscale_split_rules_and_sticky_cookie(stack: dict[str, Any]) -> None:
+    a, b, c = stack["ups"]
+    port = free_port()
+    endpoints = [
+        {**a.endpoint(), "version": "v1"},
+        {**b.endpoint(), "version": "v1"},
+        {**c.endpoint(), "version": "v2"},
+    ]
+    doc = basic(port, endpoints)
+    doc["routes"][0]["grayscale"] = {
+        "versions": {"v1": 80, "v2": 20},
+        "rules": [{"headers": {"x-canary": "true"}, "version": "v2"}],
+    }
+    converge(stack, doc)
+    url = f"http://127.0.0.1:{port}/echo"
+    with httpx.Client() as client:
+        servers = Counter(client.get(url).json()["server"] for _ in range(500))
+        assert 0.12 < servers["c"] / 500 < 0.28, servers  # v2 is only "c"
+        assert {client.get(url, headers={"x-canary": "true"}).json()["server"] for _ in range(10)} == {"c"}
+    doc["routes"][0]["grayscale"] = {"versions": {"v1": 50, "v2": 50}, "sticky": {"cookie": "gray"}}
+    converge(stack, doc)  # the split changes through REST; requests keep flowing
+    first = httpx.get(url)
+    version = first.cookies.get("gray")
+    assert version in ("v1", "v2")
+    expected = {"v1": {"a", "b"}, "v2": {"c"}}[version]
+    with httpx.Client(cookies={"gray": version}) as client:
+        assert {client.get(url).json()["server"] for _ in range(10)} <= expected
