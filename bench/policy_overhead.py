@@ -45,8 +45,18 @@ def write_snapshot(cache: pathlib.Path, port: int, upstream: int, redis: str) ->
     policies = [
         _policy("jwt", "jwt", {"issuer": "bench"}),
         _policy("rl-local", "rate_limit", {**huge, "algorithm": "token_bucket"}),
-        _policy("rl-redis", "rate_limit", {**huge, "algorithm": "token_bucket", "scope": "redis", "redis": redis,
-                                           "prefix": f"flux:bench:{time.time_ns()}", "key": "ip"}),  # fmt: skip
+        _policy(
+            "rl-redis",
+            "rate_limit",
+            {
+                **huge,
+                "algorithm": "token_bucket",
+                "scope": "redis",
+                "redis": redis,
+                "key": "ip",
+                "prefix": f"flux:bench:{time.time_ns()}",
+            },
+        ),
         _policy("cors", "cors", {"allow_origins": [ORIGIN]}),
         _policy("acl", "ip_acl", {"allow": ["127.0.0.0/8"]}),
     ]
@@ -62,8 +72,14 @@ def write_snapshot(cache: pathlib.Path, port: int, upstream: int, redis: str) ->
         listeners=[pb.Listener(name="bench", protocol=pb.PROTOCOL_HTTP, address="127.0.0.1", port=port)],
         clusters=[pb.Cluster(name="up", endpoints=[pb.Endpoint(address="127.0.0.1", port=upstream, weight=1)])],
         routes=[
-            pb.Route(name=name, listener="bench", path=f"/{name}", path_type=pb.PATH_TYPE_PREFIX, cluster="up",
-                     policies=names)  # fmt: skip
+            pb.Route(
+                name=name,
+                listener="bench",
+                path=f"/{name}",
+                path_type=pb.PATH_TYPE_PREFIX,
+                cluster="up",
+                policies=names,
+            )
             for name, names in routes.items()
         ],
         policies=policies,
@@ -106,8 +122,11 @@ def main() -> int:
             for name in order:
                 result = wrk(f"http://127.0.0.1:{port}/{name}", args.duration, args.connections, headers)
                 runs[name].append(result)
-                print(f"   round {i + 1}: {name:7s} {result['rps']:>9,.0f} req/s  p99 {result['p99']:.2f} ms"
-                      f"{'  non-2xx: %d' % result['non2xx'] if result['non2xx'] else ''}", flush=True)  # fmt: skip
+                errors = f"  non-2xx: {result['non2xx']}" if result["non2xx"] else ""
+                print(
+                    f"   round {i + 1}: {name:7s} {result['rps']:>9,.0f} req/s  p99 {result['p99']:.2f} ms{errors}",
+                    flush=True,
+                )
         med = {s: statistics.median(r["rps"] for r in rs) for s, rs in runs.items()}
         base = med["none"]
         targets = {"jwt-rl": None, "redis": 50.0, "chain": 70.0}
