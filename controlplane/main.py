@@ -24,6 +24,7 @@ from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry
 from controlplane.discovery.server import DiscoveryServicer
 from controlplane.discovery.watcher import ConfigWatcher
+from controlplane.registry.store import RegistryStore
 from controlplane.store.config_store import ConfigStore
 from controlplane.store.db import make_engine, migrate, normalize_url
 from flux.v1 import discovery_pb2_grpc
@@ -101,12 +102,18 @@ async def serve(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     token = load_admin_token(data_dir)
     store = ConfigStore(engine, history_limit=args.history_limit)
-    cache = SnapshotCache()
+    registry = RegistryStore(engine, cp_id)
+    await asyncio.to_thread(registry.load)
+    cache = SnapshotCache(registry=registry)
     nodes = NodeRegistry(engine, cp_id)
     servicer = DiscoveryServicer(cache, nodes, cp_id)
-    cp = ControlPlane(store=store, token=token, nodes=nodes, cache=cache, control_plane_id=cp_id, servicer=servicer)
+    cp = ControlPlane(
+        store=store, token=token, nodes=nodes, cache=cache, control_plane_id=cp_id, servicer=servicer, registry=registry
+    )
     watcher = ConfigWatcher(store, cache, poll_interval=args.poll_interval)
     loop = asyncio.get_running_loop()
+    registry.bind_loop(loop)
+    registry.subscribe(cache.registry_changed)
     store.on_commit(lambda _v: watcher.poke_threadsafe(loop))
     await watcher.load_once()
 
@@ -146,6 +153,9 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.create_task(server.serve(sockets=[http_sock]), name="http"),
         asyncio.create_task(watcher.run(), name="watcher"),
         asyncio.create_task(nodes.run_flusher(), name="node-status"),
+        asyncio.create_task(registry.run_poller(args.poll_interval), name="registry-poller"),
+        asyncio.create_task(registry.run_flusher(), name="registry-heartbeats"),
+        asyncio.create_task(registry.run_maintenance(), name="registry-expiry"),
     ]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -153,6 +163,7 @@ async def serve(args: argparse.Namespace) -> int:
         if task is not stopper and task.exception():
             log.error("%s failed: %r", task.get_name(), task.exception())
     log.info("shutting down")
+    registry.hub.close()  # long-polls and event streams answer now
     server.should_exit = True
     await grpc_server.stop(grace=1.0)
     for task in tasks[1:]:
@@ -166,6 +177,7 @@ async def serve(args: argparse.Namespace) -> int:
         if state.control_plane_id == cp_id and state.connected:
             nodes.disconnect(state)
     await asyncio.to_thread(nodes.flush)
+    await asyncio.to_thread(registry.shutdown)
     engine.dispose()
     return 0
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from controlplane.api import config, status, tokens
+from controlplane.api import config, registry, status, tokens
 from controlplane.api.errors import install_error_handlers
+from controlplane.api.heartbeats import HeartbeatFastPath
 from controlplane.api.limits import BodySizeLimit
 from controlplane.api.resources import resource_router
 from controlplane.api.state import ControlPlane
@@ -28,5 +29,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(config.router)
     app.include_router(status.router)
     app.include_router(tokens.router)
+    app.include_router(registry.router)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY)
+    app.add_middleware(HeartbeatFastPath)  # outermost: heartbeats skip FastAPI's routing
     return app

@@ -14,6 +14,7 @@ from controlplane.store.config_store import ConfigStore
 
 if TYPE_CHECKING:
     from controlplane.discovery.server import DiscoveryServicer
+    from controlplane.registry.store import RegistryStore
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ControlPlane:
     cache: SnapshotCache
     control_plane_id: str
     servicer: DiscoveryServicer | None = None
+    registry: RegistryStore | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:

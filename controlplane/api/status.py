@@ -88,4 +88,8 @@ class _Collector:
 def metrics(cp: ControlPlane = Depends(get_cp)) -> PlainTextResponse:
     registry = CollectorRegistry()
     registry.register(_Collector(cp))  # type: ignore[arg-type]
+    if cp.registry is not None:
+        from controlplane.api.registry import RegistryCollector
+
+        registry.register(RegistryCollector(cp.registry))  # type: ignore[arg-type]
     return PlainTextResponse(generate_latest(registry), media_type="text/plain; version=0.0.4")

@@ -84,6 +84,12 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
         ("ALLOW_PORTS", lambda r: r["allow_ports"]),
         ("MAPPINGS", lambda r: len(r.get("mappings", []))),
     ],
+    "services": [
+        ("NAME", lambda r: r["name"]), ("NAMESPACE", lambda r: r["namespace"]), ("GROUP", lambda r: r["group"] or "-"),
+        ("TAGS", lambda r: _join(r.get("tags"))),
+        ("INSTANCES", lambda r: f"{r.get('healthy_instances', 0)}/{r.get('instances', 0)}"),
+        ("STRATEGY", lambda r: r["strategy"]), ("INDEX", lambda r: r["modify_index"]),
+    ],
     "nodes": [
         ("ID", lambda r: r["id"]), ("GROUP", lambda r: r["group"]),
         ("ADDRESS", lambda r: r["address"] or "-"),
@@ -210,7 +216,7 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
         print(_dump(doc) if args.output != "json" else json.dumps(doc, indent=2))
         return 0
     try:
-        plural = kind_of(args.kind).plural
+        plural = "services" if args.kind in ("services", "service") else kind_of(args.kind).plural  # registry
     except KeyError as exc:
         raise CliError(str(exc).strip("'\"")) from None
     if args.name:
@@ -309,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_apply)
 
     g = sub.add_parser("get", parents=[out], help="list resources of a kind, or show one")
-    g.add_argument("kind", help=f"{', '.join(KINDS)} (or singular), or 'all'")
+    g.add_argument("kind", help=f"{', '.join(KINDS)}, services (or singular), or 'all'")
     g.add_argument("name", nargs="?")
     g.set_defaults(func=cmd_get)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+import controlplane.registry.models  # registers the registry tables
 import controlplane.store.models  # noqa: F401  (registers the tables)
 
 target_metadata = SQLModel.metadata

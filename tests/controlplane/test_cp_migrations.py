@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
+import controlplane.registry.models  # registers the registry tables
 import controlplane.store.models  # noqa: F401  (registers the tables)
 from controlplane.spec import ClusterSpec, RouteSpec
 from controlplane.store.config_store import ConfigStore
