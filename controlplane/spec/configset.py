@@ -15,11 +15,13 @@ from types import MappingProxyType
 from typing import Any
 
 from controlplane.spec._types import Resource
+from controlplane.spec.alert import AlertSpec
 from controlplane.spec.certificate import CertificateSpec
 from controlplane.spec.cluster import ClusterSpec
 from controlplane.spec.consumer import ConsumerSpec
 from controlplane.spec.listener import ListenerSpec
 from controlplane.spec.policy import PolicySpec
+from controlplane.spec.registry_source import RegistrySourceSpec
 from controlplane.spec.route import RouteSpec
 from controlplane.spec.tunnel import TunnelSpec
 
@@ -43,12 +45,16 @@ KINDS: dict[str, Kind] = {
         Kind("consumers", "consumer", ConsumerSpec),
         Kind("certificates", "certificate", CertificateSpec),
         Kind("tunnels", "tunnel", TunnelSpec),
+        Kind("registries", "registry", RegistrySourceSpec),
+        Kind("alerts", "alert", AlertSpec),
     )
 }
 """Config kinds in dependency order (what a resource refers to comes first when applying)."""
 
 # Deletion order is the reverse: routes before the clusters they use, and so on.
-APPLY_ORDER = ["certificates", "policies", "consumers", "clusters", "listeners", "routes", "tunnels"]
+APPLY_ORDER = [
+    "certificates", "policies", "consumers", "clusters", "listeners", "routes", "tunnels", "registries", "alerts",
+]  # fmt: skip
 
 
 def kind_of(name: str) -> Kind:

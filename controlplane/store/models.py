@@ -202,3 +202,31 @@ class NodeRow(SQLModel, table=True):
     last_nack_at: datetime | None = None
     connected_since: datetime | None = None
     last_seen: datetime | None = None
+
+
+class RegistrySourceRow(_Row, table=True):
+    __tablename__ = "registries"
+    type: str = Field(max_length=16)
+    address: str = Field(sa_column=Column(Text, nullable=False))
+    services: list[str] = _json([])
+    prefix: str = Field(default="", max_length=255)
+    namespace: str = Field(default="", max_length=255)
+    group: str = Field(default="", max_length=255)
+    import_: bool = Field(default=True, sa_column=Column("import_enabled", Boolean, nullable=False))
+    export: bool = False
+    export_services: list[str] = _json([])
+    interval: int = 10_000
+    username: str = Field(default="", max_length=255)
+    password: str = Field(default="", sa_column=Column(Text, nullable=False))
+    token: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class AlertRow(_Row, table=True):
+    __tablename__ = "alerts"
+    kind: str = Field(max_length=16)
+    service: str = Field(default="*", max_length=63)
+    threshold: int = 0
+    window: int = 60_000
+    webhook: str = Field(sa_column=Column(Text, nullable=False))
+    headers: dict[str, str] = _json({})
+    cooldown: int = 300_000

@@ -17,6 +17,7 @@ from sqlmodel import Session, SQLModel
 
 from controlplane.spec import KINDS, ConfigSet, ResourceSpec
 from controlplane.store.models import (
+    AlertRow,
     CertificateRow,
     ClusterRow,
     ConsumerRow,
@@ -24,6 +25,7 @@ from controlplane.store.models import (
     EndpointRow,
     ListenerRow,
     PolicyRow,
+    RegistrySourceRow,
     RouteRow,
     TunnelMappingRow,
     TunnelRow,
@@ -52,6 +54,8 @@ TABLES: dict[str, _Table] = {
     "consumers": _Table(ConsumerRow, _Children("credentials", CredentialRow, "consumer_id")),
     "certificates": _Table(CertificateRow),
     "tunnels": _Table(TunnelRow, _Children("mappings", TunnelMappingRow, "tunnel_id")),
+    "registries": _Table(RegistrySourceRow),
+    "alerts": _Table(AlertRow),
 }
 
 _SKIP = {"id", "created_at", "updated_at", "position"}

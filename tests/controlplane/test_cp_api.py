@@ -14,7 +14,9 @@ from support.processes import ControlPlaneProcess, wait_until
 from support.tls import self_signed
 
 MASK = "********"
-KINDS = ["listeners", "clusters", "routes", "policies", "consumers", "certificates", "tunnels"]
+KINDS = [
+    "listeners", "clusters", "routes", "policies", "consumers", "certificates", "tunnels", "registries", "alerts",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,16 @@ SAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         },
         {"allow_ports": "6000-6200"},
         "allow_ports",
+    ),
+    "registries": (
+        {"name": "crud", "type": "etcd", "address": "127.0.0.1:2379", "services": ["orders"], "password": "pw"},
+        {"services": ["orders", "users"]},
+        "services",
+    ),
+    "alerts": (
+        {"name": "crud", "kind": "min_healthy", "service": "orders", "threshold": 2, "webhook": "http://hook.test/x"},
+        {"threshold": 3},
+        "threshold",
     ),
 }
 
