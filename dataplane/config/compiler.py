@@ -109,6 +109,7 @@ def _cluster(
     if spec.lb not in _LB:
         raise CompileError(f"cluster {spec.name!r}: unknown lb {spec.lb}")
     endpoints: list[EndpointState] = []
+    pushed: list[tuple[EndpointState, pb.Endpoint]] = []  # version/zone as pushed: kept states update on commit
     seen: set[str] = set()
     for ep_spec in spec.endpoints:
         if not ep_spec.address or not 0 < ep_spec.port < 65536:
@@ -132,6 +133,7 @@ def _cluster(
         else:
             out.endpoint_updates.append((state, ep_spec))
         endpoints.append(state)
+        pushed.append((state, ep_spec))
     pool = spec.pool
     limits = (
         PoolLimits(
@@ -167,12 +169,12 @@ def _cluster(
     except ValueError as exc:
         raise CompileError(f"cluster {spec.name!r}: {exc}") from None
     by_version = {
-        version: make_balancer(_LB[spec.lb], [ep for ep in endpoints if ep.version == version])
-        for version in sorted({ep.version for ep in endpoints if ep.version})
+        version: make_balancer(_LB[spec.lb], [ep for ep, e in pushed if e.version == version])
+        for version in sorted({e.version for _, e in pushed if e.version})
     }
     zone_balancer = None
     if zone and spec.HasField("service") and spec.service.strategy == "prefer_zone":
-        local = [ep for ep in endpoints if ep.zone == zone]
+        local = [ep for ep, e in pushed if e.zone == zone]
         if local and len(local) < len(endpoints):
             zone_balancer = make_balancer(_LB[spec.lb], local)
     return ClusterRuntime(
