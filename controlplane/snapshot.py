@@ -111,6 +111,7 @@ def _cluster(spec: ClusterSpec, registry: RegistryView) -> pb.Cluster:
         ),
         policies=spec.policies,
         scheme=spec.scheme,
+        tunnel=spec.tunnel or "",
     )
     if spec.session_affinity:
         sa = spec.session_affinity

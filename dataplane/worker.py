@@ -36,7 +36,10 @@ from dataplane.listeners import ListenerManager, ListenError
 from dataplane.metrics import Metrics
 from dataplane.policies.base import PolicyEnv, SharedServices
 from dataplane.reactor import Reactor
-from dataplane.upstream.pool import PoolRegistry
+from dataplane.tunnel.manager import TunnelConfigError, TunnelManager
+from dataplane.tunnel.vhost import PREFIX as TUNNEL_PREFIX
+from dataplane.tunnel.vhost import overlay
+from dataplane.upstream.pool import SPECIAL_OPENERS, PoolRegistry
 from flux.v1 import config_pb2, discovery_pb2
 
 log = logging.getLogger("flux.node")
@@ -100,6 +103,11 @@ class NodeWorker:
             settings=opts.settings,
         )
         self.listeners = ListenerManager(self.svc)
+        # Tunnel servers run in the first worker only: agents keep one connection to one process.
+        self.tunnels = TunnelManager(self._tunnels_changed, enabled=opts.worker_index == 0)
+        SPECIAL_OPENERS[TUNNEL_PREFIX] = self.tunnels.endpoints.open
+        self._snapshot: config_pb2.Snapshot | None = None  # the last applied snapshot, as received
+        self._reapply_pending = False
         self.cache = SnapshotFile(opts.cache_dir, opts.group)
         self.discovery: DiscoveryClient | None = None
         self.ready = False
@@ -115,33 +123,20 @@ class NodeWorker:
                 "/stats": self._stats,
                 "/listeners": lambda _h: (200, "application/json", json_body(self.listeners.ports())),
                 "/circuit_breakers": self._breakers,
+                "/tunnels": lambda _h: (200, "application/json", json_body(self.tunnels.describe())),
             }
         )
         self.metrics.gauges.append(self._pool_gauges)
+        self.metrics.gauges.append(self.tunnels.collect)
 
     # -- applying config -------------------------------------------------------------
 
     async def apply(self, snap: config_pb2.Snapshot) -> str | None:
         """Compile and swap in `snap`; None on success, else why it was refused."""
-        env = PolicyEnv(services=self.services, reactor=self.reactor, workers=self.opts.workers)
-        try:
-            compiled = compile_snapshot(snap, self.endpoints, self.pools.get, env, zone=self.opts.zone)
-        except CompileError as exc:
-            return self._refuse(snap, str(exc))
-        except Exception as exc:  # a bug must cost a NACK, never the node
-            log.exception("compiling config version %s failed", snap.version)
-            return self._refuse(snap, f"internal error while compiling: {exc!r}")
-        try:
-            plan = self.listeners.prepare(compiled.config)
-        except ListenError as exc:
-            return self._refuse(snap, str(exc))
-        self.holder.current = compiled.config
-        compiled.commit(self.endpoints)
-        self.listeners.commit(plan)
-        self.pools.reconcile(
-            {(c.name, ep.address, ep.port) for c in compiled.config.clusters.values() for ep in c.endpoints}
-        )
-        self.health.reconcile(compiled.config)
+        error = self._swap(snap)
+        if error is not None:
+            return self._refuse(snap, error)
+        self._snapshot = snap
         self.metrics.config_version = snap.version
         self.metrics.config_applied += 1
         self.last_error = None
@@ -154,6 +149,54 @@ class NodeWorker:
             snap.version, len(snap.listeners), len(snap.routes), len(snap.clusters),
         )  # fmt: skip
         return None
+
+    def _swap(self, snap: config_pb2.Snapshot) -> str | None:
+        """Compile `snap` with the tunnel servers' routes, bind what it adds, swap it in.
+
+        None on success; otherwise why, with nothing changed."""
+        try:
+            tunnel_plan = self.tunnels.prepare(snap)
+        except TunnelConfigError as exc:
+            return str(exc)
+        servers = [s for s, _ in tunnel_plan.update] + tunnel_plan.start
+        env = PolicyEnv(services=self.services, reactor=self.reactor, workers=self.opts.workers)
+        try:
+            full = overlay(snap, servers)
+            compiled = compile_snapshot(full, self.endpoints, self.pools.get, env, zone=self.opts.zone)
+            plan = self.listeners.prepare(compiled.config)
+        except (CompileError, ListenError) as exc:
+            self.tunnels.discard(tunnel_plan)
+            return str(exc)
+        except Exception as exc:  # a bug must cost a NACK, never the node
+            self.tunnels.discard(tunnel_plan)
+            log.exception("compiling config version %s failed", snap.version)
+            return f"internal error while compiling: {exc!r}"
+        self.holder.current = compiled.config
+        compiled.commit(self.endpoints)
+        self.listeners.commit(plan)
+        self.tunnels.commit(tunnel_plan)
+        self.pools.reconcile(
+            {(c.name, ep.address, ep.port) for c in compiled.config.clusters.values() for ep in c.endpoints}
+        )
+        self.health.reconcile(compiled.config)
+        return None
+
+    def _tunnels_changed(self) -> None:
+        """An http tunnel proxy came or went: rebuild the routes soon (changes coalesce)."""
+        if self._reapply_pending or self._snapshot is None or self.services.nursery is None:
+            return
+        self._reapply_pending = True
+        self.services.nursery.start_soon(self._reapply)
+
+    async def _reapply(self) -> None:
+        await trio.sleep(0.01)
+        self._reapply_pending = False
+        snap = self._snapshot
+        if snap is None:
+            return
+        error = self._swap(snap)
+        if error is not None:
+            log.error("tunnel routes could not be applied on version %s: %s", snap.version, error)
 
     def _refuse(self, snap: config_pb2.Snapshot, reason: str) -> str:
         self.metrics.config_rejected += 1
@@ -310,6 +353,7 @@ class NodeWorker:
                 await services.start(self.reactor.run)
                 self.services.nursery = services
                 self.listeners.bind(services, connections)
+                self.tunnels.bind(services)
                 self.health.start(services)
                 admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)
                 log.info("admin endpoint on http://%s:%d", opts.admin_address, admin_port)

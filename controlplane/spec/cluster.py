@@ -90,6 +90,8 @@ class ClusterSpec(Resource):
     session_affinity: SessionAffinitySpec | None = None
     endpoints: list[EndpointSpec] = []
     service: ServiceSelectorSpec | None = None
+    # Endpoints are the tunnel agents serving this http/tcp proxy (or load-balancing group) name.
+    tunnel: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f|]+$")
     health_check: HealthCheckSpec | None = None
     outlier_detection: OutlierDetectionSpec = OutlierDetectionSpec()
     timeouts: TimeoutsSpec = TimeoutsSpec()
@@ -107,6 +109,8 @@ class ClusterSpec(Resource):
     def _consistent(self) -> ClusterSpec:
         if self.endpoints and self.service:
             raise ValueError("service: give either endpoints or service, not both")
+        if self.tunnel and (self.endpoints or self.service):
+            raise ValueError("tunnel: give one of endpoints, service or tunnel")
         if self.lb == "consistent_hash" and not self.hash_on:
             raise ValueError("hash_on: consistent_hash needs hash_on (header:NAME, cookie:NAME, ip or path)")
         if self.hash_on and self.lb != "consistent_hash":

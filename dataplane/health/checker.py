@@ -121,6 +121,8 @@ class HealthService:
                 continue
             fingerprint = hc.SerializeToString(deterministic=True)
             for ep in cluster.endpoints:
+                if ep.address.startswith("tunnel:"):
+                    continue  # agents check their local services themselves and withdraw failing proxies
                 wanted[(cluster.name, ep.key)] = (fingerprint, cluster, ep)
         for key, (fingerprint, scope) in list(self._checks.items()):
             if key not in wanted or wanted[key][0] != fingerprint:

@@ -35,7 +35,20 @@ def _factories() -> dict[str, PolicyFactory]:
         ApiAclPolicy, CorsPolicy, RateLimitPolicy, CircuitBreakerPolicy, RequestRewritePolicy,
         ResponseRewritePolicy, RedirectPolicy,
     )  # fmt: skip
-    return {cls.type: cls for cls in classes}  # type: ignore[misc]
+    from dataplane.tunnel.http_auth import TunnelHttpAuthPolicy
+
+    factories = {cls.type: cls for cls in classes}
+    factories[TunnelHttpAuthPolicy.type] = TunnelHttpAuthPolicy  # made by the node for http tunnels only
+    return factories  # type: ignore[return-value]
+
+
+def _internal_schemas() -> dict[str, Any]:
+    from dataplane.tunnel.http_auth import TYPE, TunnelHttpAuthConfig
+
+    return {TYPE: TunnelHttpAuthConfig}
+
+
+_INTERNAL_SCHEMAS = _internal_schemas()
 
 
 class PolicyBuildError(ValueError):
@@ -70,11 +83,12 @@ def build_policies(policies: Iterable[pb.Policy], env: PolicyEnv) -> dict[str, P
             raise PolicyBuildError(f"policy {spec.name!r}: unknown type {spec.type!r}")
         raw = _ints(config_dict(spec))
         try:
-            config = parse_policy_config(spec.type, raw)
+            internal = _INTERNAL_SCHEMAS.get(spec.type)
+            config = internal.model_validate(raw) if internal else parse_policy_config(spec.type, raw)
             policy = factory(spec.name, config, env)
         except PolicyConfigError as exc:
             raise PolicyBuildError(f"policy {spec.name!r}: {exc}") from None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError too
             raise PolicyBuildError(f"policy {spec.name!r}: {exc}") from None
         policy.config_key = json.dumps(raw, sort_keys=True)  # type: ignore[attr-defined]
         built[spec.name] = policy

@@ -19,6 +19,7 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -97,7 +98,14 @@ class EndpointPool:
             if self.total < self.limits.max_connections:
                 self.connecting += 1
                 try:
-                    sock = await connect(self.reactor, self.address, self.port, connect_timeout)
+                    opener = special_opener(self.address)
+                    if opener is None:
+                        sock = await connect(self.reactor, self.address, self.port, connect_timeout)
+                    else:
+                        try:
+                            sock = self.reactor.wrap(opener(self.address))
+                        except OSError as exc:
+                            raise ConnectError(exc.errno or errno.ECONNREFUSED, str(exc.strerror or exc)) from None
                 finally:
                     self.connecting -= 1
                 self.in_use += 1
@@ -181,6 +189,15 @@ def _quiet(sock: RSock) -> bool:
 
 
 PoolKey = tuple[str, str, int]  # (cluster, address, port)
+
+# Endpoints that are not host:port but reached another way, by address prefix: "tunnel:" ->
+# a function giving a connected socket (set by the node's tunnel manager).
+SPECIAL_OPENERS: dict[str, Callable[[str], socket.socket]] = {}
+
+
+def special_opener(address: str) -> Callable[[str], socket.socket] | None:
+    scheme, sep, _ = address.partition(":")
+    return SPECIAL_OPENERS.get(scheme + sep) if sep and not scheme.isdigit() and "." not in scheme else None
 
 
 class PoolRegistry:

@@ -175,7 +175,7 @@ class ServiceSelector(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., zone: _Optional[str] = ..., namespace: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "lb", "hash_on", "session_affinity", "endpoints", "service", "health_check", "outlier_detection", "timeouts", "pool", "policies", "scheme")
+    __slots__ = ("name", "lb", "hash_on", "session_affinity", "endpoints", "service", "health_check", "outlier_detection", "timeouts", "pool", "policies", "scheme", "tunnel")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LB_FIELD_NUMBER: _ClassVar[int]
     HASH_ON_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class Cluster(_message.Message):
     POOL_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     lb: LbPolicy
     hash_on: str
@@ -200,7 +201,8 @@ class Cluster(_message.Message):
     pool: ConnectionPool
     policies: _containers.RepeatedScalarFieldContainer[str]
     scheme: str
-    def __init__(self, name: _Optional[str] = ..., lb: _Optional[_Union[LbPolicy, str]] = ..., hash_on: _Optional[str] = ..., session_affinity: _Optional[_Union[SessionAffinity, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., service: _Optional[_Union[ServiceSelector, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., scheme: _Optional[str] = ...) -> None: ...
+    tunnel: str
+    def __init__(self, name: _Optional[str] = ..., lb: _Optional[_Union[LbPolicy, str]] = ..., hash_on: _Optional[str] = ..., session_affinity: _Optional[_Union[SessionAffinity, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., service: _Optional[_Union[ServiceSelector, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., scheme: _Optional[str] = ..., tunnel: _Optional[str] = ...) -> None: ...
 
 class WeightedCluster(_message.Message):
     __slots__ = ("name", "weight")

@@ -4,7 +4,9 @@ Sans-IO throughout: bytes and events in, bytes and events out, time passed in as
 
 - `frames`: the binary framing (layout documented there), `FrameDecoder`, `encode_frame`.
 - `mux`: `Mux`, streams with per-stream flow control over one connection.
-- `control`: control messages, login authentication, `ServerSession` / `ClientSession`.
+- `messages`: control messages, login and visitor authentication.
+- `control`: `ServerSession` / `ClientSession`, each side's state machine.
+- `proxies`: the options a NEW_PROXY may carry, validated.
 - `crypto`: optional per-proxy payload encryption and compression.
 
 Peer misbehaviour raises `ProtocolError` (close the connection); local misuse raises
@@ -12,26 +14,22 @@ Peer misbehaviour raises `ProtocolError` (close the connection); local misuse ra
 """
 
 from fluxcommon.tunnel.control import (
-    PROTOCOL_VERSION,
-    PROXY_TYPES,
-    REPLAY_WINDOW,
     ClientSession,
     LoginAccepted,
     LoginFailed,
     LoginRefused,
     LoginSucceeded,
-    LoginVerifier,
     NatHoleAnswered,
     NatHoleInvited,
     NatHoleReported,
     NatHoleRequested,
     PeerTimedOut,
     ProxyAccepted,
+    ProxyAssigned,
     ProxyCloseConfirmed,
     ProxyClosed,
     ProxyRejected,
     ProxyRequested,
-    ReplayCache,
     ServerSession,
     SessionEvent,
     VisitorAccepted,
@@ -39,12 +37,19 @@ from fluxcommon.tunnel.control import (
     VisitorRequested,
     VisitorStreamOpened,
     WorkStreamOpened,
+)
+from fluxcommon.tunnel.crypto import Inbound, Outbound, TransformError
+from fluxcommon.tunnel.frames import FRAMING_VERSION, FrameDecoder, ProtocolError, encode_frame
+from fluxcommon.tunnel.messages import (
+    PROTOCOL_VERSION,
+    PROXY_TYPES,
+    REPLAY_WINDOW,
+    LoginVerifier,
+    ReplayCache,
     check_visitor,
     login_digest,
     visitor_digest,
 )
-from fluxcommon.tunnel.crypto import Inbound, Outbound, TransformError
-from fluxcommon.tunnel.frames import FRAMING_VERSION, FrameDecoder, ProtocolError, encode_frame
 from fluxcommon.tunnel.mux import (
     INITIAL_WINDOW,
     ControlMessage,
@@ -93,6 +98,7 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "ProxyAccepted",
+    "ProxyAssigned",
     "ProxyCloseConfirmed",
     "ProxyClosed",
     "ProxyRejected",

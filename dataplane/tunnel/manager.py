@@ -1,0 +1,175 @@
+"""Starts, changes and stops a node's tunnel servers as snapshots come and go.
+
+`prepare(snapshot)` binds the control ports of new or rebound servers before the swap (a
+port conflict refuses the snapshot, like a listener's); `commit()` starts them, stops the
+servers the snapshot dropped and updates the rest in place (tokens, allowed ports,
+mappings, heartbeats need no restart; agents stay connected).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from dataplane.tunnel.server import TunnelMetrics, TunnelServer
+from dataplane.tunnel.vhost import TunnelEndpoints
+from flux.v1 import config_pb2 as pb
+from fluxcommon.tlsutil import self_signed, server_context
+
+log = logging.getLogger("flux.tunnel")
+
+# Settings whose change needs a new server (a new control port or TLS identity).
+_REBIND_FIELDS = ("bind_port", "bind_address", "tls_force", "tls_certificate", "tls_client_ca_pem",
+                  "vhost_https_port", "subdomain_host")  # fmt: skip
+
+
+class TunnelConfigError(Exception):
+    pass
+
+
+def _rebind_key(spec: pb.Tunnel, certs: dict[str, pb.Certificate]) -> tuple[Any, ...]:
+    cert = certs.get(spec.tls_certificate)
+    return (*(getattr(spec, f) for f in _REBIND_FIELDS), cert.cert_pem if cert else "")
+
+
+@dataclass
+class TunnelPlan:
+    start: list[TunnelServer] = field(default_factory=list)
+    stop: list[TunnelServer] = field(default_factory=list)
+    update: list[tuple[TunnelServer, pb.Tunnel]] = field(default_factory=list)
+    keys: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+class TunnelManager:
+    def __init__(self, on_http_change: Callable[[], None], *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.on_http_change = on_http_change
+        self.metrics = TunnelMetrics()
+        self.servers: dict[str, TunnelServer] = {}
+        self.endpoints = TunnelEndpoints()
+        self._keys: dict[str, tuple[Any, ...]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._self_signed: tuple[str, str] | None = None
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def _tls(self, spec: pb.Tunnel, certs: dict[str, pb.Certificate]) -> ssl.SSLContext:
+        if spec.tls_certificate:
+            cert = certs.get(spec.tls_certificate)
+            if cert is None:
+                raise TunnelConfigError(f"tunnel {spec.name!r}: unknown certificate {spec.tls_certificate!r}")
+            pem, key = cert.cert_pem, cert.key_pem
+        else:
+            if self._self_signed is None:
+                self._self_signed = self_signed("flux-tunnel")
+                log.info("tunnel TLS: no certificate configured, using a self-signed one")
+            pem, key = self._self_signed
+        try:
+            return server_context(pem, key, spec.tls_client_ca_pem)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise TunnelConfigError(f"tunnel {spec.name!r}: bad TLS settings: {exc}") from None
+
+    def prepare(self, snap: pb.Snapshot) -> TunnelPlan:
+        """Bind what the snapshot adds; TunnelConfigError (nothing kept open) if it cannot."""
+        plan = TunnelPlan()
+        if not self.enabled:
+            return plan
+        certs = {c.name: c for c in snap.certificates}
+        wanted = {t.name: t for t in snap.tunnels}
+        try:
+            for name, spec in wanted.items():
+                key = _rebind_key(spec, certs)
+                plan.keys[name] = key
+                current = self.servers.get(name)
+                if current is not None and self._keys.get(name) == key:
+                    plan.update.append((current, spec))
+                    continue
+                if current is not None:
+                    plan.stop.append(current)
+                    current.stop()  # free its port before the new one binds
+                server = TunnelServer(spec, self._tls(spec, certs), self.metrics, self.on_http_change)
+                try:
+                    server.bind()
+                except OSError as exc:
+                    raise TunnelConfigError(
+                        f"tunnel {name!r}: cannot listen on {spec.bind_address or '0.0.0.0'}:{spec.bind_port}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
+                plan.start.append(server)
+        except TunnelConfigError:
+            for server in plan.start:
+                server.stop()
+            raise
+        plan.stop += [s for n, s in self.servers.items() if n not in wanted]
+        return plan
+
+    def commit(self, plan: TunnelPlan) -> None:
+        assert self._nursery is not None
+        for server in plan.stop:
+            server.stop()
+            self.servers.pop(server.name, None)
+            self.endpoints.servers.pop(server.name, None)
+            log.info("tunnel server %r stopped", server.name)
+        for server, spec in plan.update:
+            server.update(spec)
+        for server in plan.start:
+            self.servers[server.name] = server
+            self.endpoints.servers[server.name] = server
+            self._nursery.start_soon(server.run)
+        self._keys = plan.keys
+        if plan.start or plan.stop:
+            self.on_http_change()
+
+    def discard(self, plan: TunnelPlan) -> None:
+        """The snapshot was refused after prepare: close what it bound."""
+        for server in plan.start:
+            server.stop()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"tunnels": [s.describe() for s in self.servers.values()]}
+
+    def collect(self) -> Iterator[Any]:
+        m = self.metrics
+        sessions = GaugeMetricFamily("flux_tunnel_sessions", "Connected tunnel agents", labels=["tunnel"])
+        proxies = GaugeMetricFamily("flux_tunnel_proxies", "Tunnel proxies served", labels=["tunnel", "type"])
+        conns = GaugeMetricFamily(
+            "flux_tunnel_proxy_active_connections", "Open user connections per proxy", labels=["tunnel", "proxy"]
+        )
+        total = CounterMetricFamily(
+            "flux_tunnel_proxy_connections", "User connections per proxy", labels=["tunnel", "proxy"]
+        )
+        traffic = CounterMetricFamily(
+            "flux_tunnel_proxy_bytes", "Bytes through tunnel proxies", labels=["tunnel", "proxy", "direction"]
+        )
+        for server in self.servers.values():
+            agents = server.agents()
+            sessions.add_metric([server.name], len(agents))
+            by_type: dict[str, int] = {}
+            for conn in agents:
+                for ref in conn.refs.values():
+                    by_type[ref.type] = by_type.get(ref.type, 0) + 1
+                    conns.add_metric([server.name, ref.name], ref.connections)
+                    total.add_metric([server.name, ref.name], ref.total_connections)
+                    traffic.add_metric([server.name, ref.name, "in"], ref.bytes_in)
+                    traffic.add_metric([server.name, ref.name, "out"], ref.bytes_out)
+            for t, n in sorted(by_type.items()):
+                proxies.add_metric([server.name, t], n)
+        yield sessions
+        yield proxies
+        yield conns
+        yield total
+        yield traffic
+        events = CounterMetricFamily("flux_tunnel_events", "Tunnel server events", labels=["event"])
+        for name in ("logins", "login_failures", "proxy_refusals", "connections", "connect_failures",
+                     "vhost_misses", "visitor_refusals"):  # fmt: skip
+            events.add_metric([name], getattr(m, name))
+        yield events

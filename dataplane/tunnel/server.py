@@ -1,0 +1,515 @@
+"""A node's tunnel server: the agents' control port and everything their proxies expose.
+
+One `TunnelServer` per `tunnels` resource of the node's group. It listens on `bind_port`
+for agents (TLS or plain, told apart by the first byte; `tls_force` refuses plain ones),
+authenticates them (`LoginVerifier`: token digest, timestamp window, nonce replay cache),
+and serves their proxies:
+
+- tcp / udp: a public port (fixed, or any free one from `allow_ports` for 0);
+- http: virtual hosts on `vhost_http_port`, served by the gateway's own HTTP proxy as
+  routes the node adds to its config (see `vhost.py`), so tunnelled services are routes;
+- https: SNI passthrough on `vhost_https_port`;
+- stcp / sudp / xtcp: no public port; visitors (other agents) with the secret key reach them
+  through the node, and xtcp peers try a direct connection first (`nathole.py`).
+
+A user connection becomes a work stream to an agent of the proxy's group: the node waits
+for the agent's OPEN_ACK (the agent has dialled its local service) and moves on to the next
+member of the group if the agent could not connect, so a dead local service costs a retry,
+not a failed connection. Static mappings from the control plane are assigned to the named
+agent whenever it logs in. A new login carrying a run id that is still connected replaces
+the old connection at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from dataplane.tunnel.agentconn import AgentConn
+from dataplane.tunnel.nathole import NatHoleCoordinator
+from dataplane.tunnel.ports import HttpsVhostPort, TcpPort, UdpPort, _Port
+from dataplane.tunnel.registry import ClaimError, Group, ProxyRef, ProxyRegistry
+from dataplane.tunnel.streams import PrefixedStream, local_of, peer_of
+from flux.v1 import config_pb2 as pb
+from fluxcommon.netaddr import parse_port_ranges
+from fluxcommon.tunnel.control import VisitorRequested
+from fluxcommon.tunnel.messages import LoginVerifier, ReplayCache, check_visitor
+from fluxcommon.tunnel.mux import Mux, ResetCode, UdpPacket
+from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
+from fluxcommon.tunnel.proxies import ProxyOptions
+
+log = logging.getLogger("flux.tunnel")
+
+HANDSHAKE_TIMEOUT = 10.0
+OPEN_TIMEOUT = 10.0
+TLS_RECORD = 0x16
+
+
+class TunnelMetrics:
+    """Counters one worker keeps across its tunnel servers (exported on /metrics)."""
+
+    def __init__(self) -> None:
+        self.logins = 0
+        self.login_failures = 0
+        self.proxy_refusals = 0
+        self.connections = 0
+        self.connect_failures = 0
+        self.vhost_misses = 0
+        self.visitor_refusals = 0
+
+
+class TunnelServer:
+    def __init__(
+        self,
+        spec: pb.Tunnel,
+        tls: ssl.SSLContext | None,
+        metrics: TunnelMetrics,
+        on_http_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.bind_address = spec.bind_address or "0.0.0.0"
+        self.tls = tls
+        self.metrics = metrics
+        self.on_http_change = on_http_change
+        self.registry = ProxyRegistry(parse_port_ranges(spec.allow_ports or "1024-65535"), spec.subdomain_host)
+        self.verifier = LoginVerifier(list(spec.tokens))
+        self.visitor_replay = ReplayCache()
+        self.heartbeat_timeout = (spec.heartbeat_timeout_ms or 90_000) / 1000
+        self.conns: set[AgentConn] = set()
+        self.sessions: dict[str, AgentConn] = {}  # run id -> connection
+        self.ports: dict[tuple[str, int], _Port] = {}
+        self.https_port: HttpsVhostPort | None = None
+        self.nathole = NatHoleCoordinator(self)
+        self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
+        self.port = 0
+        self.error: str | None = None
+        self._serial = itertools.count(1)
+        self._listen: socket.socket | None = None
+
+    def next_serial(self) -> int:
+        return next(self._serial)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind the control port now (so a conflict is reported before the swap)."""
+        family = socket.AF_INET6 if ":" in self.bind_address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.bind_address, self.spec.bind_port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listen = sock
+        self.port = sock.getsockname()[1]
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self._listen is None:
+            self.bind()
+        assert self._listen is not None
+        tsock = trio.socket.from_stdlib_socket(self._listen)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            if self.spec.vhost_https_port:
+                self.https_port = HttpsVhostPort(self, self.spec.vhost_https_port, self.registry.find_https)
+                try:
+                    self.https_port.open()
+                except OSError as exc:
+                    self.error = f"vhost_https_port {self.spec.vhost_https_port}: {exc.strerror or exc}"
+                    log.error("tunnel %r: %s", self.name, self.error)
+                    self.https_port = None
+            log.info(
+                "tunnel server %r listening for agents on %s:%d%s",
+                self.name, self.bind_address, self.port, " (TLS required)" if self.spec.tls_force else "",
+            )  # fmt: skip
+            task_status.started()
+            while True:
+                try:
+                    conn, _ = await tsock.accept()
+                except OSError as exc:
+                    if self._listen is None:
+                        break
+                    log.warning("tunnel %r: accept failed: %s", self.name, exc)
+                    await trio.sleep(0.1)
+                    continue
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(self._serve_agent, trio.SocketStream(conn))
+
+    def stop(self) -> None:
+        """Close every port and agent connection (the server's task then ends)."""
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
+        for port in list(self.ports.values()):
+            port.close()
+        self.ports.clear()
+        if self.https_port is not None:
+            self.https_port.close()
+        for conn in list(self.conns):
+            conn.link.close("tunnel server stopped", ResetCode.CANCEL)
+        if self.nursery is not None:
+            self.nursery.cancel_scope.deadline = trio.current_time() + 2.0
+
+    def update(self, spec: pb.Tunnel) -> None:
+        """Apply settings that need no rebinding: tokens, allowed ports, heartbeats, mappings."""
+        old = self.spec
+        self.spec = spec
+        self.verifier = LoginVerifier(list(spec.tokens), replay_cache=self.verifier.replay_cache)
+        for conn in self.conns:
+            conn.session.verifier = self.verifier
+        self.registry.allow_ports = parse_port_ranges(spec.allow_ports or "1024-65535")
+        self.heartbeat_timeout = (spec.heartbeat_timeout_ms or 90_000) / 1000
+        if list(old.mappings) != list(spec.mappings):
+            self._sync_mappings()
+
+    # -- agents ----------------------------------------------------------------------------
+
+    async def _serve_agent(self, sock_stream: trio.SocketStream) -> None:
+        peer = peer_of(sock_stream)
+        first = b""
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            try:
+                first = await sock_stream.receive_some(4096)
+            except (trio.BrokenResourceError, OSError):
+                first = b""
+        if not first:
+            await _aclose(sock_stream)
+            return
+        stream: trio.abc.HalfCloseableStream = PrefixedStream(sock_stream, first)
+        tls = first[0] == TLS_RECORD
+        if tls:
+            if self.tls is None:
+                await _aclose(sock_stream)
+                return
+            ssl_stream = trio.SSLStream(stream, self.tls, server_side=True)
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    await ssl_stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
+                self.metrics.login_failures += 1
+                log.warning("tunnel %r: TLS handshake with %s failed: %s", self.name, peer, exc)
+                await _aclose(sock_stream)
+                return
+            stream = ssl_stream  # type: ignore[assignment]
+        elif self.spec.tls_force:
+            self.metrics.login_failures += 1
+            log.warning("tunnel %r: refusing plain connection from %s: TLS is required", self.name, peer)
+            await _refuse_plain(stream, "this node requires TLS: set transport.tls.enable = true")
+            return
+        conn = AgentConn(self, stream, peer, tls)
+        self.conns.add(conn)
+        await conn.run()
+
+    def attach(self, conn: AgentConn, *, reconnect: bool) -> None:
+        """A login was accepted: replace an older connection of the same run id, assign mappings."""
+        self.metrics.logins += 1
+        old = self.sessions.get(conn.run_id)
+        if old is not None and old is not conn:
+            log.info("tunnel agent %r: new login replaces its connection from %s", conn.name, old.peer)
+            self._release_all(old)
+            old.link.close("replaced by a new login of the same agent")
+        self.sessions[conn.run_id] = conn
+        self._assign_mappings(conn)
+
+    def detach(self, conn: AgentConn) -> None:
+        self.conns.discard(conn)
+        if self.sessions.get(conn.run_id) is conn:
+            del self.sessions[conn.run_id]
+        self._release_all(conn)
+        self.nathole.forget(conn)
+
+    def _release_all(self, conn: AgentConn) -> None:
+        refs = list(conn.refs.values())
+        conn.refs.clear()
+        for ref in refs:
+            self.release(ref)
+
+    def agents(self) -> list[AgentConn]:
+        return [c for c in self.conns if c.logged_in]
+
+    # -- static mappings -------------------------------------------------------------------
+
+    def _assign_mappings(self, conn: AgentConn) -> None:
+        for m in self.spec.mappings:
+            if m.agent == conn.name and m.name not in conn.refs:
+                self._assign_one(conn, m)
+
+    def _assign_one(self, conn: AgentConn, m: pb.TunnelMapping) -> None:
+        ref = ProxyRef(conn, m.name, m.type or "tcp", ProxyOptions(remote_port=m.remote_port), since=time.time())
+        ref.static, ref.remote_port = True, m.remote_port
+        ref.local_addr = f"{m.local_ip}:{m.local_port}"
+        try:
+            remote = self._claim_port_now(ref, m.remote_port)
+        except ClaimError as exc:
+            log.error("tunnel %r: static mapping %r for agent %r: %s", self.name, m.name, conn.name, exc)
+            return
+        conn.assign_static(ref, remote, m.local_ip, m.local_port)
+        log.info("tunnel agent %r serves static mapping %r at %s -> %s", conn.name, m.name, remote, ref.local_addr)
+
+    def _sync_mappings(self) -> None:
+        wanted = {(m.agent, m.name): m for m in self.spec.mappings}
+        for conn in self.agents():
+            for name, ref in list(conn.refs.items()):
+                if ref.static:
+                    m = wanted.get((conn.name, name))
+                    local = f"{m.local_ip}:{m.local_port}" if m is not None else ""
+                    if m is None or m.remote_port != ref.remote_port or local != ref.local_addr:
+                        conn.refs.pop(name)
+                        self.release(ref)
+            self._assign_mappings(conn)
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def public_host(self) -> str:
+        if self.spec.subdomain_host:
+            return self.spec.subdomain_host
+        return "127.0.0.1" if self.bind_address in ("0.0.0.0", "::") else self.bind_address
+
+    async def claim(self, ref: ProxyRef) -> str:
+        """Serve `ref`; returns the address users reach it at. ClaimError says why not."""
+        await trio.lowlevel.checkpoint()
+        t = ref.type
+        if t in ("tcp", "udp"):
+            port = ref.options.remote_port
+            if port:
+                return self._claim_port_now(ref, port)
+            for candidate in self.registry.free_port_candidates(t):
+                try:
+                    return self._claim_port_now(ref, candidate)
+                except ClaimError:
+                    continue
+            raise ClaimError(f"remote_port: no free port left in allow_ports ({self.spec.allow_ports})")
+        if t == "http":
+            if not self.spec.vhost_http_port:
+                raise ClaimError("custom_domains: this node serves no http tunnels (its vhost_http_port is 0)")
+            keys = self.registry.keys_for(ref)
+            self.registry.claim(ref, keys)
+            self.on_http_change()
+            domains = self.registry.domains_of(ref)
+            return ",".join(f"http://{d}:{self.spec.vhost_http_port}" for d in domains)
+        if t == "https":
+            if not self.spec.vhost_https_port or self.https_port is None:
+                raise ClaimError("custom_domains: this node serves no https tunnels (its vhost_https_port is 0)")
+            self.registry.claim(ref, self.registry.keys_for(ref))
+            return ",".join(f"https://{d}:{self.spec.vhost_https_port}" for d in self.registry.domains_of(ref))
+        self.registry.claim(ref, self.registry.keys_for(ref))
+        return ""
+
+    def _claim_port_now(self, ref: ProxyRef, port: int) -> str:
+        self.registry.check_port(port)
+        keys = self.registry.keys_for(ref, port)
+        self.registry.can_claim(ref, keys)
+        group = self.registry.groups.get(keys[0])
+        if group is None or not group.members:
+            new = Group(keys[0], ref.type, ref.group, ref.options.group_key)
+            port_obj: _Port = TcpPort(self, new, port) if ref.type == "tcp" else UdpPort(self, new, port)
+            try:
+                port_obj.open()
+            except OSError as exc:
+                why = exc.strerror or exc
+                raise ClaimError(f"remote_port: cannot listen on {ref.type} port {port}: {why}") from None
+            created = self.registry.claim(ref, keys)
+            port_obj.group = created[0] if created else self.registry.groups[keys[0]]  # type: ignore[attr-defined]
+            self.ports[(ref.type, port)] = port_obj
+        else:
+            self.registry.claim(ref, keys)
+        ref.remote_port = port
+        return f"{self.public_host()}:{port}"
+
+    def release(self, ref: ProxyRef) -> None:
+        emptied = self.registry.release(ref)
+        http_changed = ref.type == "http"
+        for group in emptied:
+            if group.key[0] in ("tcp", "udp"):
+                port = self.ports.pop((group.key[0], int(group.key[1])), None)
+                if port is not None:
+                    port.close()
+        if http_changed:
+            self.on_http_change()
+
+    # -- traffic ---------------------------------------------------------------------------
+
+    async def relay(self, group: Group, user: trio.abc.HalfCloseableStream) -> None:
+        """Carry one user connection to an agent of `group` (next member if one cannot connect)."""
+        client, server_addr = peer_of(user), local_of(user)
+        tried: set[int] = set()
+        try:
+            for _ in range(max(1, len(group.members))):
+                ref = group.pick()
+                if ref is None or id(ref) in tried:
+                    break
+                tried.add(id(ref))
+                work = await self._open(ref, {"client": client, "server": server_addr})
+                if work is None:
+                    continue
+                await self._splice(ref, user, work)
+                return
+            self.metrics.connect_failures += 1
+        finally:
+            await _aclose(user)
+
+    async def _open(self, ref: ProxyRef, meta: dict[str, Any]) -> Any:
+        conn: AgentConn = ref.session
+        try:
+            work = conn.open_work(ref, meta)
+        except (trio.BrokenResourceError, Exception) as exc:  # StreamError: the session is going away
+            log.debug("tunnel %r: cannot open a stream to %r: %s", self.name, conn.name, exc)
+            return None
+        try:
+            with trio.fail_after(OPEN_TIMEOUT):
+                await work.wait_accepted()
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            reason = work.reset_reason or "no answer"
+            log.info("tunnel proxy %r via agent %r: %s", ref.name, conn.name, reason)
+            work.reset("timed out", ResetCode.CANCEL)
+            return None
+        return work
+
+    async def _splice(self, ref: ProxyRef, user: trio.abc.HalfCloseableStream, work: Any) -> None:
+        o = ref.options
+        conn: AgentConn = ref.session
+        inner = transformed(work, conn.token, encrypt=o.use_encryption, compress=o.use_compression)
+        limit = o.bandwidth_limit
+        ref.connections += 1
+        ref.total_connections += 1
+        self.metrics.connections += 1
+
+        def count(up: int, down: int) -> None:
+            ref.bytes_in += up
+            ref.bytes_out += down
+
+        try:
+            await pipe(user, inner, up_limit=bandwidth(limit), down_limit=bandwidth(limit), on_bytes=count)
+        finally:
+            ref.connections -= 1
+
+    def open_for_http(self, ref: ProxyRef, client: str) -> Any:
+        """Start carrying a gateway upstream connection to `ref`; returns the socket the proxy uses."""
+        mine, theirs = socket.socketpair()
+        mine.setblocking(False)
+        theirs.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+
+        async def carry() -> None:
+            try:
+                work = await self._open(ref, {"client": client})
+                if work is None:
+                    self.metrics.connect_failures += 1
+                    return
+                await self._splice(ref, stream, work)
+            finally:
+                await _aclose(stream)
+
+        self.nursery.start_soon(carry)
+        return mine
+
+    # -- visitors (stcp, sudp, xtcp) -------------------------------------------------------
+
+    def check_visitor(self, conn: AgentConn, event: VisitorRequested) -> str | None:
+        group = self.registry.secret(event.proxy)
+        if group is None or not group.members:
+            self.metrics.visitor_refusals += 1
+            return f"no secret proxy {event.proxy!r} on this node"
+        ref = group.members[0]
+        error = check_visitor(ref.options.secret_key, event, time.time(), replay_cache=self.visitor_replay)
+        if error is None and ref.options.allow_users:
+            allowed = ref.options.allow_users
+            if "*" not in allowed and event.user not in allowed:
+                error = f"user {event.user!r} may not visit {event.proxy!r}"
+        if error is not None:
+            self.metrics.visitor_refusals += 1
+        return error
+
+    async def relay_visitor(self, visitor: AgentConn, proxy: str, stream: Any) -> None:
+        group = self.registry.secret(proxy)
+        meta = stream.meta
+        try:
+            if group is None:
+                stream.reset("the proxy is gone", ResetCode.REFUSED)
+                return
+            for _ in range(max(1, len(group.members))):
+                ref = group.pick()
+                if ref is None:
+                    break
+                work = await self._open(ref, {"client": f"visitor:{visitor.name}", "server": ""})
+                if work is None:
+                    continue
+                stream.accept()
+                outer = transformed(
+                    stream, visitor.token, encrypt=bool(meta.get("use_encryption")),
+                    compress=bool(meta.get("use_compression")),
+                )  # fmt: skip
+                await self._splice(ref, outer, work)
+                return
+            stream.reset("no agent could reach the local service", ResetCode.CONNECT_FAILED)
+        finally:
+            await _aclose(stream)
+
+    def udp_from_agent(self, conn: AgentConn, packet: UdpPacket) -> None:
+        """A datagram from an agent: the answer of a udp/sudp proxy, or a sudp visitor's packet."""
+        ref = conn.refs.get(packet.proxy)
+        if ref is not None and ref.type == "udp":
+            port = self.ports.get(("udp", ref.remote_port))
+            if isinstance(port, UdpPort):
+                ref.bytes_out += len(packet.data)
+                port.send_to(packet.peer, packet.data)
+            return
+        if ref is not None and ref.type == "sudp":  # an answer for a visitor: peer = "v<serial>/<peer>"
+            head, _, rest = packet.peer.partition("/")
+            for other in self.conns:
+                if f"v{other.serial}" == head:
+                    ref.bytes_out += len(packet.data)
+                    other.send_udp_raw(packet.proxy, rest, packet.data)
+                    return
+            return
+        if packet.proxy in conn.visiting:  # a visitor's datagram for a sudp provider
+            group = self.registry.secret(packet.proxy)
+            target = group.pick() if group is not None else None
+            if target is not None and target.type == "sudp":
+                target.bytes_in += len(packet.data)
+                target.session.send_udp_raw(packet.proxy, f"v{conn.serial}/{packet.peer}"[:255], packet.data)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "bind": f"{self.bind_address}:{self.port}",
+            "tls_force": self.spec.tls_force,
+            "vhost_http_port": self.spec.vhost_http_port,
+            "vhost_https_port": self.spec.vhost_https_port,
+            "error": self.error,
+            "sessions": [c.describe() for c in sorted(self.agents(), key=lambda c: (c.name, c.since))],
+        }
+
+
+async def _aclose(stream: trio.abc.AsyncResource) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def _refuse_plain(stream: trio.abc.HalfCloseableStream, message: str) -> None:
+    """Answer a plain-text agent with LOGIN_ERROR so it shows the reason, then close."""
+    mux = Mux("server")
+    mux.send_control({"type": "login_error", "message": message})
+    mux.go_away(message, ResetCode.REFUSED)
+    with trio.move_on_after(2):
+        try:
+            await stream.send_all(mux.data_to_send())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await _aclose(stream)

@@ -1,0 +1,143 @@
+"""Tunnelled HTTP services as gateway routes.
+
+The node serves http tunnel proxies with its own HTTP proxy: `overlay(snapshot, servers)`
+returns the snapshot plus, for each tunnel server with `vhost_http_port`:
+
+- a listener on that port (unless the snapshot already has an http listener there, in which
+  case the tunnel routes join it: "may share an http listener");
+- per (domain, location) served by agents: a route for that host and path prefix, and a
+  cluster whose endpoints are the agents' proxies (a load-balancing group is several
+  endpoints), with `httpUser`/`httpPassword`, `hostHeaderRewrite` and header settings as
+  route policies;
+
+and fills in every cluster with `tunnel: NAME` (a gateway route whose backend is an
+intranet service, so the route's JWT, rate limits, ACLs and CORS apply to it).
+
+Endpoint addresses are `tunnel:SERVER/SERIAL/PROXY`; the upstream pool opens them with
+`open_tunnel_endpoint`, which hands back one end of a socket pair whose other end the tunnel
+server pipes into a work stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterable
+
+from google.protobuf.struct_pb2 import Struct
+
+from dataplane.tunnel.http_auth import TYPE as AUTH_TYPE
+from dataplane.tunnel.registry import Group, ProxyRef
+from dataplane.tunnel.server import TunnelServer
+from flux.v1 import config_pb2 as pb
+
+PREFIX = "tunnel:"
+
+
+def endpoint_address(server: TunnelServer, ref: ProxyRef) -> str:
+    return f"{PREFIX}{server.name}/{ref.session.serial}/{ref.name}"
+
+
+def _endpoints(server: TunnelServer, refs: Iterable[ProxyRef]) -> list[pb.Endpoint]:
+    return [pb.Endpoint(address=endpoint_address(server, r), port=1, weight=1) for r in refs]
+
+
+def _struct(d: dict) -> Struct:  # type: ignore[type-arg]
+    s = Struct()
+    s.update(d)
+    return s
+
+
+def _route_for(server: TunnelServer, listener: str, group: Group) -> tuple[pb.Route, pb.Cluster, list[pb.Policy]]:
+    _, domain, location = group.key
+    base = f"tunnel/{server.name}/{domain}{location}"
+    first = group.members[0].options
+    policies: list[pb.Policy] = []
+    if first.http_user:
+        policies.append(
+            pb.Policy(name=f"{base}#auth", type=AUTH_TYPE,
+                      config=_struct({"username": first.http_user, "password": first.http_password}))
+        )  # fmt: skip
+    if first.host_header_rewrite or first.request_headers:
+        cfg: dict = {"headers": {"set": dict(first.request_headers)}}  # type: ignore[type-arg]
+        if first.host_header_rewrite:
+            cfg["host"] = first.host_header_rewrite
+        policies.append(pb.Policy(name=f"{base}#request", type="request_rewrite", config=_struct(cfg)))
+    if first.response_headers:
+        cfg = {"headers": {"set": dict(first.response_headers)}}
+        policies.append(pb.Policy(name=f"{base}#response", type="response_rewrite", config=_struct(cfg)))
+    cluster = pb.Cluster(
+        name=base,
+        lb=pb.LB_POLICY_ROUND_ROBIN,
+        endpoints=_endpoints(server, group.members),
+        timeouts=pb.Timeouts(connect_ms=10_000, read_ms=60_000),
+    )
+    host = domain
+    route = pb.Route(
+        name=base,
+        listener=listener,
+        hosts=[host],
+        path=location,
+        path_type=pb.PATH_TYPE_PREFIX,
+        cluster=base,
+        policies=[p.name for p in policies],
+    )
+    return route, cluster, policies
+
+
+def overlay(snap: pb.Snapshot, servers: Iterable[TunnelServer]) -> pb.Snapshot:
+    """`snap` with the routes and endpoints of the tunnel servers' http proxies added."""
+    servers = list(servers)
+    tunnel_clusters = [c for c in snap.clusters if c.tunnel]
+    vhost_servers = [s for s in servers if s.spec.vhost_http_port]
+    if not tunnel_clusters and not vhost_servers:
+        return snap
+    out = pb.Snapshot()
+    out.CopyFrom(snap)
+    for cluster in out.clusters:
+        if cluster.tunnel:
+            del cluster.endpoints[:]
+            for server in servers:
+                refs = [
+                    r
+                    for conn in server.agents()
+                    for r in conn.refs.values()
+                    if r.type in ("http", "tcp") and cluster.tunnel in (r.name, r.group)
+                ]
+                cluster.endpoints.extend(_endpoints(server, refs))
+    for server in vhost_servers:
+        port = server.spec.vhost_http_port
+        shared = next((lst for lst in out.listeners if lst.port == port and lst.protocol == pb.PROTOCOL_HTTP), None)
+        if shared is not None:
+            listener = shared.name
+        else:
+            listener = f"tunnel/{server.name}/http"
+            out.listeners.append(
+                pb.Listener(name=listener, protocol=pb.PROTOCOL_HTTP, address=server.bind_address, port=port)
+            )
+        for group in server.registry.http_groups():
+            route, cluster, policies = _route_for(server, listener, group)
+            out.routes.append(route)
+            out.clusters.append(cluster)
+            out.policies.extend(policies)
+    return out
+
+
+class TunnelEndpoints:
+    """Resolves `tunnel:` endpoint addresses for the upstream pool (one per worker)."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, TunnelServer] = {}
+
+    def open(self, address: str) -> socket.socket:
+        """A connected socket carrying to the proxy named by `address`; OSError if none serves it."""
+        name, _, rest = address[len(PREFIX) :].partition("/")
+        serial, _, proxy = rest.partition("/")
+        server = self.servers.get(name)
+        if server is not None:
+            for conn in server.agents():
+                if str(conn.serial) == serial:
+                    ref = conn.refs.get(proxy)
+                    if ref is not None:
+                        return server.open_for_http(ref, "")
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"no tunnel agent serves {proxy!r} any more")

@@ -1,0 +1,382 @@
+"""The trio shell around one tunnel connection: a `Mux` and a session driven over a stream.
+
+`TunnelLink` owns three tasks: the reader feeds received bytes to the mux and the session
+and dispatches what they produce; the writer flushes `mux.data_to_send()` whenever
+something is queued; the ticker calls `session.tick` at its deadlines (heartbeats, login and
+peer timeouts). Streams are `TunnelStream` objects, trio `HalfCloseableStream`s, so the
+node and the agent pipe them to sockets with the same code they use for sockets.
+
+Flow control is the mux's: `TunnelStream.send_all` blocks while the stream's send buffer is
+full (the peer has not granted more window), and `receive_some` grants credit back as the
+application reads. A slow reader stalls its own stream only.
+
+Events the link does not handle itself (session events such as `ProxyRequested`,
+`WorkStreamOpened`, UDP packets, GOAWAY) go to the `on_event` callback of the driver, which
+must not block: it may start tasks in a nursery of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from fluxcommon.tunnel.control import (
+    PeerTimedOut,
+    SessionEvent,
+    VisitorStreamOpened,
+    WorkStreamOpened,
+)
+from fluxcommon.tunnel.frames import ProtocolError
+from fluxcommon.tunnel.mux import (
+    Data,
+    Mux,
+    ResetCode,
+    StreamAccepted,
+    StreamEnded,
+    StreamError,
+    StreamReset,
+    WindowUpdated,
+)
+
+log = logging.getLogger("flux.tunnel.link")
+
+READ_SIZE = 256 * 1024
+WRITE_BUDGET = 256 * 1024
+
+
+class Session(Protocol):
+    def handle_event(self, event: Any, now: float) -> list[Any]: ...
+    def tick(self, now: float) -> list[Any]: ...
+    def next_deadline(self) -> float | None: ...
+
+
+class TunnelStream(trio.abc.HalfCloseableStream):
+    """One multiplexed stream of a `TunnelLink`."""
+
+    def __init__(self, link: TunnelLink, stream_id: int, meta: dict[str, Any]) -> None:
+        self.link = link
+        self.id = stream_id
+        self.meta = meta
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._buf = bytearray()
+        self._eof = False
+        self._broken: str | None = None
+        self._sent_eof = False
+        self._closed = False
+        self._readable = trio.Event()
+        self._accepted = trio.Event()
+        self.reset_code: int | None = None
+
+    # -- fed by the link -------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        if self._closed:  # the application is gone: take the data and grant the window back
+            self.link.mux.consumed(self.id, len(data))
+            return
+        self._buf += data
+        self._readable.set()
+
+    def _end(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def _break(self, reason: str) -> None:
+        if self._broken is None:
+            self._broken = reason
+        self._readable.set()
+        self._accepted.set()
+
+    @property
+    def reset_reason(self) -> str | None:
+        return self._broken
+
+    async def wait_accepted(self) -> None:
+        """Until the peer accepted the stream we opened (OPEN_ACK); BrokenResourceError if refused."""
+        await self._accepted.wait()
+        if self._broken is not None:
+            raise trio.BrokenResourceError(self._broken)
+
+    def accept(self) -> None:
+        """Accept a stream the peer opened (sends OPEN_ACK)."""
+        self.link.mux.accept(self.id)
+        self.link.wake()
+
+    # -- trio stream API -------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        while not self._buf:
+            if self._closed:
+                raise trio.ClosedResourceError("stream closed")
+            if self._broken is not None and not self._eof:
+                raise trio.BrokenResourceError(self._broken)
+            if self._eof:
+                await trio.lowlevel.checkpoint()
+                return b""
+            self._readable = trio.Event()
+            await self._readable.wait()
+        n = len(self._buf) if max_bytes is None else min(max_bytes, len(self._buf))
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.bytes_in += n
+        try:
+            self.link.mux.consumed(self.id, n)
+        except StreamError:
+            pass
+        self.link.wake()
+        await trio.lowlevel.checkpoint()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        mux = self.link.mux
+        while view:
+            if self._closed:
+                raise trio.ClosedResourceError("stream closed")
+            if self._sent_eof:
+                raise trio.ClosedResourceError("stream already half-closed for sending")
+            if self._broken is not None:
+                raise trio.BrokenResourceError(self._broken)
+            try:
+                n = mux.send(self.id, view)
+            except StreamError as exc:
+                self._break(str(exc))
+                raise trio.BrokenResourceError(str(exc)) from None
+            if n:
+                self.bytes_out += n
+                view = view[n:]
+                self.link.wake()
+            if view:
+                await self.link.wait_progress()
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        while not self._broken and not self._closed and self.link.mux.writable(self.id) == 0:
+            await self.link.wait_progress()
+
+    async def send_eof(self) -> None:
+        if not self._sent_eof and not self._closed:
+            self._sent_eof = True
+            self.link.mux.close(self.id)
+            self.link.wake()
+        await trio.lowlevel.checkpoint()
+
+    def reset(self, reason: str = "", code: int = ResetCode.CANCEL) -> None:
+        """Abort the stream both ways."""
+        if not self._closed:
+            self._closed = True
+            self.link.mux.reset(self.id, reason, code)
+            self.link.forget(self.id)
+            self.link.wake()
+            self._readable.set()
+
+    async def aclose(self) -> None:
+        """Close: a FIN after what was sent; what the peer still sends is read and dropped."""
+        if not self._closed:
+            if self._broken is None and not self._eof and not self._sent_eof:
+                # Nobody will read what the peer still sends: a reset tells it at once.
+                self.link.mux.reset(self.id, "closed", ResetCode.CANCEL)
+                self.link.forget(self.id)
+            else:
+                self.link.mux.close(self.id)
+                if self._buf:
+                    self.link.mux.consumed(self.id, len(self._buf))
+                    self._buf.clear()
+                if self._eof or self._broken is not None:
+                    self.link.forget(self.id)
+            self._closed = True
+            self._readable.set()
+            self.link.wake()
+        await trio.lowlevel.checkpoint()
+
+
+class TunnelLink:
+    """Drives one tunnel connection; see the module docstring."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        mux: Mux,
+        session: Session,
+        on_event: Callable[[SessionEvent, TunnelStream | None], None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.transport = transport
+        self.mux = mux
+        self.session = session
+        self.on_event = on_event
+        self.clock = clock
+        self.streams: dict[int, TunnelStream] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.closed_reason: str | None = None
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+
+    # -- used by streams and drivers ---------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something was queued on the mux: let the writer flush it."""
+        self._wake.set()
+
+    async def wait_progress(self) -> None:
+        """Until bytes were written or the peer granted window (or the link closed)."""
+        if self.closed_reason is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._progress.wait()
+
+    def _set_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def forget(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+    def open_stream(self, opener: Callable[[], int], meta: dict[str, Any]) -> TunnelStream:
+        """Open a stream with `opener()` (a session or mux call that returns its id)."""
+        if self.closed_reason is not None:
+            raise trio.BrokenResourceError(self.closed_reason)
+        stream_id = opener()
+        stream = self.streams[stream_id] = TunnelStream(self, stream_id, meta)
+        self.wake()
+        return stream
+
+    def close(self, reason: str, code: int = ResetCode.CANCEL) -> None:
+        """Say GOAWAY and stop the link after a last flush."""
+        if self.closed_reason is None:
+            try:
+                self.mux.go_away(reason, code)
+            except StreamError:
+                pass
+            self.wake()
+            self.closed_reason = reason
+            if self._cancel is not None:
+                self._cancel.deadline = min(self._cancel.deadline, trio.current_time() + 1.0)
+
+    # -- the tasks ---------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run until the connection ends; returns why. Every stream is broken afterwards."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._ticker)
+                reason = await self._reader()
+                self.closed_reason = self.closed_reason or reason
+                # give the writer a moment to flush a GOAWAY or a last answer
+                nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline, trio.current_time() + 1.0)
+                await self._flushed()
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.closed_reason = self.closed_reason or f"connection lost: {exc}"
+        finally:
+            reason = self.closed_reason or "closed"
+            self.closed_reason = reason
+            for stream in list(self.streams.values()):
+                stream._break(f"tunnel connection closed: {reason}")
+            self.streams.clear()
+            self._progress.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await self.transport.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+        return reason
+
+    async def _flushed(self) -> None:
+        while True:
+            data = self.mux.data_to_send(WRITE_BUDGET)
+            if not data:
+                return
+            await self.transport.send_all(data)
+            self.bytes_out += len(data)
+
+    async def _reader(self) -> str:
+        mux, session = self.mux, self.session
+        while True:
+            try:
+                data = await self.transport.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                return f"connection lost: {exc}"
+            if not data:
+                return self.closed_reason or "peer closed the connection"
+            self.bytes_in += len(data)
+            now = self.clock()
+            try:
+                for event in mux.receive_data(data):
+                    for out in session.handle_event(event, now):
+                        self._dispatch(out)
+            except ProtocolError as exc:
+                log.warning("tunnel protocol error: %s", exc)
+                self.wake()
+                return f"protocol error: {exc}"
+            if self.closed_reason is not None:
+                return self.closed_reason
+            self.wake()
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, Data):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.mux.consumed(event.stream_id, len(event.data))
+                self.mux.reset(event.stream_id, "no reader", ResetCode.CANCEL)
+            else:
+                stream._feed(event.data)
+        elif isinstance(event, StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._end()
+                if stream._closed or stream._sent_eof:
+                    self.forget(event.stream_id)
+        elif isinstance(event, StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.reset_code = event.code
+                stream._break(f"reset by peer ({ResetCode(event.code).name.lower()}): {event.reason}")
+            self._set_progress()
+        elif isinstance(event, StreamAccepted):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._accepted.set()
+            self._set_progress()
+        elif isinstance(event, WindowUpdated):
+            self._set_progress()
+        elif isinstance(event, WorkStreamOpened | VisitorStreamOpened):
+            stream = self.streams[event.stream_id] = TunnelStream(self, event.stream_id, event.meta)
+            self.on_event(event, stream)
+        elif isinstance(event, PeerTimedOut):
+            self.on_event(event, None)
+            self.close(event.reason)
+        else:
+            self.on_event(event, None)
+
+    async def _writer(self) -> None:
+        mux = self.mux
+        while True:
+            data = mux.data_to_send(WRITE_BUDGET)
+            if not data:
+                self._set_progress()
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            await self.transport.send_all(data)
+            self.bytes_out += len(data)
+            self._set_progress()
+
+    async def _ticker(self) -> None:
+        while True:
+            deadline = self.session.next_deadline()
+            now = self.clock()
+            delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+            await trio.sleep(delay)
+            for out in self.session.tick(self.clock()):
+                self._dispatch(out)
+            self.wake()

@@ -1,0 +1,200 @@
+"""Moving bytes between two trio streams: the splice both tunnel ends use for every user connection.
+
+- `Bandwidth`: a token bucket in bytes per second (sans-IO: it answers how long to wait).
+- `TransformStream`: a stream seen through a per-stream `Outbound`/`Inbound` pair
+  (useEncryption / useCompression).
+- `pipe(a, b)`: copy both ways until both directions ended, passing half-closes on, and
+  count bytes; a reset or error on either side closes both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from fluxcommon.tunnel.crypto import Inbound, Outbound
+from fluxcommon.tunnel.frames import ProtocolError
+
+CHUNK = 64 * 1024
+
+
+class Bandwidth:
+    """Token bucket: `rate` bytes per second, bursts up to `burst` bytes (default: 1/10 s of rate)."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: int, burst: int | None = None, *, now: float = 0.0) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(1024, rate // 10))
+        self.tokens = self.burst
+        self.stamp = now
+
+    def chunk(self) -> int:
+        """How many bytes to move per step so waits stay short and smooth."""
+        return max(1, min(CHUNK, int(self.burst)))
+
+    def take(self, n: int, now: float) -> float:
+        """Spend `n` bytes; returns how long to wait before they may go (0 = now).
+
+        Debt is allowed: a caller that waits the returned time has kept the average rate.
+        """
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= n
+        if self.tokens >= 0:
+            return 0.0
+        return -self.tokens / self.rate
+
+
+class TransformStream(trio.abc.HalfCloseableStream):
+    """`inner` with its outgoing bytes passed through `outbound` and incoming through `inbound`."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream, outbound: Outbound, inbound: Inbound) -> None:
+        self.inner = inner
+        self.outbound = outbound
+        self.inbound = inbound
+        self._eof = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        out = self.outbound.update(bytes(data))
+        if out:
+            await self.inner.send_all(out)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        tail = self.outbound.finish()
+        if tail:
+            await self.inner.send_all(tail)
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        limit = max_bytes or CHUNK
+        while True:
+            if not self.inbound.needs_input():
+                out = self.inbound.update(b"", limit)
+                if out:
+                    return out
+            if self._eof:
+                return b""
+            data = await self.inner.receive_some(CHUNK)
+            if not data:
+                self._eof = True
+                try:
+                    self.inbound.finish()
+                except ProtocolError as exc:
+                    raise trio.BrokenResourceError(f"tunnel payload: {exc}") from None
+                return b""
+            try:
+                out = self.inbound.update(data, limit)
+            except ProtocolError as exc:
+                raise trio.BrokenResourceError(f"tunnel payload: {exc}") from None
+            if out:
+                return out
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def transformed(
+    stream: trio.abc.HalfCloseableStream, token: str, *, encrypt: bool, compress: bool
+) -> trio.abc.HalfCloseableStream:
+    """`stream` wrapped for useEncryption/useCompression, or itself when neither is on."""
+    if not encrypt and not compress:
+        return stream
+    key = token if encrypt else None
+    return TransformStream(stream, Outbound(key, compress=compress), Inbound(key, compress=compress))
+
+
+@dataclass
+class PipeStats:
+    """Bytes moved by one pipe: `up` from a to b, `down` from b to a."""
+
+    up: int = 0
+    down: int = 0
+
+
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+async def _copy(
+    src: trio.abc.Stream,
+    dst: trio.abc.Stream,
+    count: Callable[[int], None],
+    limit: Bandwidth | None,
+) -> None:
+    size = limit.chunk() if limit is not None else CHUNK
+    while True:
+        data = await src.receive_some(size)
+        if not data:
+            break
+        if limit is not None:
+            delay = limit.take(len(data), trio.current_time())
+            if delay > 0:
+                await trio.sleep(delay)
+        await dst.send_all(data)
+        count(len(data))
+    if isinstance(dst, trio.abc.HalfCloseableStream):
+        await dst.send_eof()
+    else:  # pragma: no cover - every stream we pipe can half-close
+        await dst.aclose()
+
+
+async def pipe(
+    a: trio.abc.HalfCloseableStream,
+    b: trio.abc.HalfCloseableStream,
+    *,
+    stats: PipeStats | None = None,
+    up_limit: Bandwidth | None = None,
+    down_limit: Bandwidth | None = None,
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> str | None:
+    """Copy a->b and b->a until both directions end; close both. Returns an error, or None.
+
+    `on_bytes(up, down)` is called with each chunk's size as it moves.
+    """
+    st = stats or PipeStats()
+    error: str | None = None
+
+    def count_up(n: int) -> None:
+        st.up += n
+        if on_bytes is not None:
+            on_bytes(n, 0)
+
+    def count_down(n: int) -> None:
+        st.down += n
+        if on_bytes is not None:
+            on_bytes(0, n)
+
+    async def one_way(src: trio.abc.Stream, dst: trio.abc.Stream, count: Callable[[int], None], limit: Bandwidth | None,
+                      cancel: trio.CancelScope) -> None:  # fmt: skip
+        nonlocal error
+        try:
+            await _copy(src, dst, count, limit)
+        except _GONE as exc:
+            error = error or (str(exc) or type(exc).__name__)
+            cancel.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one_way, a, b, count_up, up_limit, nursery.cancel_scope)
+            nursery.start_soon(one_way, b, a, count_down, down_limit, nursery.cancel_scope)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            for s in (a, b):
+                try:
+                    await s.aclose()
+                except _GONE:
+                    pass
+    return error
+
+
+def bandwidth(rate: int) -> Bandwidth | None:
+    """A limiter for `rate` bytes/s, or None for 0 (unlimited)."""
+    return Bandwidth(rate, now=trio.current_time()) if rate > 0 and math.isfinite(rate) else None

@@ -1,0 +1,146 @@
+"""What a proxy asks of the node: the `options` of a NEW_PROXY message, validated.
+
+The agent builds these from its config file (frpc.toml field names, see
+tunnelclient/config.py) and the node checks them again before it opens anything, so a
+bad option is refused by name whichever side made the mistake. Options the node does not
+need (the local address, local health checks) never leave the agent.
+
+Wire form: a JSON object of the fields below (snake_case). Unknown keys are refused, so
+an agent newer than the node learns at once that an option is not supported.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ProxyType = Literal["tcp", "udp", "http", "https", "stcp", "sudp", "xtcp"]
+PUBLIC_PORT_TYPES = frozenset({"tcp", "udp"})
+VHOST_TYPES = frozenset({"http", "https"})
+SECRET_TYPES = frozenset({"stcp", "sudp", "xtcp"})
+STREAM_TYPES = frozenset({"tcp", "http", "https", "stcp", "xtcp"})
+
+_DOMAIN = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_-]{1,63}\.?$")
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class ProxyOptionsError(ValueError):
+    """Proxy options that cannot be served; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProxyOptions(_Strict):
+    """Options of one proxy as sent in NEW_PROXY (all types share one shape)."""
+
+    # tcp / udp: the public port on the node; 0 = any free port from the node's allow_ports.
+    remote_port: int = Field(default=0, ge=0, le=65535)
+    # http / https virtual hosts.
+    custom_domains: tuple[str, ...] = ()
+    subdomain: str = ""
+    locations: tuple[str, ...] = ()  # http: path prefixes this proxy serves ("" or "/" = all)
+    http_user: str = ""
+    http_password: str = ""
+    host_header_rewrite: str = ""
+    request_headers: dict[str, str] = {}  # http: set on the request to the local service
+    response_headers: dict[str, str] = {}  # http: set on the response to the client
+    # stcp / sudp / xtcp: only visitors presenting this key (and, if listed, these users) may reach it.
+    secret_key: str = ""
+    allow_users: tuple[str, ...] = ()
+    # Load-balancing groups: proxies with the same group (and key) share one port or domain.
+    group: str = ""
+    group_key: str = ""
+    # Payload transforms between the node and the agent, per work stream.
+    use_encryption: bool = False
+    use_compression: bool = False
+    # Bytes per second in each direction (0 = unlimited), enforced by the node.
+    bandwidth_limit: int = Field(default=0, ge=0)
+    # Client address passed to the local service ahead of the bytes (tcp/stcp: PROXY protocol).
+    proxy_protocol: Literal["", "v1", "v2"] = ""
+    metadata: dict[str, str] = {}
+
+    @field_validator("custom_domains")
+    @classmethod
+    def _domains(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for i, d in enumerate(v):
+            d = d.strip().lower().rstrip(".")
+            if not d or not _DOMAIN.match(d):
+                raise ValueError(f"[{i}] {d!r} is not a domain name (a leading '*.' is allowed)")
+            out.append(d)
+        return tuple(out)
+
+    @field_validator("subdomain")
+    @classmethod
+    def _subdomain(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v and not all(_LABEL.match(part) for part in v.split(".")):
+            raise ValueError(f"{v!r} is not a valid subdomain label")
+        return v
+
+    @field_validator("locations")
+    @classmethod
+    def _locations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, loc in enumerate(v):
+            if loc and not loc.startswith("/"):
+                raise ValueError(f"[{i}] {loc!r} must start with '/'")
+        return v
+
+    @field_validator("request_headers", "response_headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _HEADER.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"{name}: header values may not hold CR, LF or NUL")
+        return v
+
+
+class NewProxyRequest(_Strict):
+    """A whole NEW_PROXY request, checked for the type's needs."""
+
+    name: str = Field(min_length=1, max_length=128)
+    proxy_type: ProxyType
+    options: ProxyOptions
+
+    @model_validator(mode="after")
+    def _for_type(self) -> NewProxyRequest:
+        t, o = self.proxy_type, self.options
+        if t in VHOST_TYPES and not o.custom_domains and not o.subdomain:
+            raise ValueError("custom_domains: an http/https proxy needs custom_domains or a subdomain")
+        if t in SECRET_TYPES and not o.secret_key:
+            raise ValueError(f"secret_key: a {t} proxy needs a secret key")
+        if t not in PUBLIC_PORT_TYPES and o.remote_port:
+            raise ValueError(f"remote_port: only tcp and udp proxies take a remote port, not {t}")
+        if t != "http" and (o.locations or o.http_user or o.host_header_rewrite or o.request_headers):
+            raise ValueError("locations: locations, http_user, host_header_rewrite and headers are for http proxies")
+        if bool(o.http_user) != bool(o.http_password):
+            raise ValueError("http_password: http_user and http_password go together")
+        if o.group_key and not o.group:
+            raise ValueError("group_key: set group too")
+        if t == "udp" and o.proxy_protocol:
+            raise ValueError("proxy_protocol: PROXY protocol is passed on tcp-like proxies only")
+        return self
+
+
+def parse_new_proxy(name: str, proxy_type: str, options: dict[str, Any]) -> NewProxyRequest:
+    """Validate a NEW_PROXY request; `ProxyOptionsError` names the field at fault."""
+    try:
+        return NewProxyRequest(name=name, proxy_type=proxy_type, options=options)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if p != "options"]
+        where = ".".join(loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ProxyOptionsError(f"proxy {name!r}: {where + ': ' if where else ''}{msg}") from None
+
+
+def wire_options(options: ProxyOptions) -> dict[str, Any]:
+    """The JSON form sent in NEW_PROXY: only fields that differ from their defaults."""
+    return options.model_dump(mode="json", exclude_defaults=True)
