@@ -37,6 +37,7 @@ from dataplane.metrics import Metrics
 from dataplane.policies.base import PolicyEnv, SharedServices
 from dataplane.reactor import Reactor
 from dataplane.tunnel.manager import TunnelConfigError, TunnelManager
+from dataplane.tunnel.reporter import TunnelReporter
 from dataplane.tunnel.vhost import PREFIX as TUNNEL_PREFIX
 from dataplane.tunnel.vhost import overlay
 from dataplane.upstream.pool import SPECIAL_OPENERS, PoolRegistry
@@ -365,6 +366,12 @@ class NodeWorker:
                         version = cached.version
                 self.discovery = DiscoveryClient(opts.control_planes, node, self.apply, version=version)
                 services.start_soon(self.discovery.run)
+                if self.tunnels.enabled:
+                    discovery = self.discovery
+                    reporter = TunnelReporter(
+                        self.tunnels, node, lambda: discovery.connected_to or discovery.addresses[0]
+                    )
+                    services.start_soon(reporter.run)
                 services.start_soon(self.pools.run_sweeper)
                 services.start_soon(self.access_log.run)
                 services.start_soon(self.svc.run_reaper)

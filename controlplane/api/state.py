@@ -11,6 +11,7 @@ from controlplane.auth import AdminToken
 from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry
 from controlplane.store.config_store import ConfigStore
+from controlplane.tunnel_sessions import TunnelSessions
 
 if TYPE_CHECKING:
     from controlplane.discovery.server import DiscoveryServicer
@@ -27,6 +28,7 @@ class ControlPlane:
     servicer: DiscoveryServicer | None = None
     registry: RegistryStore | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    tunnel_sessions: TunnelSessions = field(default_factory=TunnelSessions)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

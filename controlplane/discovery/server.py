@@ -21,6 +21,7 @@ import grpc
 from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry, NodeState
 from controlplane.snapshot import SNAPSHOT_TYPE_URL
+from controlplane.tunnel_sessions import TunnelSessions
 from flux.v1 import discovery_pb2, discovery_pb2_grpc
 
 log = logging.getLogger("flux.discovery")
@@ -43,12 +44,23 @@ class _Stream:
 
 
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache, nodes: NodeRegistry, control_plane_id: str) -> None:
+    def __init__(
+        self, cache: SnapshotCache, nodes: NodeRegistry, control_plane_id: str, tunnels: TunnelSessions | None = None
+    ) -> None:
+        self.tunnels = tunnels or TunnelSessions()
         self.cache = cache
         self.nodes = nodes
         self.control_plane_id = control_plane_id
         self.pushes = 0
         self.active_streams = 0
+
+    async def ReportTunnels(
+        self, request: discovery_pb2.ReportTunnelsRequest, context: grpc.aio.ServicerContext
+    ) -> discovery_pb2.ReportTunnelsResponse:
+        if not request.node.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node.id is required")
+        self.tunnels.report(request)
+        return discovery_pb2.ReportTunnelsResponse()
 
     async def StreamConfig(
         self,

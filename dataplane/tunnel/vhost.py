@@ -10,7 +10,7 @@ returns the snapshot plus, for each tunnel server with `vhost_http_port`:
   endpoints), with `httpUser`/`httpPassword`, `hostHeaderRewrite` and header settings as
   route policies;
 
-and fills in every cluster with `tunnel: NAME` (a gateway route whose backend is an
+and fills in every cluster with `tunnel: NAME` (see `serves`; a gateway route whose backend is an
 intranet service, so the route's JWT, rate limits, ACLs and CORS apply to it).
 
 Endpoint addresses are `tunnel:SERVER/SERIAL/PROXY`; the upstream pool opens them with
@@ -40,6 +40,12 @@ def endpoint_address(server: TunnelServer, ref: ProxyRef) -> str:
 
 def _endpoints(server: TunnelServer, refs: Iterable[ProxyRef]) -> list[pb.Endpoint]:
     return [pb.Endpoint(address=endpoint_address(server, r), port=1, weight=1) for r in refs]
+
+
+def serves(ref: ProxyRef, name: str) -> bool:
+    """Whether `ref` backs `tunnel: name`: its full name (``user.proxy``), its name without the
+    agent's user prefix (any agent's), or its load-balancing group."""
+    return name in (ref.name, ref.group) or ref.name.endswith("." + name)
 
 
 def _struct(d: dict) -> Struct:  # type: ignore[type-arg]
@@ -102,7 +108,7 @@ def overlay(snap: pb.Snapshot, servers: Iterable[TunnelServer]) -> pb.Snapshot:
                     r
                     for conn in server.agents()
                     for r in conn.refs.values()
-                    if r.type in ("http", "tcp") and cluster.tunnel in (r.name, r.group)
+                    if r.type in ("http", "tcp") and serves(r, cluster.tunnel)
                 ]
                 cluster.endpoints.extend(_endpoints(server, refs))
     for server in vhost_servers:

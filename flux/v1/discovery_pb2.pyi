@@ -65,3 +65,67 @@ class StreamConfigResponse(_message.Message):
     nonce: str
     control_plane_id: str
     def __init__(self, version_info: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[_any_pb2.Any, _Mapping]]] = ..., type_url: _Optional[str] = ..., nonce: _Optional[str] = ..., control_plane_id: _Optional[str] = ...) -> None: ...
+
+class TunnelProxyStatus(_message.Message):
+    __slots__ = ("name", "type", "remote_port", "domains", "group", "static", "connections", "total_connections", "bytes_in", "bytes_out")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_PORT_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    STATIC_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    remote_port: int
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    group: str
+    static: bool
+    connections: int
+    total_connections: int
+    bytes_in: int
+    bytes_out: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., remote_port: _Optional[int] = ..., domains: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ..., static: _Optional[bool] = ..., connections: _Optional[int] = ..., total_connections: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
+
+class TunnelSessionStatus(_message.Message):
+    __slots__ = ("tunnel", "agent", "run_id", "version", "address", "tls", "connected_since", "bytes_in", "bytes_out", "connections", "proxies", "visitors")
+    TUNNEL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROXIES_FIELD_NUMBER: _ClassVar[int]
+    VISITORS_FIELD_NUMBER: _ClassVar[int]
+    tunnel: str
+    agent: str
+    run_id: str
+    version: str
+    address: str
+    tls: bool
+    connected_since: float
+    bytes_in: int
+    bytes_out: int
+    connections: int
+    proxies: _containers.RepeatedCompositeFieldContainer[TunnelProxyStatus]
+    visitors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tunnel: _Optional[str] = ..., agent: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., address: _Optional[str] = ..., tls: _Optional[bool] = ..., connected_since: _Optional[float] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., connections: _Optional[int] = ..., proxies: _Optional[_Iterable[_Union[TunnelProxyStatus, _Mapping]]] = ..., visitors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReportTunnelsRequest(_message.Message):
+    __slots__ = ("node", "sessions")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    node: Node
+    sessions: _containers.RepeatedCompositeFieldContainer[TunnelSessionStatus]
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., sessions: _Optional[_Iterable[_Union[TunnelSessionStatus, _Mapping]]] = ...) -> None: ...
+
+class ReportTunnelsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class DiscoveryServiceStub:
-    """Streams versioned config snapshots to data-plane nodes.
+    """Streams versioned config snapshots to data-plane nodes, and takes nodes' tunnel reports.
     """
 
     def __init__(self, channel):
@@ -40,13 +40,24 @@ class DiscoveryServiceStub:
                 request_serializer=flux_dot_v1_dot_discovery__pb2.StreamConfigRequest.SerializeToString,
                 response_deserializer=flux_dot_v1_dot_discovery__pb2.StreamConfigResponse.FromString,
                 _registered_method=True)
+        self.ReportTunnels = channel.unary_unary(
+                '/flux.v1.DiscoveryService/ReportTunnels',
+                request_serializer=flux_dot_v1_dot_discovery__pb2.ReportTunnelsRequest.SerializeToString,
+                response_deserializer=flux_dot_v1_dot_discovery__pb2.ReportTunnelsResponse.FromString,
+                _registered_method=True)
 
 
 class DiscoveryServiceServicer:
-    """Streams versioned config snapshots to data-plane nodes.
+    """Streams versioned config snapshots to data-plane nodes, and takes nodes' tunnel reports.
     """
 
     def StreamConfig(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportTunnels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +71,11 @@ def add_DiscoveryServiceServicer_to_server(servicer, server):
                     request_deserializer=flux_dot_v1_dot_discovery__pb2.StreamConfigRequest.FromString,
                     response_serializer=flux_dot_v1_dot_discovery__pb2.StreamConfigResponse.SerializeToString,
             ),
+            'ReportTunnels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTunnels,
+                    request_deserializer=flux_dot_v1_dot_discovery__pb2.ReportTunnelsRequest.FromString,
+                    response_serializer=flux_dot_v1_dot_discovery__pb2.ReportTunnelsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'flux.v1.DiscoveryService', rpc_method_handlers)
@@ -69,7 +85,7 @@ def add_DiscoveryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DiscoveryService:
-    """Streams versioned config snapshots to data-plane nodes.
+    """Streams versioned config snapshots to data-plane nodes, and takes nodes' tunnel reports.
     """
 
     @staticmethod
@@ -89,6 +105,33 @@ class DiscoveryService:
             '/flux.v1.DiscoveryService/StreamConfig',
             flux_dot_v1_dot_discovery__pb2.StreamConfigRequest.SerializeToString,
             flux_dot_v1_dot_discovery__pb2.StreamConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTunnels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux.v1.DiscoveryService/ReportTunnels',
+            flux_dot_v1_dot_discovery__pb2.ReportTunnelsRequest.SerializeToString,
+            flux_dot_v1_dot_discovery__pb2.ReportTunnelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

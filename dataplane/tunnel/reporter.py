@@ -1,0 +1,94 @@
+"""Reports the node's tunnel sessions to the control plane (`ReportTunnels`) every few seconds.
+
+The control plane shows them on `/api/v1/tunnels/sessions`. grpc runs in a worker thread
+(as the config stream's does), so a slow or unreachable control plane never stalls trio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+import trio
+
+from dataplane.tunnel.manager import TunnelManager
+from flux.v1 import discovery_pb2, discovery_pb2_grpc
+
+log = logging.getLogger("flux.tunnel.report")
+
+INTERVAL = 2.0
+CALL_TIMEOUT = 3.0
+
+
+def build_report(manager: TunnelManager, node: discovery_pb2.Node) -> discovery_pb2.ReportTunnelsRequest:
+    req = discovery_pb2.ReportTunnelsRequest(node=node)
+    for server in manager.servers.values():
+        for conn in server.agents():
+            s = req.sessions.add(
+                tunnel=server.name,
+                agent=conn.name,
+                run_id=conn.run_id,
+                version=conn.version,
+                address=conn.peer,
+                tls=conn.tls,
+                connected_since=conn.since,
+                bytes_in=conn.link.bytes_in,
+                bytes_out=conn.link.bytes_out,
+                connections=sum(r.connections for r in conn.refs.values()),
+                visitors=sorted(conn.visiting),
+            )
+            for ref in conn.refs.values():
+                o = ref.options
+                domains = list(o.custom_domains)
+                if o.subdomain and server.registry.subdomain_host:
+                    domains.append(f"{o.subdomain}.{server.registry.subdomain_host}")
+                s.proxies.add(
+                    name=ref.name,
+                    type=ref.type,
+                    remote_port=ref.remote_port,
+                    domains=domains,
+                    group=o.group,
+                    static=ref.static,
+                    connections=ref.connections,
+                    total_connections=ref.total_connections,
+                    bytes_in=ref.bytes_in,
+                    bytes_out=ref.bytes_out,
+                )
+    return req
+
+
+class TunnelReporter:
+    def __init__(self, manager: TunnelManager, node: discovery_pb2.Node, target: Callable[[], str]) -> None:
+        self.manager = manager
+        self.node = node
+        self.target = target
+        self.sent = 0
+        self.failed = 0
+        self._channels: dict[str, grpc.Channel] = {}
+        self._limiter = trio.CapacityLimiter(1)
+
+    def _send(self, address: str, req: discovery_pb2.ReportTunnelsRequest) -> None:
+        channel = self._channels.get(address)
+        if channel is None:
+            for old in self._channels.values():
+                old.close()
+            self._channels = {address: grpc.insecure_channel(address)}
+            channel = self._channels[address]
+        discovery_pb2_grpc.DiscoveryServiceStub(channel).ReportTunnels(req, timeout=CALL_TIMEOUT)
+
+    async def run(self) -> None:
+        had_sessions = False
+        while True:
+            await trio.sleep(INTERVAL)
+            if not self.manager.servers and not had_sessions:
+                continue
+            req = build_report(self.manager, self.node)
+            had_sessions = bool(req.sessions)
+            try:
+                await trio.to_thread.run_sync(self._send, self.target(), req, limiter=self._limiter,
+                                              abandon_on_cancel=True)  # fmt: skip
+                self.sent += 1
+            except grpc.RpcError as exc:
+                self.failed += 1
+                log.debug("tunnel report to the control plane failed: %s", exc)
