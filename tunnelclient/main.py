@@ -1,17 +1,14 @@
-"""`flux-tunnel` entry point.
-
-NOT BUILT YET: the tunnel agent is the subject of issue #5. This entry point
-exists so the console script is installed; it says so and exits with status 2.
-"""
+"""`flux-tunnel` entry point (the console script); the command line is tunnelclient/cli.py."""
 
 from __future__ import annotations
 
 import sys
 
+from tunnelclient.cli import main as cli_main
+
 
 def main(argv: list[str] | None = None) -> None:
-    print("flux-tunnel: the tunnel agent is not built yet (tracked in issue #5)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(cli_main(argv))
 
 
 if __name__ == "__main__":

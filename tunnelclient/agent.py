@@ -1,0 +1,524 @@
+"""The `flux-tunnel` agent: one control connection to a node carrying every proxy's traffic.
+
+Life cycle: dial the node (TLS by default), log in with the token digest, register every
+proxy and visitor, then serve work streams until the connection ends; reconnect with
+exponential back-off and jitter (1 s doubling to 30 s) forever, unless `loginFailExit` is
+set and the very first login is refused. A reconnect presents the previous run id, so the
+node replaces the old session at once instead of refusing a duplicate.
+
+Per work stream the agent dials the proxy's local service and only then accepts the stream
+(OPEN_ACK), so the node can try another agent of a load-balancing group when this one's
+service is down; a PROXY protocol header goes first when the proxy asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from fluxcommon.proxy_protocol import encode_v1, encode_v2
+from fluxcommon.tunnel.control import (
+    PROTOCOL_VERSION,
+    ClientSession,
+    LoginFailed,
+    LoginSucceeded,
+    NatHoleAnswered,
+    NatHoleInvited,
+    PeerTimedOut,
+    ProxyAccepted,
+    ProxyAssigned,
+    ProxyCloseConfirmed,
+    ProxyRejected,
+    VisitorAccepted,
+    VisitorRejected,
+    WorkStreamOpened,
+)
+from fluxcommon.tunnel.link import TunnelLink, TunnelStream
+from fluxcommon.tunnel.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
+from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
+from fluxcommon.tunnel.proxies import wire_options
+from tunnelclient.config import AgentConfig, ProxyConfig, load_config
+
+log = logging.getLogger("flux.tunnel.agent")
+
+AGENT_VERSION = "0.1.0"
+MAX_FRAME_DATA = 64 * 1024
+BACKOFF_START = 1.0
+BACKOFF_MAX = 30.0
+UDP_IDLE = 60.0
+
+
+class LoginRefused(Exception):
+    pass
+
+
+@dataclass
+class ProxyState:
+    config: ProxyConfig | None  # None for static mappings assigned by the node
+    wire_name: str
+    type: str
+    local_ip: str
+    local_port: int
+    status: str = "new"  # new | pending | running | rejected | withdrawn
+    remote_addr: str = ""
+    error: str = ""
+    healthy: bool = True
+    connections: int = 0
+    total_connections: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    static: bool = False
+    checking: bool = False  # a local health checker runs for it
+    udp_peers: dict[str, list[Any]] = field(default_factory=dict)  # peer -> [std socket, trio socket, last used]
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            "name": self.wire_name,
+            "type": self.type,
+            "local": f"{self.local_ip}:{self.local_port}",
+            "status": self.status,
+            "remote_addr": self.remote_addr,
+            "healthy": self.healthy,
+            "connections": self.connections,
+            "total_connections": self.total_connections,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.static:
+            out["static"] = True
+        return out
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.name = config.user or socket.gethostname()
+        self.run_id = ""
+        self.state = "starting"
+        self.last_error = ""
+        self.connected_since: float | None = None
+        self.connects = 0
+        self.link: TunnelLink | None = None
+        self.session: ClientSession | None = None
+        self.proxies: dict[str, ProxyState] = {}
+        self.nursery: trio.Nursery = None  # type: ignore[assignment]
+        self._online = trio.Event()
+        self._tls_warned = False
+        from tunnelclient.visitors import VisitorManager  # (circular: visitors use the agent)
+
+        self.visitors = VisitorManager(self)
+        self._load_proxies(config)
+
+    # -- config ------------------------------------------------------------------------------
+
+    def _load_proxies(self, config: AgentConfig) -> None:
+        for p in config.proxies:
+            wire = p.wire_name(config.user)
+            self.proxies[wire] = ProxyState(p, wire, p.type, p.local_ip, p.local_port)
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file; add, change and remove proxies and visitors, keep the rest."""
+        if not self.config_path:
+            raise ValueError("this agent was started without a config file")
+        new = load_config(self.config_path)
+        if (new.server_addr, new.server_port, new.token, new.user, new.tls) != (
+            self.config.server_addr, self.config.server_port, self.config.token, self.config.user, self.config.tls,
+        ):  # fmt: skip
+            log.warning("reload: server, token, user and TLS settings take effect on restart only")
+        wanted = {p.wire_name(self.config.user): p for p in new.proxies}
+        removed, added, changed = [], [], []
+        for wire, state in list(self.proxies.items()):
+            if state.static:
+                continue
+            if wire not in wanted:
+                removed.append(wire)
+                self._close_proxy(wire)
+                del self.proxies[wire]
+            elif wanted[wire] != state.config:
+                changed.append(wire)
+                self._close_proxy(wire)
+                cfg = wanted[wire]
+                self.proxies[wire] = ProxyState(cfg, wire, cfg.type, cfg.local_ip, cfg.local_port)
+        for wire, cfg in wanted.items():
+            if wire not in self.proxies:
+                added.append(wire)
+                self.proxies[wire] = ProxyState(cfg, wire, cfg.type, cfg.local_ip, cfg.local_port)
+        self.config = new
+        self.visitors.reload(new)
+        self._register_all()
+        self.nursery.start_soon(self._start_health_checks)
+        log.info("config reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
+        return {"added": added, "changed": changed, "removed": removed}
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            if self.config.admin is not None:
+                from tunnelclient.admin import serve_admin
+
+                await nursery.start(serve_admin, self)
+            await self._start_health_checks()
+            await self.visitors.start(nursery)
+            code = await self._connect_loop()
+            nursery.cancel_scope.cancel()
+        return code
+
+    async def _start_health_checks(self) -> None:
+        from tunnelclient.health import HealthChecker
+
+        for state in self.proxies.values():
+            if state.config is not None and state.config.health_check is not None and not state.checking:
+                state.checking = True
+                self.nursery.start_soon(HealthChecker(self, state).run)
+        await trio.lowlevel.checkpoint()
+
+    async def _connect_loop(self) -> int:
+        backoff = BACKOFF_START
+        first = True
+        while True:
+            logged_in = False
+            try:
+                logged_in = await self._connect_once()
+            except LoginRefused as exc:
+                self.last_error = str(exc)
+                log.error("login refused by the node: %s", exc)
+                if first and self.config.login_fail_exit:
+                    return 1
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
+                self.last_error = f"cannot connect to {self.config.server_addr}:{self.config.server_port}: {exc}"
+                log.warning("%s", self.last_error)
+                if first and self.config.login_fail_exit:
+                    return 1
+            first = False
+            self.state = "reconnecting"
+            if logged_in:
+                backoff = BACKOFF_START
+            delay = backoff * random.uniform(0.5, 1.0)
+            log.info("reconnecting in %.1f s", delay)
+            await trio.sleep(delay)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _dial(self) -> trio.abc.Stream:
+        cfg = self.config
+        with trio.fail_after(cfg.dial_timeout):
+            stream: trio.abc.Stream = await trio.open_tcp_stream(cfg.server_addr, cfg.server_port)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+            if cfg.tls.enable:
+                ctx = self._tls_context()
+                server_name = cfg.tls.server_name or cfg.server_addr
+                tls = trio.SSLStream(stream, ctx, server_hostname=server_name)
+                await tls.do_handshake()
+                stream = tls
+        return stream
+
+    def _tls_context(self) -> ssl.SSLContext:
+        t = self.config.tls
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if t.trusted_ca_file and not t.insecure_skip_verify:
+            ctx.load_verify_locations(cafile=t.trusted_ca_file)
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            if not self._tls_warned and not t.insecure_skip_verify:
+                log.warning(
+                    "TLS to the node is encrypted but the node's certificate is not verified: "
+                    "set transport.tls.trustedCaFile to verify it"
+                )
+                self._tls_warned = True
+        if t.cert_file:
+            ctx.load_cert_chain(t.cert_file, t.key_file or None)
+        return ctx
+
+    async def _connect_once(self) -> bool:
+        cfg = self.config
+        self.state = "connecting"
+        stream = await self._dial()
+        mux = Mux("client", max_frame_data=MAX_FRAME_DATA)
+        metas = {"version": AGENT_VERSION, "hostname": socket.gethostname(), **cfg.metadatas}
+        session = ClientSession(mux, name=self.name, token=cfg.token, run_id=self.run_id, metas=metas)
+        link = TunnelLink(stream, mux, session, self._on_event)
+        self.session, self.link = session, link
+        self._login_error: str | None = None
+        self._logged_in = False
+        session.start(time.time())
+        link.wake()
+        self.connects += 1
+        try:
+            reason = await link.run()
+        finally:
+            self.session = self.link = None
+            self.connected_since = None
+            for state in self.proxies.values():
+                if state.status in ("pending", "running"):
+                    state.status = "new"
+            for wire in [w for w, s in self.proxies.items() if s.static]:
+                del self.proxies[wire]
+            self.visitors.disconnected()
+        if self._login_error is not None:
+            raise LoginRefused(self._login_error)
+        if self._logged_in:
+            log.warning("connection to the node lost: %s", reason)
+            self.last_error = reason
+        else:
+            raise OSError(f"connection closed before login: {reason}")
+        return self._logged_in
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _on_event(self, event: Any, stream: TunnelStream | None) -> None:
+        if isinstance(event, LoginSucceeded):
+            first = not self.run_id
+            self.run_id = event.run_id
+            self._logged_in = True
+            self.state = "online"
+            self.connected_since = time.time()
+            self.last_error = ""
+            if event.server_version != PROTOCOL_VERSION:
+                log.warning("node speaks protocol %d", event.server_version)
+            log.info(
+                "logged in to %s:%d as %r (run id %s)%s",
+                self.config.server_addr, self.config.server_port, self.name, self.run_id,
+                "" if first else ", re-registering proxies",
+            )  # fmt: skip
+            self._register_all()
+            self.visitors.connected()
+        elif isinstance(event, LoginFailed):
+            self._login_error = event.message
+            assert self.link is not None
+            self.link.close("login refused")
+        elif isinstance(event, ProxyAccepted):
+            state = self.proxies.get(event.name)
+            if state is not None:
+                state.status, state.remote_addr, state.error = "running", event.remote_addr, ""
+                where = f" at {event.remote_addr}" if event.remote_addr else ""
+                log.info("proxy %r (%s) is up%s", event.name, state.type, where)
+        elif isinstance(event, ProxyRejected):
+            state = self.proxies.get(event.name)
+            if state is not None:
+                state.status, state.error = "rejected", event.message
+            log.error("proxy %r refused by the node: %s", event.name, event.message)
+        elif isinstance(event, ProxyAssigned):
+            self.proxies[event.name] = ProxyState(
+                None, event.name, event.proxy_type, event.local_ip, event.local_port,
+                status="running", remote_addr=event.remote_addr, static=True,
+            )  # fmt: skip
+            log.info("static mapping %r assigned: %s -> %s:%d", event.name, event.remote_addr, event.local_ip,
+                     event.local_port)  # fmt: skip
+        elif isinstance(event, ProxyCloseConfirmed):
+            pass
+        elif isinstance(event, WorkStreamOpened):
+            assert stream is not None
+            self.nursery.start_soon(self._work, event.proxy, stream)
+        elif isinstance(event, UdpPacket):
+            if event.proxy in self.proxies:
+                self._udp_to_local(event)
+            else:
+                self.visitors.udp_from_node(event)
+        elif isinstance(event, VisitorAccepted | VisitorRejected):
+            self.visitors.answered(event)
+        elif isinstance(event, NatHoleInvited):
+            from tunnelclient.visitors import provide_xtcp
+
+            self.nursery.start_soon(provide_xtcp, self, event)
+        elif isinstance(event, NatHoleAnswered):
+            self.visitors.nat_answered(event)
+        elif isinstance(event, GoAway):
+            log.info("the node is going away: %s", event.reason or "no reason given")
+        elif isinstance(event, PeerTimedOut):
+            log.warning("%s", event.reason)
+
+    # -- proxies -----------------------------------------------------------------------------
+
+    def _register_all(self) -> None:
+        session = self.session
+        if session is None or session.state != "active":
+            return
+        for state in self.proxies.values():
+            if state.status == "new" and state.healthy and state.config is not None:
+                self._register(state)
+
+    def _register(self, state: ProxyState) -> None:
+        session, link = self.session, self.link
+        if session is None or link is None or session.state != "active" or state.config is None:
+            return
+        request = state.config.request(self.config.user)
+        try:
+            session.new_proxy(request.name, request.proxy_type, wire_options(request.options))
+            state.status = "pending"
+        except (StreamError, ValueError) as exc:
+            state.status, state.error = "rejected", str(exc)
+        link.wake()
+
+    def _close_proxy(self, wire: str) -> None:
+        session, link = self.session, self.link
+        if session is None or link is None or session.state != "active":
+            return
+        try:
+            session.close_proxy(wire)
+        except StreamError:
+            pass
+        link.wake()
+
+    def set_healthy(self, state: ProxyState, healthy: bool, detail: str) -> None:
+        """A local health check changed its verdict: withdraw the proxy or register it again."""
+        if healthy == state.healthy:
+            return
+        state.healthy = healthy
+        if not healthy:
+            log.warning("proxy %r: local service unhealthy (%s): withdrawing it", state.wire_name, detail)
+            if state.status in ("pending", "running"):
+                self._close_proxy(state.wire_name)
+            state.status = "withdrawn"
+        else:
+            log.info("proxy %r: local service healthy again: registering it", state.wire_name)
+            state.status = "new"
+            self._register(state)
+
+    def _meta_addr(self, text: Any) -> tuple[str, int] | None:
+        if not isinstance(text, str) or ":" not in text:
+            return None
+        host, _, port = text.rpartition(":")
+        try:
+            return host.strip("[]"), int(port)
+        except ValueError:
+            return None
+
+    async def _work(self, proxy: str, stream: TunnelStream) -> None:
+        state = self.proxies.get(proxy)
+        if state is None:
+            stream.reset("unknown proxy", ResetCode.REFUSED)
+            return
+        try:
+            with trio.fail_after(self.config.dial_timeout):
+                local = await trio.open_tcp_stream(state.local_ip, state.local_port)
+        except (OSError, trio.TooSlowError) as exc:
+            log.warning("proxy %r: cannot reach %s:%d: %s", proxy, state.local_ip, state.local_port, exc)
+            stream.reset(f"cannot reach the local service: {exc}", ResetCode.CONNECT_FAILED)
+            return
+        stream.accept()
+        cfg = state.config
+        o = cfg.options if cfg is not None else None
+        try:
+            if o is not None and o.proxy_protocol:
+                src = self._meta_addr(stream.meta.get("client")) or ("0.0.0.0", 0)
+                dst = self._meta_addr(stream.meta.get("server")) or ("0.0.0.0", 0)
+                header = encode_v1(src, dst) if o.proxy_protocol == "v1" else encode_v2(src, dst)
+                await local.send_all(header)
+            inner = transformed(
+                stream, self.config.token, encrypt=bool(o and o.use_encryption), compress=bool(o and o.use_compression)
+            )
+            rate = cfg.bandwidth_limit if cfg is not None and cfg.bandwidth_limit_mode == "client" else 0
+            state.connections += 1
+            state.total_connections += 1
+
+            def count(up: int, down: int) -> None:
+                state.bytes_in += up
+                state.bytes_out += down
+
+            try:
+                await pipe(inner, local, up_limit=bandwidth(rate), down_limit=bandwidth(rate), on_bytes=count)
+            finally:
+                state.connections -= 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await local.aclose()
+
+    # -- udp ---------------------------------------------------------------------------------
+
+    def _udp_to_local(self, packet: UdpPacket) -> None:
+        state = self.proxies[packet.proxy]
+        peer = state.udp_peers.get(packet.peer)
+        state.bytes_in += len(packet.data)
+        if peer is None:
+            std = socket.socket(socket.AF_INET6 if ":" in state.local_ip else socket.AF_INET, socket.SOCK_DGRAM)
+            std.setblocking(False)
+            peer = state.udp_peers[packet.peer] = [std, trio.socket.from_stdlib_socket(std), time.monotonic()]
+            self.nursery.start_soon(self._udp_peer, state, packet.peer, peer)
+        peer[2] = time.monotonic()
+        try:
+            peer[0].sendto(packet.data, (state.local_ip, state.local_port))  # drop when it would block
+        except OSError:
+            pass
+
+    async def _udp_peer(self, state: ProxyState, peer_name: str, peer: list[Any]) -> None:
+        sock = peer[1]
+        try:
+            while True:
+                with trio.move_on_after(UDP_IDLE) as scope:
+                    data = await sock.recv(65535)
+                if scope.cancelled_caught:
+                    if time.monotonic() - peer[2] >= UDP_IDLE:
+                        return
+                    continue
+                peer[2] = time.monotonic()
+                if self.link is not None:
+                    try:
+                        self.link.mux.send_udp(state.wire_name, peer_name, data)
+                        state.bytes_out += len(data)
+                        self.link.wake()
+                    except StreamError:
+                        pass
+        except OSError:
+            return
+        finally:
+            state.udp_peers.pop(peer_name, None)
+            sock.close()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        link = self.link
+        return {
+            "agent": self.name,
+            "version": AGENT_VERSION,
+            "server": f"{self.config.server_addr}:{self.config.server_port}",
+            "state": self.state,
+            "run_id": self.run_id,
+            "connected_since": self.connected_since,
+            "connects": self.connects,
+            "last_error": self.last_error,
+            "bytes_in": link.bytes_in if link else 0,
+            "bytes_out": link.bytes_out if link else 0,
+            "proxies": [s.describe() for s in self.proxies.values()],
+            "visitors": self.visitors.describe(),
+        }
+
+
+async def run_agent(config: AgentConfig, config_path: str | None = None) -> int:
+    """Run the agent until it is told to stop (SIGINT/SIGTERM); returns the exit status."""
+    import signal
+
+    agent = Agent(config, config_path)
+    code = 0
+    async with trio.open_nursery() as nursery:
+
+        async def main() -> None:
+            nonlocal code
+            code = await agent.run()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(main)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                log.info("received %s: closing the tunnel", signal.Signals(sig).name)
+                if agent.link is not None:
+                    agent.link.close("agent shutting down")
+                    await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+                break
+    return code

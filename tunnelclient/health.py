@@ -1,0 +1,77 @@
+"""Local health checks of a proxy's service (frp's healthCheck): withdraw it while it fails.
+
+`tcp`: connect to localIP:localPort. `http`: GET `path` there, any 2xx is healthy. After
+`maxFailed` failures in a row the agent closes the proxy on the node (a load-balancing group
+then sends everything to the other agents); the first success registers it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from tunnelclient.agent import Agent, ProxyState
+
+log = logging.getLogger("flux.tunnel.health")
+
+
+async def probe(
+    kind: str, host: str, port: int, path: str, limit: float, headers: tuple[tuple[str, str], ...] = ()
+) -> str | None:
+    """None when healthy, else what failed."""
+    try:
+        with trio.fail_after(limit):
+            stream = await trio.open_tcp_stream(host, port)
+            try:
+                if kind != "http":
+                    return None
+                extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+                req = f"GET {path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n"
+                await stream.send_all(req.encode())
+                data = b""
+                while b"\r\n" not in data and len(data) < 4096:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                await stream.aclose()
+    except trio.TooSlowError:
+        return f"no answer within {limit:g}s"
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    parts = data.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) < 2 or not parts[1].isdigit():
+        return "not an HTTP response"
+    status = int(parts[1])
+    return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+class HealthChecker:
+    def __init__(self, agent: Agent, state: ProxyState) -> None:
+        self.agent = agent
+        self.state = state
+
+    async def run(self) -> None:
+        state = self.state
+        assert state.config is not None and state.config.health_check is not None
+        failures = 0
+        while state.config is not None and state.config.health_check is not None:
+            hc = state.config.health_check
+            if self.agent.proxies.get(state.wire_name) is not state:
+                return  # removed or replaced by a reload
+            error = await probe(
+                hc.type, state.local_ip, state.local_port, hc.path, float(hc.timeout_seconds), hc.http_headers
+            )
+            if error is None:
+                failures = 0
+                self.agent.set_healthy(state, True, "")
+            else:
+                failures += 1
+                log.debug("proxy %r health check failed (%d): %s", state.wire_name, failures, error)
+                if failures >= hc.max_failed:
+                    self.agent.set_healthy(state, False, error)
+            await trio.sleep(hc.interval_seconds)
