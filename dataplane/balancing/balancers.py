@@ -160,14 +160,16 @@ class ConsistentHash(Balancer):
 
     VNODES: ClassVar[int] = 160
 
-    def __init__(self, endpoints: Sequence[EndpointState]) -> None:
+    def __init__(self, endpoints: Sequence[EndpointState], weights: Sequence[int] | None = None) -> None:
         super().__init__(endpoints)
         self._fallback = RoundRobin(self.endpoints)
         ring: list[tuple[int, str, EndpointState]] = []
         if self.endpoints:
-            mean = sum(ep.weight for ep in self.endpoints) / len(self.endpoints)
-            for ep in self.endpoints:
-                count = max(1, round(self.VNODES * ep.weight / mean))
+            # `weights`: the weights a new snapshot brings, which the endpoints take only on commit
+            ws = list(weights) if weights is not None else [ep.weight for ep in self.endpoints]
+            mean = sum(ws) / len(ws)
+            for ep, weight in zip(self.endpoints, ws, strict=True):
+                count = max(1, round(self.VNODES * weight / mean))
                 for label in range((count + 3) // 4):
                     digest = blake2b(f"{ep.key}-{label}".encode("utf-8", "surrogatepass"), digest_size=32).digest()
                     for part in range(min(4, count - label * 4)):
@@ -249,10 +251,15 @@ BALANCERS: dict[str, type[Balancer]] = {
 }
 
 
-def make_balancer(lb: str, endpoints: Sequence[EndpointState]) -> Balancer:
-    """The balancer named `lb` over `endpoints`; ValueError for an unknown name."""
+def make_balancer(lb: str, endpoints: Sequence[EndpointState], weights: Sequence[int] | None = None) -> Balancer:
+    """The balancer named `lb` over `endpoints`; ValueError for an unknown name.
+
+    `weights` (same order) override the endpoints' current weights where a balancer fixes
+    them at construction (consistent hash); the others read weights live."""
     try:
         cls = BALANCERS[lb]
     except KeyError:
         raise ValueError(f"unknown load balancer {lb!r}; expected one of {', '.join(BALANCERS)}") from None
+    if cls is ConsistentHash:
+        return ConsistentHash(endpoints, weights)
     return cls(endpoints)

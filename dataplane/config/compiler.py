@@ -165,18 +165,22 @@ def _cluster(
             except ValueError as exc:
                 raise CompileError(f"cluster {spec.name!r}: session_affinity: {exc}") from None
     try:
-        balancer = make_balancer(_LB[spec.lb], endpoints)
+        balancer = make_balancer(_LB[spec.lb], endpoints, [e.weight or 1 for _, e in pushed])
     except ValueError as exc:
         raise CompileError(f"cluster {spec.name!r}: {exc}") from None
     by_version = {
-        version: make_balancer(_LB[spec.lb], [ep for ep, e in pushed if e.version == version])
+        version: make_balancer(
+            _LB[spec.lb],
+            [ep for ep, e in pushed if e.version == version],
+            [e.weight or 1 for _, e in pushed if e.version == version],
+        )
         for version in sorted({e.version for _, e in pushed if e.version})
     }
     zone_balancer = None
     if zone and spec.HasField("service") and spec.service.strategy == "prefer_zone":
         local = [ep for ep, e in pushed if e.zone == zone]
         if local and len(local) < len(endpoints):
-            zone_balancer = make_balancer(_LB[spec.lb], local)
+            zone_balancer = make_balancer(_LB[spec.lb], local, [e.weight or 1 for _, e in pushed if e.zone == zone])
     return ClusterRuntime(
         name=spec.name,
         endpoints=tuple(endpoints),
