@@ -24,9 +24,13 @@ from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry
 from controlplane.discovery.server import DiscoveryServicer
 from controlplane.discovery.watcher import ConfigWatcher
+from controlplane.registry.adapters.manager import RegistrySourceManager
+from controlplane.registry.alerts import AlertManager, alert_rules
+from controlplane.registry.health import HealthProber
 from controlplane.registry.store import RegistryStore
 from controlplane.store.config_store import ConfigStore
 from controlplane.store.db import make_engine, migrate, normalize_url
+from controlplane.tunnel_sessions import TunnelSessions
 from flux.v1 import discovery_pb2_grpc
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
@@ -106,9 +110,17 @@ async def serve(args: argparse.Namespace) -> int:
     await asyncio.to_thread(registry.load)
     cache = SnapshotCache(registry=registry)
     nodes = NodeRegistry(engine, cp_id)
-    servicer = DiscoveryServicer(cache, nodes, cp_id)
+    tunnels = TunnelSessions()
+    servicer = DiscoveryServicer(cache, nodes, cp_id, tunnels)
     cp = ControlPlane(
-        store=store, token=token, nodes=nodes, cache=cache, control_plane_id=cp_id, servicer=servicer, registry=registry
+        store=store,
+        token=token,
+        nodes=nodes,
+        cache=cache,
+        control_plane_id=cp_id,
+        servicer=servicer,
+        registry=registry,
+        tunnel_sessions=tunnels,
     )
     watcher = ConfigWatcher(store, cache, poll_interval=args.poll_interval)
     loop = asyncio.get_running_loop()
@@ -127,9 +139,13 @@ async def serve(args: argparse.Namespace) -> int:
 
     http_sock = _bind(args.http)
     http_host, http_port = http_sock.getsockname()[:2]
-    config = uvicorn.Config(
-        create_app(cp), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
-    )
+    prober = HealthProber(registry)  # active health checks (registry leader only)
+    alerts = AlertManager(registry, lambda: alert_rules(store.current()[1]), lambda: cache.version)
+    app = create_app(cp)
+    app.state.health_prober, app.state.alerts = prober, alerts
+    sources = RegistrySourceManager(registry)  # external registries (etcd, ZooKeeper, ...): leader only
+    app.state.registry_sources = sources
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     grpc_host = split_host_port(args.grpc)[0]
     shown_host = http_host if ":" not in http_host else f"[{http_host}]"
@@ -156,6 +172,9 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.create_task(registry.run_poller(args.poll_interval), name="registry-poller"),
         asyncio.create_task(registry.run_flusher(), name="registry-heartbeats"),
         asyncio.create_task(registry.run_maintenance(), name="registry-expiry"),
+        asyncio.create_task(prober.run(), name="registry-health-checks"),
+        asyncio.create_task(alerts.run(), name="registry-alerts"),
+        asyncio.create_task(sources.run(store, cache), name="registry-sources"),
     ]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -177,6 +196,8 @@ async def serve(args: argparse.Namespace) -> int:
         if state.control_plane_id == cp_id and state.connected:
             nodes.disconnect(state)
     await asyncio.to_thread(nodes.flush)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(sources.close(), timeout=8)  # stops adapters, withdraws their exports
     await asyncio.to_thread(registry.shutdown)
     engine.dispose()
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from controlplane.api import config, registry, status, tokens
+from controlplane.api import config, registry, registry_health, registry_sources, status, tokens, tunnel_sessions
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.heartbeats import HeartbeatFastPath
 from controlplane.api.limits import BodySizeLimit
@@ -24,6 +24,9 @@ def create_app(cp: ControlPlane) -> FastAPI:
     )
     app.state.flux = cp
     install_error_handlers(app)
+    app.include_router(registry_health.router)  # before the resource routers: /api/v1/alerts/status
+    app.include_router(tunnel_sessions.router)  # before the resource routers: /api/v1/tunnels/sessions
+    app.include_router(registry_sources.router)  # before the resource routers: /api/v1/registries/status
     for kind in KINDS.values():
         app.include_router(resource_router(kind))
     app.include_router(config.router)

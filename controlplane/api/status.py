@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -85,11 +85,17 @@ class _Collector:
 
 
 @router.get("/metrics", tags=["status"], summary="Prometheus metrics")
-def metrics(cp: ControlPlane = Depends(get_cp)) -> PlainTextResponse:
+def metrics(request: Request, cp: ControlPlane = Depends(get_cp)) -> PlainTextResponse:
     registry = CollectorRegistry()
     registry.register(_Collector(cp))  # type: ignore[arg-type]
     if cp.registry is not None:
         from controlplane.api.registry import RegistryCollector
 
         registry.register(RegistryCollector(cp.registry))  # type: ignore[arg-type]
+        from controlplane.api.registry_health import HealthCollector
+
+        registry.register(HealthCollector(request.app.state))  # type: ignore[arg-type]
+    sources = getattr(request.app.state, "registry_sources", None)
+    if sources is not None:  # external registry adapters: flux_registry_source_*
+        registry.register(sources)
     return PlainTextResponse(generate_latest(registry), media_type="text/plain; version=0.0.4")

@@ -18,6 +18,9 @@ _DEFAULT_PREFIX = {
 }
 
 
+_RESERVED_NAMES = ("status", "metrics")  # paths of controlplane.api.registry_sources
+
+
 class RegistrySourceSpec(Resource):
     type: Literal["etcd", "zookeeper", "consul", "nacos", "eureka"]
     address: str = Field(min_length=1, description="etcd/ZooKeeper host:port list, or the HTTP base URL")
@@ -35,6 +38,13 @@ class RegistrySourceSpec(Resource):
     description: str = ""
 
     model_config = {**Resource.model_config, "populate_by_name": True}
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in _RESERVED_NAMES:
+            raise ValueError(f"{v!r} is reserved: GET /api/v1/registries/{v} shows the sources' {v}")
+        return v
 
     @field_validator("address")
     @classmethod
