@@ -102,6 +102,7 @@ def test_registries_resource_through_rest(controlplane: ControlPlaneProcess, etc
         assert api.get("/api/v1/registries/nope/status").status_code == 404
         metrics = api.get("/api/v1/registries/metrics").text
         assert 'flux_registry_source_up{name="main",type="etcd"} 1.0' in metrics
+        assert 'flux_registry_source_up{name="main",type="etcd"} 1.0' in api.get("/metrics").text
         # the resource itself reads back through the generic resource API, secrets masked
         assert api.get("/api/v1/registries/main").json()["address"] == etcd.address
         assert api.put("/api/v1/registries/status", json={**body, "name": "status"}).status_code == 422
