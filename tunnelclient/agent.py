@@ -40,7 +40,7 @@ from fluxcommon.tunnel.control import (
     VisitorRejected,
     WorkStreamOpened,
 )
-from fluxcommon.tunnel.link import TunnelLink, TunnelStream
+from fluxcommon.tunnel.link import TunnelLink, TunnelStream, error_text
 from fluxcommon.tunnel.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import wire_options
@@ -197,7 +197,8 @@ class Agent:
                 if first and self.config.login_fail_exit:
                     return 1
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
-                self.last_error = f"cannot connect to {self.config.server_addr}:{self.config.server_port}: {exc}"
+                where = f"{self.config.server_addr}:{self.config.server_port}"
+                self.last_error = f"cannot connect to {where}: {error_text(exc)}"
                 log.warning("%s", self.last_error)
                 if first and self.config.login_fail_exit:
                     return 1
@@ -248,7 +249,10 @@ class Agent:
         stream = await self._dial()
         mux = Mux("client", max_frame_data=MAX_FRAME_DATA)
         metas = {"version": AGENT_VERSION, "hostname": socket.gethostname(), **cfg.metadatas}
-        session = ClientSession(mux, name=self.name, token=cfg.token, run_id=self.run_id, metas=metas)
+        session = ClientSession(
+            mux, name=self.name, token=cfg.token, run_id=self.run_id, metas=metas,
+            heartbeat_interval=cfg.heartbeat_interval, heartbeat_timeout=cfg.heartbeat_timeout,
+        )  # fmt: skip
         link = TunnelLink(stream, mux, session, self._on_event)
         self.session, self.link = session, link
         self._login_error: str | None = None

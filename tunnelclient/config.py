@@ -869,7 +869,7 @@ class _Builder:
         declared = {
             d["name"]: str(d.get("type", "")) for kind, _, d in items if kind == "visitors" and d and "name" in d
         }
-        self._visitor_links(visitors, declared)
+        self._visitor_links(visitors, declared, user)
         return proxies, [v for _, v in visitors]
 
     def proxy(self, d: dict[str, Any], path: str, user: str) -> ProxyConfig | None:
@@ -1026,10 +1026,17 @@ class _Builder:
             use_compression=_get(d, "transport.useCompression", False),
         )
 
-    def _visitor_links(self, visitors: list[tuple[str, VisitorConfig]], declared: dict[str, str]) -> None:
-        """Bind ports unique; fallbackTo names an stcp visitor (`declared`: name -> type of every visitor)."""
+    def _visitor_links(
+        self, visitors: list[tuple[str, VisitorConfig]], declared: dict[str, str], user: str = ""
+    ) -> None:
+        """Bind ports unique; fallbackTo names an stcp visitor (`declared`: name -> type of every visitor);
+        visitors of one proxy share its secretKey (the node accepts an agent's visits per proxy)."""
         ports: dict[int, str] = {}
+        keys: dict[str, tuple[str, str]] = {}  # target -> (secret key, path of the first visitor)
         for path, v in visitors:
+            key, first = keys.setdefault(v.target(user), (v.secret_key, path))
+            if key != v.secret_key:
+                self.r.problem(f"{path}.secretKey", f"differs from {first}.secretKey, a visitor of the same proxy")
             if v.bind_port > 0:
                 if v.bind_port in ports:
                     self.r.problem(f"{path}.bindPort", f"port {v.bind_port} is already bound by {ports[v.bind_port]}")

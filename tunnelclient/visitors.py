@@ -48,6 +48,7 @@ class VisitorState:
     connections: int = 0
     direct: int = 0
     relayed: int = 0
+    visited_at: float = 0.0  # monotonic time of the last visit request
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -131,12 +132,26 @@ class VisitorManager:
         if session is None:
             return
         for state in self.visitors.values():
-            if state.status in ("waiting", "refused") and state.target not in session.pending_visitors:
-                try:
-                    session.visit(state.target, self.agent.config.user, state.config.secret_key, time.time())
-                    state.status = "visiting"
-                except StreamError:
-                    pass
+            if state.status in ("waiting", "refused"):
+                self._visit(state)
+        if self.agent.link is not None:
+            self.agent.link.wake()
+
+    def _visit(self, state: VisitorState, min_interval: float = 0.0) -> None:
+        """Ask the node for `state.target` (again: a refused visitor retries when used, as the
+        provider may have come online since; `min_interval` spaces out retries)."""
+        session = self.agent.session
+        if session is None or state.target in session.pending_visitors:
+            return
+        if time.monotonic() - state.visited_at < min_interval:
+            return
+        if state.ready.is_set():  # set by the last answer; waiters of an unset event keep theirs
+            state.ready = trio.Event()
+        try:
+            session.visit(state.target, self.agent.config.user, state.config.secret_key, time.time())
+        except StreamError:
+            return
+        state.status, state.visited_at = "visiting", time.monotonic()
         if self.agent.link is not None:
             self.agent.link.wake()
 
@@ -158,6 +173,7 @@ class VisitorManager:
                 log.info("visitor %r: the node accepted our key for %r", state.config.name, event.proxy)
             else:
                 state.status, state.error = "refused", event.message
+                state.ready.set()  # the connections waiting for the answer close now
                 log.error("visitor %r refused: %s", state.config.name, event.message)
 
     def describe(self) -> list[dict[str, Any]]:
@@ -176,6 +192,8 @@ class VisitorManager:
                 tsock.close()
 
     async def _wait_ready(self, state: VisitorState) -> bool:
+        if state.status == "refused":
+            self._visit(state)
         with trio.move_on_after(ACCEPT_WAIT):
             await state.ready.wait()
         return state.status == "ready" and self.agent.session is not None
@@ -227,7 +245,7 @@ class VisitorManager:
         local_ip = _local_ip(link)
         waiter: list[Any] = [trio.Event(), None]
         self.nat_waiters[sid] = waiter
-        budget = max(0.2, state.config.fallback_timeout_ms / 1000) + PUNCH_TIME
+        budget = max(0.2, state.config.fallback_timeout_ms / 1000)  # then the relay (fallbackTimeoutMs)
         conn: trio.SocketStream | None = None
         message = ""
         try:
@@ -279,6 +297,8 @@ class VisitorManager:
                 while True:
                     data, addr = await tsock.recvfrom(65535)
                     agent = self.agent
+                    if state.status == "refused":
+                        self._visit(state, min_interval=1.0)
                     if state.status != "ready" or agent.link is None:
                         continue
                     host, port = addr[:2]

@@ -130,9 +130,10 @@ class ProxyRegistry:
             return [(t, str(port))]
         if t == "http":
             locations = ref.options.locations or ("/",)
-            return [("http", d, loc or "/") for d in self.domains_of(ref) for loc in locations]
+            # dict.fromkeys: a domain or location listed twice (or "" and "/") is one key, claimed once
+            return list(dict.fromkeys(("http", d, loc or "/") for d in self.domains_of(ref) for loc in locations))
         if t == "https":
-            return [("https", d) for d in self.domains_of(ref)]
+            return list(dict.fromkeys(("https", d) for d in self.domains_of(ref)))
         return [("secret", ref.name)]  # stcp, sudp, xtcp: visitors find them by name
 
     def check_port(self, port: int) -> None:

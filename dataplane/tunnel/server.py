@@ -40,6 +40,7 @@ from dataplane.tunnel.streams import PrefixedStream, local_of, peer_of
 from flux.v1 import config_pb2 as pb
 from fluxcommon.netaddr import parse_port_ranges
 from fluxcommon.tunnel.control import VisitorRequested
+from fluxcommon.tunnel.link import error_text
 from fluxcommon.tunnel.messages import LoginVerifier, ReplayCache, check_visitor
 from fluxcommon.tunnel.mux import Mux, ResetCode, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
@@ -137,7 +138,7 @@ class TunnelServer:
             while True:
                 try:
                     conn, _ = await tsock.accept()
-                except OSError as exc:
+                except (OSError, trio.ClosedResourceError) as exc:
                     if self._listen is None:
                         break
                     log.warning("tunnel %r: accept failed: %s", self.name, exc)
@@ -149,6 +150,9 @@ class TunnelServer:
     def stop(self) -> None:
         """Close every port and agent connection (the server's task then ends)."""
         if self._listen is not None:
+            # Wake the accept loop now: a socket closed under a waiting task leaves its fd registered
+            # with trio, and a new server that gets the same fd number would crash the node.
+            trio.lowlevel.notify_closing(self._listen)
             self._listen.close()
             self._listen = None
         for port in list(self.ports.values()):
@@ -198,7 +202,7 @@ class TunnelServer:
                     await ssl_stream.do_handshake()
             except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
                 self.metrics.login_failures += 1
-                log.warning("tunnel %r: TLS handshake with %s failed: %s", self.name, peer, exc)
+                log.warning("tunnel %r: TLS handshake with %s failed: %s", self.name, peer, error_text(exc))
                 await _aclose(sock_stream)
                 return
             stream = ssl_stream  # type: ignore[assignment]
@@ -217,6 +221,7 @@ class TunnelServer:
         old = self.sessions.get(conn.run_id)
         if old is not None and old is not conn:
             log.info("tunnel agent %r: new login replaces its connection from %s", conn.name, old.peer)
+            old.logged_in = False  # no longer listed (sessions, endpoints) while its link winds down
             self._release_all(old)
             old.link.close("replaced by a new login of the same agent")
         self.sessions[conn.run_id] = conn
@@ -325,11 +330,13 @@ class TunnelServer:
         else:
             self.registry.claim(ref, keys)
         ref.remote_port = port
+        if ref.type == "tcp":  # tcp proxies back clusters with `tunnel: NAME` too: refresh their endpoints
+            self.on_http_change()
         return f"{self.public_host()}:{port}"
 
     def release(self, ref: ProxyRef) -> None:
         emptied = self.registry.release(ref)
-        http_changed = ref.type == "http"
+        http_changed = ref.type in ("http", "tcp")  # both back clusters with `tunnel: NAME`
         for group in emptied:
             if group.key[0] in ("tcp", "udp"):
                 port = self.ports.pop((group.key[0], int(group.key[1])), None)
@@ -423,6 +430,8 @@ class TunnelServer:
             return f"no secret proxy {event.proxy!r} on this node"
         ref = group.members[0]
         error = check_visitor(ref.options.secret_key, event, time.time(), replay_cache=self.visitor_replay)
+        if error is None and event.user and event.user != conn.name:  # allowUsers trusts the login's name only
+            error = f"visitor claims user {event.user!r} but logged in as {conn.name!r}"
         if error is None and ref.options.allow_users:
             allowed = ref.options.allow_users
             if "*" not in allowed and event.user not in allowed:

@@ -482,7 +482,11 @@ class ClientSession:
         metas: dict[str, str] | None = None,
         login_timeout: float = LOGIN_TIMEOUT,
         new_nonce: Callable[[], str] = lambda: secrets.token_hex(16),
+        heartbeat_interval: float | None = None,
+        heartbeat_timeout: float | None = None,
     ) -> None:
+        """`heartbeat_interval` / `heartbeat_timeout`: the agent's own settings; after login the
+        shorter of them and the node's apply (None: the node's)."""
         try:
             _name("login", "name", name)
         except ProtocolError as exc:
@@ -499,6 +503,7 @@ class ClientSession:
         self.server_version = 0
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.heartbeat_timeout = HEARTBEAT_TIMEOUT
+        self._own_heartbeat = (heartbeat_interval, heartbeat_timeout)
         self.requested: dict[str, NewProxy] = {}
         self.proxies: dict[str, tuple[NewProxy, str]] = {}  # accepted: name -> (request, remote_addr)
         self.pending_visitors: set[str] = set()
@@ -585,9 +590,10 @@ class ClientSession:
             self.state = "active"
             self.run_id = msg.run_id
             self.server_version = msg.version
-            self.heartbeat_interval = msg.heartbeat_interval
-            self.heartbeat_timeout = msg.heartbeat_timeout
-            self._next_ping = now + msg.heartbeat_interval
+            own_interval, own_timeout = self._own_heartbeat
+            self.heartbeat_interval = min(msg.heartbeat_interval, own_interval or msg.heartbeat_interval)
+            self.heartbeat_timeout = min(msg.heartbeat_timeout, own_timeout or msg.heartbeat_timeout)
+            self._next_ping = now + self.heartbeat_interval
             return [LoginSucceeded(msg.run_id, msg.version, msg.heartbeat_interval)]
         if isinstance(msg, LoginOk | LoginError):
             raise ProtocolError(f"{msg.TYPE} message after login")

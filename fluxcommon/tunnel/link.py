@@ -48,6 +48,12 @@ READ_SIZE = 256 * 1024
 WRITE_BUDGET = 256 * 1024
 
 
+def error_text(exc: BaseException) -> str:
+    """What went wrong, for people: trio's BrokenResourceError often says nothing, its cause
+    (an SSLError such as a failed certificate check) does."""
+    return str(exc) or str(exc.__cause__ or exc.__context__ or "") or type(exc).__name__
+
+
 class Session(Protocol):
     def handle_event(self, event: Any, now: float) -> list[Any]: ...
     def tick(self, now: float) -> list[Any]: ...
@@ -175,10 +181,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._readable.set()
 
     async def aclose(self) -> None:
-        """Close: a FIN after what was sent; what the peer still sends is read and dropped."""
+        """Close: a FIN after what was sent when the peer has finished too; a reset while it may still send."""
         if not self._closed:
-            if self._broken is None and not self._eof and not self._sent_eof:
-                # Nobody will read what the peer still sends: a reset tells it at once.
+            if self._broken is None and not self._eof:
+                # Nobody will read what the peer still sends: a reset tells it at once (also after our
+                # own FIN, else a peer reading an endless local service would feed a dead stream for ever).
                 self.link.mux.reset(self.id, "closed", ResetCode.CANCEL)
                 self.link.forget(self.id)
             else:
@@ -218,6 +225,10 @@ class TunnelLink:
         self._wake = trio.Event()
         self._progress = trio.Event()
         self._cancel: trio.CancelScope | None = None
+        # One sender at a time on the transport: the writer, or the last flush in run() (a second
+        # concurrent send_all raises BusyResourceError). Held from taking bytes off the mux to
+        # having sent them, so chunks never overtake each other.
+        self._send_lock = trio.Lock()
 
     # -- used by streams and drivers ---------------------------------------------------------
 
@@ -275,8 +286,12 @@ class TunnelLink:
                 nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline, trio.current_time() + 1.0)
                 await self._flushed()
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.closed_reason = self.closed_reason or f"connection lost: {exc}"
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            # (except*: the nursery wraps a failed send of the writer in an ExceptionGroup)
+            exc: BaseException = group
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            self.closed_reason = self.closed_reason or f"connection lost: {error_text(exc)}"
         finally:
             reason = self.closed_reason or "closed"
             self.closed_reason = reason
@@ -292,12 +307,13 @@ class TunnelLink:
         return reason
 
     async def _flushed(self) -> None:
-        while True:
-            data = self.mux.data_to_send(WRITE_BUDGET)
-            if not data:
-                return
-            await self.transport.send_all(data)
-            self.bytes_out += len(data)
+        async with self._send_lock:
+            while True:
+                data = self.mux.data_to_send(WRITE_BUDGET)
+                if not data:
+                    return
+                await self.transport.send_all(data)
+                self.bytes_out += len(data)
 
     async def _reader(self) -> str:
         mux, session = self.mux, self.session
@@ -305,7 +321,7 @@ class TunnelLink:
             try:
                 data = await self.transport.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                return f"connection lost: {exc}"
+                return f"connection lost: {error_text(exc)}"
             if not data:
                 return self.closed_reason or "peer closed the connection"
             self.bytes_in += len(data)
@@ -361,14 +377,16 @@ class TunnelLink:
     async def _writer(self) -> None:
         mux = self.mux
         while True:
-            data = mux.data_to_send(WRITE_BUDGET)
+            async with self._send_lock:
+                data = mux.data_to_send(WRITE_BUDGET)
+                if data:
+                    await self.transport.send_all(data)
+                    self.bytes_out += len(data)
             if not data:
                 self._set_progress()
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            await self.transport.send_all(data)
-            self.bytes_out += len(data)
             self._set_progress()
 
     async def _ticker(self) -> None:

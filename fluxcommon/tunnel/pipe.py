@@ -77,7 +77,7 @@ class TransformStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         limit = max_bytes or CHUNK
         while True:
-            if not self.inbound.needs_input():
+            if not self.inbound.needs_input:
                 out = self.inbound.update(b"", limit)
                 if out:
                     return out
