@@ -44,6 +44,7 @@ from fluxcommon.tunnel.link import TunnelLink, TunnelStream, error_text
 from fluxcommon.tunnel.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import wire_options
+from fluxcommon.tunnel.tlsstream import TLSStream
 from tunnelclient.config import AgentConfig, ProxyConfig, load_config
 
 log = logging.getLogger("flux.tunnel.agent")
@@ -219,7 +220,7 @@ class Agent:
             if cfg.tls.enable:
                 ctx = self._tls_context()
                 server_name = cfg.tls.server_name or cfg.server_addr
-                tls = trio.SSLStream(stream, ctx, server_hostname=server_name)
+                tls = TLSStream(stream, ctx, server_hostname=server_name)
                 await tls.do_handshake()
                 stream = tls
         return stream

@@ -45,6 +45,7 @@ from fluxcommon.tunnel.messages import LoginVerifier, ReplayCache, check_visitor
 from fluxcommon.tunnel.mux import Mux, ResetCode, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import ProxyOptions
+from fluxcommon.tunnel.tlsstream import TLSStream
 
 log = logging.getLogger("flux.tunnel")
 
@@ -196,7 +197,7 @@ class TunnelServer:
             if self.tls is None:
                 await _aclose(sock_stream)
                 return
-            ssl_stream = trio.SSLStream(stream, self.tls, server_side=True)
+            ssl_stream = TLSStream(stream, self.tls, server_side=True)
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     await ssl_stream.do_handshake()

@@ -280,6 +280,14 @@ def _reason(code: int, reason: str) -> bytes:
     return _U32.pack(code) + raw
 
 
+def data_header(stream_id: int, length: int) -> bytes:
+    """The header of a DATA frame of `length` bytes (the payload follows it on the wire)."""
+    _check_stream_id(stream_id)
+    if not 1 <= length <= MAX_PAYLOAD:
+        raise ValueError(f"DATA payload must be 1..{MAX_PAYLOAD} bytes, not {length}")
+    return _head(FrameType.DATA, stream_id, length)
+
+
 def encode_data(stream_id: int, data: bytes) -> bytes:
     """One DATA frame (the mux's hot path)."""
     _check_stream_id(stream_id)
@@ -420,25 +428,35 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         buf = self._buf
-        buf += data
+        # Parse straight from `data` when nothing is held back: a payload is then one slice (one copy).
+        src: bytes | bytearray
+        if buf:
+            buf += data
+            src = buf
+        else:
+            src = data
         frames: list[Frame] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
         try:
             while end - pos >= HEADER_SIZE:
-                version, ftype, flags, reserved, stream_id, length = _HEADER.unpack_from(buf, pos)
+                version, ftype, flags, reserved, stream_id, length = _HEADER.unpack_from(src, pos)
                 kind = _check_header(version, ftype, flags, reserved, stream_id, length)
                 if length > self._max_payload:
                     raise ProtocolError(f"{kind.name} frame of {length} bytes exceeds the limit of {self._max_payload}")
                 if end - pos - HEADER_SIZE < length:
                     break
                 start = pos + HEADER_SIZE
-                frames.append(_parse(kind, stream_id, bytes(buf[start : start + length])))
+                payload = src[start : start + length]
+                frames.append(_parse(kind, stream_id, payload if type(payload) is bytes else bytes(payload)))
                 pos = start + length
         except ProtocolError as exc:
             self._error = exc
             buf.clear()
             raise
-        if pos:
-            del buf[:pos]
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
         return frames

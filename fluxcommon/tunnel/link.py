@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -69,7 +70,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self.meta = meta
         self.bytes_in = 0
         self.bytes_out = 0
-        self._buf = bytearray()
+        self._chunks: deque[bytes] = deque()  # received, not yet read (whole frames: no copies)
+        self._buffered = 0
         self._eof = False
         self._broken: str | None = None
         self._sent_eof = False
@@ -84,8 +86,10 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if self._closed:  # the application is gone: take the data and grant the window back
             self.link.mux.consumed(self.id, len(data))
             return
-        self._buf += data
-        self._readable.set()
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            self._readable.set()
 
     def _end(self) -> None:
         self._eof = True
@@ -115,7 +119,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     # -- trio stream API -------------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        while not self._buf:
+        while not self._buffered:
             if self._closed:
                 raise trio.ClosedResourceError("stream closed")
             if self._broken is not None and not self._eof:
@@ -125,9 +129,17 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 return b""
             self._readable = trio.Event()
             await self._readable.wait()
-        n = len(self._buf) if max_bytes is None else min(max_bytes, len(self._buf))
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+        chunks = self._chunks
+        first = chunks[0]
+        if max_bytes is None or len(first) <= max_bytes:
+            data = chunks.popleft()  # the common case: one whole frame, handed over as it is
+            if max_bytes is not None:  # join more whole frames while they fit
+                while chunks and len(data) + len(chunks[0]) <= max_bytes:
+                    data += chunks.popleft()
+        else:
+            data, chunks[0] = first[:max_bytes], first[max_bytes:]
+        n = len(data)
+        self._buffered -= n
         self.bytes_in += n
         try:
             self.link.mux.consumed(self.id, n)
@@ -190,9 +202,10 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 self.link.forget(self.id)
             else:
                 self.link.mux.close(self.id)
-                if self._buf:
-                    self.link.mux.consumed(self.id, len(self._buf))
-                    self._buf.clear()
+                if self._buffered:
+                    self.link.mux.consumed(self.id, self._buffered)
+                    self._chunks.clear()
+                    self._buffered = 0
                 if self._eof or self._broken is not None:
                     self.link.forget(self.id)
             self._closed = True

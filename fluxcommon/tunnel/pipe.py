@@ -18,7 +18,7 @@ import trio
 from fluxcommon.tunnel.crypto import Inbound, Outbound
 from fluxcommon.tunnel.frames import ProtocolError
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 
 
 class Bandwidth:

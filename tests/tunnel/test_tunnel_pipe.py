@@ -62,7 +62,7 @@ def test_under_steady_demand_the_average_rate_converges_to_the_rate(rate: int, b
 def test_bandwidth_defaults_and_checks() -> None:
     assert Bandwidth(100_000).burst == 10_000
     assert Bandwidth(1000).burst == 1024  # never below 1 KiB
-    assert Bandwidth(10**9).chunk() == 64 * 1024
+    assert Bandwidth(10**9).chunk() == 256 * 1024
     assert Bandwidth(10, 5).chunk() == 5
     with pytest.raises(ValueError, match="rate"):
         Bandwidth(0)
