@@ -40,6 +40,13 @@ class TunnelSpec(Resource):
     heartbeat_timeout: Duration = 90_000
     description: str = ""
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in ("sessions", "proxies"):
+            raise ValueError(f"{v!r} is reserved (GET /api/v1/tunnels/{v} shows live tunnel state)")
+        return v
+
     @field_validator("allow_ports")
     @classmethod
     def _ports(cls, v: str) -> str:
