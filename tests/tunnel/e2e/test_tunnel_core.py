@@ -725,6 +725,21 @@ def test_agent_comes_back_after_the_node_restarts(
     assert [s["run_id"] for s in t.sessions()] == [run_id]
 
 
+def test_a_first_login_that_fails_at_boot_is_retried(
+    stack: dict[str, Any], agent_factory: Any, closing: contextlib.ExitStack
+) -> None:
+    t = Tunnel(stack)  # not applied yet: nothing listens on its port when the agent boots
+    closing.callback(t.delete)
+    echo = closing.enter_context(TcpEchoServer())
+    port = free_port()
+    agent = agent_factory("early", t.agent_config(user="early", proxies=[tcp_proxy("tcp", echo.port, port)]))
+    failed = wait_until(lambda: (s := agent.status())["last_error"] and s, 5, message="the first login fails")
+    assert "cannot connect" in failed["last_error"] and failed["state"] != "online", failed
+    t.apply()  # the tunnel server comes up later: the agent's back-off retry finds it
+    agent.wait_proxy("early.tcp", timeout=20)
+    assert tcp_roundtrip(port, b"late but here") == b"late but here"
+
+
 def test_half_open_connection_is_detected_and_replaced(
     tunnel: Callable[..., Tunnel], agent_factory: Any, closing: contextlib.ExitStack
 ) -> None:
