@@ -375,9 +375,11 @@ def test_killed_endpoint_is_ejected_and_traffic_continues_without_errors(stack: 
         assert all(s == 200 for s in after), Counter(after)
         errors = [s for t, s in results if t > killed_at and s != 200]
         print(f"{len(results)} requests; {len(errors)} errors right after the kill, none after ejection")
-        node = stack["nodes"][0]
-        eps = {e["key"]: e for e in node.clusters()["app"]["endpoints"]}
-        assert eps[f"127.0.0.1:{victim.port}"]["available"] is False
+        # Both nodes share the port (SO_REUSEPORT): the 4 keep-alive clients may all have landed on
+        # one of them, and only a node that saw the failures ejects (passive health is per node).
+        key = f"127.0.0.1:{victim.port}"
+        states = [{e["key"]: e for e in n.clusters()["app"]["endpoints"]}[key]["available"] for n in stack["nodes"]]
+        assert False in states, states
     finally:
         victim.stop()
 
