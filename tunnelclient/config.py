@@ -1319,7 +1319,7 @@ def dump_config(config: AgentConfig) -> dict[str, Any]:
     return d
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: `$` also matches before a trailing newline
 
 
 def _toml_str(text: str) -> str:
@@ -1339,7 +1339,7 @@ def _toml_str(text: str) -> str:
 
 
 def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _toml_str(key)
+    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
 
 
 def _toml_value(value: Any) -> str:

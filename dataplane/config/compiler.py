@@ -47,6 +47,13 @@ _PATH_TYPE = {
 }
 
 
+#: Listeners the node adds to the control plane's snapshot itself (a tunnel server's vhost
+#: port, see `dataplane.tunnel.vhost.overlay`) are named with this prefix, which control-plane
+#: names (no '/') cannot have. A route without a listener applies to every control-plane
+#: listener but not to these: they serve only the routes that name them, so a catch-all
+#: gateway route is not exposed on a tunnel's port nor takes the domains its agents claim.
+NODE_LISTENER_PREFIX = "tunnel/"
+
 _DEFAULT_RETRY_ON = frozenset({"connect_failure", "reset"})
 _CONNECT_ONLY = frozenset({"connect_failure"})
 
@@ -321,6 +328,7 @@ def compile_snapshot(
             raise CompileError(f"listener {lst.name!r}: unknown protocol {lst.protocol}")
         if lst.name in listeners:
             raise CompileError(f"listener {lst.name!r} defined twice")
+        node_made = lst.name.startswith(NODE_LISTENER_PREFIX)
         rules = [
             RouteRule(
                 name=r.name,
@@ -333,7 +341,7 @@ def compile_snapshot(
                 target=_with_chain(runtime, r, lst, global_names, policies),
             )
             for r, runtime in routes.values()
-            if protocol in ("http", "https") and (r.listener == lst.name or not r.listener)
+            if protocol in ("http", "https") and (r.listener == lst.name or (not r.listener and not node_made))
         ]
         try:
             matcher = RouteMatcher(rules)

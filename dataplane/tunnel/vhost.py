@@ -4,7 +4,8 @@ The node serves http tunnel proxies with its own HTTP proxy: `overlay(snapshot, 
 returns the snapshot plus, for each tunnel server with `vhost_http_port`:
 
 - a listener on that port (unless the snapshot already has an http listener there, in which
-  case the tunnel routes join it: "may share an http listener");
+  case the tunnel routes join it: "may share an http listener"); a listener of its own serves
+  the tunnel routes only, not the gateway routes that name no listener;
 - per (domain, location) served by agents: a route for that host and path prefix, and a
   cluster whose endpoints are the agents' proxies (a load-balancing group is several
   endpoints), with `httpUser`/`httpPassword`, `hostHeaderRewrite` and header settings as
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 
 from google.protobuf.struct_pb2 import Struct
 
+from dataplane.config.compiler import NODE_LISTENER_PREFIX
 from dataplane.tunnel.http_auth import TYPE as AUTH_TYPE
 from dataplane.tunnel.registry import Group, ProxyRef
 from dataplane.tunnel.server import TunnelServer
@@ -117,7 +119,9 @@ def overlay(snap: pb.Snapshot, servers: Iterable[TunnelServer]) -> pb.Snapshot:
         if shared is not None:
             listener = shared.name
         else:
-            listener = f"tunnel/{server.name}/http"
+            # Its own listener: it serves the tunnel's routes only (not the gateway's routes
+            # without a listener, see NODE_LISTENER_PREFIX); a shared one keeps its routes.
+            listener = f"{NODE_LISTENER_PREFIX}{server.name}/http"
             out.listeners.append(
                 pb.Listener(name=listener, protocol=pb.PROTOCOL_HTTP, address=server.bind_address, port=port)
             )

@@ -16,15 +16,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fluxcommon.policy_config import header_name_problem, header_value_problem, host_problem
+
 ProxyType = Literal["tcp", "udp", "http", "https", "stcp", "sudp", "xtcp"]
 PUBLIC_PORT_TYPES = frozenset({"tcp", "udp"})
 VHOST_TYPES = frozenset({"http", "https"})
 SECRET_TYPES = frozenset({"stcp", "sudp", "xtcp"})
 STREAM_TYPES = frozenset({"tcp", "http", "https", "stcp", "xtcp"})
 
-_DOMAIN = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_-]{1,63}\.?$")
-_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Used with fullmatch only: `$` would also match before a trailing newline.
+_DOMAIN_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"  # no leading or trailing '-'
+_DOMAIN = re.compile(rf"(\*\.)?({_DOMAIN_LABEL}\.)*{_DOMAIN_LABEL}")
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class ProxyOptionsError(ValueError):
@@ -70,7 +73,7 @@ class ProxyOptions(_Strict):
         out = []
         for i, d in enumerate(v):
             d = d.strip().lower().rstrip(".")
-            if not d or not _DOMAIN.match(d):
+            if not d or not _DOMAIN.fullmatch(d):
                 raise ValueError(f"[{i}] {d!r} is not a domain name (a leading '*.' is allowed)")
             out.append(d)
         return tuple(out)
@@ -79,7 +82,7 @@ class ProxyOptions(_Strict):
     @classmethod
     def _subdomain(cls, v: str) -> str:
         v = v.strip().lower()
-        if v and not all(_LABEL.match(part) for part in v.split(".")):
+        if v and not all(_LABEL.fullmatch(part) for part in v.split(".")):
             raise ValueError(f"{v!r} is not a valid subdomain label")
         return v
 
@@ -94,11 +97,19 @@ class ProxyOptions(_Strict):
     @field_validator("request_headers", "response_headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        # As the node's request_rewrite / response_rewrite policies will send them.
         for name, value in v.items():
-            if not _HEADER.match(name):
-                raise ValueError(f"{name!r} is not a header name")
-            if any(c in value for c in "\r\n\0"):
-                raise ValueError(f"{name}: header values may not hold CR, LF or NUL")
+            problem = header_name_problem(name) or header_value_problem(name, value)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("host_header_rewrite")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        problem = host_problem(v) if v else None
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -118,8 +129,13 @@ class NewProxyRequest(_Strict):
             raise ValueError(f"secret_key: a {t} proxy needs a secret key")
         if t not in PUBLIC_PORT_TYPES and o.remote_port:
             raise ValueError(f"remote_port: only tcp and udp proxies take a remote port, not {t}")
-        if t != "http" and (o.locations or o.http_user or o.host_header_rewrite or o.request_headers):
-            raise ValueError("locations: locations, http_user, host_header_rewrite and headers are for http proxies")
+        if t != "http" and (
+            o.locations or o.http_user or o.host_header_rewrite or o.request_headers or o.response_headers
+        ):
+            raise ValueError(
+                "locations: locations, http_user, host_header_rewrite, request_headers and response_headers "
+                "are for http proxies"
+            )
         if bool(o.http_user) != bool(o.http_password):
             raise ValueError("http_password: http_user and http_password go together")
         if o.group_key and not o.group:

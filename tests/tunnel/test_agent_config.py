@@ -800,7 +800,16 @@ _domain = st.builds(
     st.lists(_label, min_size=1, max_size=3),
 )
 _header_name = st.from_regex(r"[A-Za-z0-9-]{1,10}", fullmatch=True)
-_header_value = _free_text.filter(lambda t: not any(c in t for c in "\r\n\0"))
+# Printable latin-1 (and tab): what the node's rewrite policies can send.
+_header_value = st.text(
+    st.one_of(st.just("\t"), st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_categories=("Cc",))),
+    max_size=12,
+).filter(lambda t: "{{" not in t)
+_host = st.builds(
+    lambda labels, port: ".".join(labels) + (f":{port}" if port else ""),
+    st.lists(_label, min_size=1, max_size=3),
+    st.one_of(st.none(), st.integers(1, 65535)),
+)
 _map = st.dictionaries(_some_text, _free_text, max_size=3)
 
 
@@ -824,7 +833,7 @@ def proxy_configs(draw: st.DrawFn) -> ProxyConfig:
         o["locations"] = tuple(draw(st.lists(st.builds(lambda t: "/" + t, _free_text), max_size=3)))
         if draw(st.booleans()):
             o["http_user"], o["http_password"] = draw(_some_text), draw(_some_text)
-        o["host_header_rewrite"] = draw(_free_text)
+        o["host_header_rewrite"] = draw(st.one_of(st.just(""), _host))
         o["request_headers"] = draw(st.dictionaries(_header_name, _header_value, max_size=3))
         o["response_headers"] = draw(st.dictionaries(_header_name, _header_value, max_size=3))
     if ptype in ("stcp", "sudp", "xtcp"):
