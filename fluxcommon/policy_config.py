@@ -153,7 +153,7 @@ class RateLimitConfig(_Config):
     @classmethod
     def _key(cls, v: str | list[str]) -> str | list[str]:
         for part in [v] if isinstance(v, str) else v:
-            if part not in ("ip", "consumer", "route") and not re.match(r"^header:[A-Za-z0-9-]+$", part):
+            if part not in ("ip", "consumer", "route") and not re.fullmatch(r"header:[A-Za-z0-9-]+", part):
                 raise ValueError(f"bad key {part!r}: use ip, consumer, route or header:NAME")
         return v
 
@@ -184,10 +184,84 @@ class CircuitBreakerConfig(_Config):
     fallback: FallbackConfig | None = None
 
 
+# -- header and host values as the rewrite policies send them --------------------------------
+# RequestRewritePolicy / ResponseRewritePolicy write header names and values with
+# .encode("latin-1") and the host with .encode("idna"), on every request. These say, ahead of
+# time, whether a value would fail there or break the message (CR/LF: header injection).
+# (HeaderOps below does not call them yet; tunnel proxy options do.)
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?")
+
+
+def _printable_latin1(c: str) -> bool:
+    return c == "\t" or " " <= c <= "~" or "\xa0" <= c <= "\xff"
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a header name (None: it can)."""
+    return None if _HEADER_NAME.fullmatch(name) else f"{name!r} is not a header name"
+
+
+def header_value_problem(name: str, value: str) -> str | None:
+    """Why `value` cannot be sent as header `name`'s value: printable latin-1 (and tab) only."""
+    if any(c in value for c in "\r\n\0"):
+        return f"{name}: header values may not hold CR, LF or NUL"
+    bad = next((c for c in value if not _printable_latin1(c)), None)
+    if bad is not None:
+        return f"{name}: header values are printable latin-1 text; {bad!r} is not"
+    return None
+
+
+def host_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as a Host header (None: it can): a host name (IDNA, labels of
+    1 to 63 letters, digits, '-' or '_', not starting or ending with '-'), an IPv4 address or a
+    bracketed IPv6 address, with an optional :port."""
+    m = _HOST_PORT.fullmatch(value)
+    if m is None:
+        return f"{value!r} is not a host or host:port"
+    host, port = m.groups()
+    if port is not None and not 0 < int(port) <= 65535:
+        return f"{value!r}: port {port} is not 1 to 65535"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{value!r}: {host} is not an IPv6 address"
+        return None
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+        value.encode("idna")  # as RequestRewritePolicy does
+    except UnicodeError:
+        return f"{value!r} is not a host name (IDNA, labels of 1 to 63 characters)"
+    if not all(_HOST_LABEL.fullmatch(label) for label in ascii_host.removesuffix(".").split(".")):
+        return f"{value!r} is not a host name (labels of letters, digits, '-' and '_', not starting or ending with '-')"
+    return None
+
+
 class HeaderOps(_Config):
     add: dict[str, str] = {}
     set: dict[str, str] = {}
     remove: list[str] = []
+
+    @field_validator("add", "set")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            problem = header_name_problem(name) or header_value_problem(name, value)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("remove")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            problem = header_name_problem(name)
+            if problem:
+                raise ValueError(problem)
+        return v
 
 
 class RequestRewriteConfig(_Config):
@@ -203,6 +277,14 @@ class RequestRewriteConfig(_Config):
             if len(v) != 2:
                 raise ValueError("give [pattern, replacement]")
             _regex(v[0])
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        problem = host_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
 
 

@@ -275,3 +275,27 @@ def test_build_policies_names_the_policy_at_fault() -> None:
         build_policies([unknown], PolicyEnv())
     built = build_policies([good], PolicyEnv())
     assert isinstance(built["cors"], CorsPolicy)
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "message"),
+    [
+        ({"headers": {"set": {"X-A\n": "v"}}}, "headers.set", "not a header name"),
+        ({"headers": {"add": {"X-A": "5 €"}}}, "headers.add", "printable latin-1"),
+        ({"headers": {"set": {"X-A": "a\r\nX-Injected: 1"}}}, "headers.set", "CR, LF or NUL"),
+        ({"headers": {"remove": ["bad name"]}}, "headers.remove", "not a header name"),
+        ({"host": "a..b"}, "host", "not a host name"),
+        ({"host": "api.internal\r\nX: 1"}, "host", "not a host"),
+    ],
+)
+def test_rewrite_config_refuses_what_could_not_be_sent(config: dict[str, Any], field: str, message: str) -> None:
+    """A header or host the node could not put on the wire is refused at write time, field named,
+    instead of failing every request on the route."""
+    with pytest.raises(ValueError, match=message) as info:
+        parse_policy_config("request_rewrite", config)
+    assert field in str(info.value)
+
+
+def test_rate_limit_header_key_is_matched_whole() -> None:
+    with pytest.raises(ValueError, match="key"):
+        parse_policy_config("rate_limit", {"rate": 10, "per": "1s", "key": "header:X\n"})
