@@ -35,11 +35,10 @@ from tunnelclient.config import (
     LOG_LEVELS,
     AgentConfig,
     ConfigError,
-    dump_config,
     load_config,
     parse_config,
-    to_toml,
 )
+from tunnelclient.config_dump import dump_config, to_toml
 
 __all__ = ["DEFAULT_CONFIG", "TOKEN_ENV", "Command", "UsageError", "main", "parse_args"]
 

@@ -28,15 +28,13 @@ from tunnelclient.config import (
     ProxyConfig,
     TlsConfig,
     VisitorConfig,
-    dump_config,
-    dump_proxy,
     format_bandwidth,
     load_config,
     parse_bandwidth,
     parse_config,
     parse_text,
-    to_toml,
 )
+from tunnelclient.config_dump import dump_config, dump_proxy, to_toml
 
 ENV = {"FLUX_TOKEN": "s3cret", "DB_KEY": "db-key", "NODE_PORT": "7443"}
 
