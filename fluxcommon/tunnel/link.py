@@ -133,9 +133,12 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         first = chunks[0]
         if max_bytes is None or len(first) <= max_bytes:
             data = chunks.popleft()  # the common case: one whole frame, handed over as it is
-            if max_bytes is not None:  # join more whole frames while they fit
-                while chunks and len(data) + len(chunks[0]) <= max_bytes:
-                    data += chunks.popleft()
+            if max_bytes is not None and chunks and len(data) + len(chunks[0]) <= max_bytes:
+                parts, size = [data], len(data)  # join more whole frames while they fit, in one copy
+                while chunks and size + len(chunks[0]) <= max_bytes:
+                    size += len(chunks[0])
+                    parts.append(chunks.popleft())
+                data = b"".join(parts)
         else:
             data, chunks[0] = first[:max_bytes], first[max_bytes:]
         n = len(data)
