@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from controlplane.api import config, registry, registry_health, registry_sources, status, tokens, tunnel_sessions
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.heartbeats import HeartbeatFastPath
+from controlplane.api.json_default import JsonByDefault
 from controlplane.api.limits import BodySizeLimit
 from controlplane.api.resources import resource_router
 from controlplane.api.state import ControlPlane
@@ -33,6 +34,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(status.router)
     app.include_router(tokens.router)
     app.include_router(registry.router)
+    app.add_middleware(JsonByDefault)  # `curl -d '{...}'` works without -H 'content-type: ...'
     app.add_middleware(BodySizeLimit, limit=MAX_BODY)
     app.add_middleware(HeartbeatFastPath)  # outermost: heartbeats skip FastAPI's routing
     return app

@@ -271,6 +271,20 @@ def test_reads_need_no_token(anon: httpx.Client) -> None:
         assert anon.get(path).status_code == 200, path
 
 
+def test_json_body_without_its_content_type_is_read_as_json(client: httpx.Client) -> None:
+    """`curl -d '{...}'` sends a form content type (or none): the body is still JSON to the API."""
+    body = b'{"name": "curl-style", "endpoints": [{"address": "127.0.0.1", "port": 9}]}'
+    for headers in ({"content-type": "application/x-www-form-urlencoded"}, {}):
+        r = client.put("/api/v1/clusters/curl-style", content=body, headers=headers)
+        assert r.status_code in (200, 201), r.text
+        assert client.get("/api/v1/clusters/curl-style").json()["endpoints"][0]["port"] == 9
+    assert client.delete("/api/v1/clusters/curl-style").status_code == 200
+    r = client.put(
+        "/api/v1/clusters/base", content=b"not json", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert_error(r, 400, code="malformed_json")
+
+
 # -- rejected writes -----------------------------------------------------------------------
 
 
