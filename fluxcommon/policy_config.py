@@ -214,6 +214,15 @@ def header_value_problem(name: str, value: str) -> str | None:
     return None
 
 
+def checked_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` as given, or ValueError naming the first name or value that cannot be sent."""
+    for name, value in headers.items():
+        problem = header_name_problem(name) or header_value_problem(name, value)
+        if problem:
+            raise ValueError(problem)
+    return headers
+
+
 def host_problem(value: str) -> str | None:
     """Why `value` cannot be sent as a Host header (None: it can): a host name (IDNA, labels of
     1 to 63 letters, digits, '-' or '_', not starting or ending with '-'), an IPv4 address or a
@@ -248,11 +257,7 @@ class HeaderOps(_Config):
     @field_validator("add", "set")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
-            problem = header_name_problem(name) or header_value_problem(name, value)
-            if problem:
-                raise ValueError(problem)
-        return v
+        return checked_headers(v)
 
     @field_validator("remove")
     @classmethod

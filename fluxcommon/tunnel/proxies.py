@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fluxcommon.policy_config import header_name_problem, header_value_problem, host_problem
+from fluxcommon.policy_config import checked_headers, host_problem
 
 ProxyType = Literal["tcp", "udp", "http", "https", "stcp", "sudp", "xtcp"]
 PUBLIC_PORT_TYPES = frozenset({"tcp", "udp"})
@@ -97,12 +97,7 @@ class ProxyOptions(_Strict):
     @field_validator("request_headers", "response_headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        # As the node's request_rewrite / response_rewrite policies will send them.
-        for name, value in v.items():
-            problem = header_name_problem(name) or header_value_problem(name, value)
-            if problem:
-                raise ValueError(problem)
-        return v
+        return checked_headers(v)  # as the node's request_rewrite / response_rewrite policies send them
 
     @field_validator("host_header_rewrite")
     @classmethod
