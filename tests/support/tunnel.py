@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from fluxcommon.proxy_protocol import NEED_MORE, ProxyHeader, parse
 from support.processes import executable, free_port, wait_until
-from tunnelclient.config import to_toml
+from tunnelclient.config_dump import to_toml
 
 # -- the agent ------------------------------------------------------------------------------
 
