@@ -75,6 +75,9 @@ class TLSStream(trio.abc.Stream):
                     raise trio.BrokenResourceError("connection closed during the TLS handshake") from None
                 await self._fill()
                 continue
+            except ssl.SSLError:
+                await self._flush_quietly()  # the alert tells the peer why (bad certificate, ...)
+                raise
             await self._flush()
             return
 
