@@ -35,6 +35,7 @@ class HttpError(Exception):
 
 class RequestHead:
     __slots__ = (
+        "_index",
         "chunked",
         "connection",
         "content_length",
@@ -58,6 +59,7 @@ class RequestHead:
         self.query = b""
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
+        self._index: dict[bytes, bytes] | None = None  # lower-case name -> first value, built on first get
         self.host = ""
         self.content_length: int | None = None
         self.chunked = False
@@ -73,11 +75,14 @@ class RequestHead:
 
     def get(self, name: str) -> str | None:
         """First value of header `name` (lower case), decoded; for route header matching."""
-        key = name.encode("latin-1")
-        for n, v in self.headers:
-            if len(n) == len(key) and n.lower() == key:
-                return v.decode("latin-1")
-        return None
+        index = self._index
+        if index is None:  # policies and header routes ask several times per request: index once
+            index = {}
+            for n, v in self.headers:
+                index.setdefault(n.lower(), v)
+            self._index = index
+        value = index.get(name.encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
 
 
 class RequestReader:
@@ -147,6 +152,7 @@ class RequestReader:
         if self._head_size > self._max_header_bytes:
             raise HttpError(431, "request headers too large")
         head.headers.append((name, value))
+        head._index = None
         n = len(name)
         if n == 4 and name.lower() == b"host":
             if head.host or any(len(h) == 4 and h.lower() == b"host" for h, _ in head.headers[:-1]):
