@@ -40,7 +40,7 @@ from fluxcommon.tunnel.control import (
     VisitorRejected,
     WorkStreamOpened,
 )
-from fluxcommon.tunnel.link import TunnelLink, TunnelStream, error_text
+from fluxcommon.tunnel.link import SEND_BUFFER, TunnelLink, TunnelStream, error_text
 from fluxcommon.tunnel.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import wire_options
@@ -217,6 +217,7 @@ class Agent:
         with trio.fail_after(cfg.dial_timeout):
             stream: trio.abc.Stream = await trio.open_tcp_stream(cfg.server_addr, cfg.server_port)
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)  # type: ignore[attr-defined]
             if cfg.tls.enable:
                 ctx = self._tls_context()
                 server_name = cfg.tls.server_name or cfg.server_addr
@@ -409,6 +410,7 @@ class Agent:
         try:
             with trio.fail_after(self.config.dial_timeout):
                 local = await trio.open_tcp_stream(state.local_ip, state.local_port)
+            local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         except (OSError, trio.TooSlowError) as exc:
             log.warning("proxy %r: cannot reach %s:%d: %s", proxy, state.local_ip, state.local_port, exc)
             stream.reset(f"cannot reach the local service: {exc}", ResetCode.CONNECT_FAILED)

@@ -17,6 +17,7 @@ import trio
 from dataplane.tunnel.registry import Group, ProxyRef
 from dataplane.tunnel.sni import NEED_MORE, sni_from
 from dataplane.tunnel.streams import PrefixedStream
+from fluxcommon.tunnel.link import SEND_BUFFER
 
 if TYPE_CHECKING:
     from dataplane.tunnel.server import TunnelServer
@@ -79,6 +80,7 @@ class TcpPort(_Port):
                     await trio.sleep(0.1)
                     continue
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)  # fewer, larger sends
                 self.server.nursery.start_soon(self.server.relay, self.group, trio.SocketStream(conn))
 
 

@@ -40,7 +40,7 @@ from dataplane.tunnel.streams import PrefixedStream, local_of, peer_of
 from flux.v1 import config_pb2 as pb
 from fluxcommon.netaddr import parse_port_ranges
 from fluxcommon.tunnel.control import VisitorRequested
-from fluxcommon.tunnel.link import error_text
+from fluxcommon.tunnel.link import SEND_BUFFER, error_text
 from fluxcommon.tunnel.messages import LoginVerifier, ReplayCache, check_visitor
 from fluxcommon.tunnel.mux import Mux, ResetCode, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
@@ -146,6 +146,7 @@ class TunnelServer:
                     await trio.sleep(0.1)
                     continue
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)  # fewer, larger sends
                 nursery.start_soon(self._serve_agent, trio.SocketStream(conn))
 
     def stop(self) -> None:
