@@ -81,7 +81,17 @@ class _Park:
 
 
 class RSock(_Park):
-    """A non-blocking socket registered with the reactor (edge-triggered)."""
+    """A non-blocking socket registered with the reactor (edge-triggered).
+
+    `readable` says whether a recv may find data without parking. It turns False
+    when a recv would block, and also after a short read (fewer bytes than asked
+    for): stream sockets hand over everything queued up to the size asked, and
+    with EPOLLET every arrival after that read raises a new event that sets it
+    True again. (Not once EOF or an error was signalled: that event came already,
+    and the next recv must find it.) So the next wait parks at once instead of first making a recv
+    that fails with EAGAIN, which cost a system call and a Python exception per
+    request on each side of the proxy (about a third of a worker's throughput).
+    """
 
     __slots__ = (
         "_want",
@@ -141,16 +151,22 @@ class RSock(_Park):
     # -- I/O ----------------------------------------------------------------------------
 
     async def recv(self, size: int = RECV_SIZE) -> bytes:
-        """Up to `size` bytes; b"" at EOF. Raises OSError on reset."""
+        """Up to `size` bytes; b"" at EOF. Raises OSError on reset.
+
+        Parks first when the socket is known to be drained (see the class docstring).
+        """
         while True:
+            if not self.readable:
+                await self._wait(1)
             edges = self.edges
             try:
                 data = self.sock.recv(size)
             except BlockingIOError:
                 self.readable = False
-                await self._wait(1)
                 continue
             self.recv_edges = edges  # read events seen before this read (see pool._quiet)
+            if 0 < len(data) < size and not self.hup:
+                self.readable = False  # a short read took all there was (see the class docstring)
             return data
 
     def try_recv(self, size: int = RECV_SIZE) -> bytes | None:
@@ -164,6 +180,8 @@ class RSock(_Park):
             self.readable = False
             return None
         self.recv_edges = edges
+        if 0 < len(data) < size and not self.hup:
+            self.readable = False
         return data
 
     def try_send(self, data: bytes) -> int:
@@ -172,12 +190,6 @@ class RSock(_Park):
             return self.sock.send(data)
         except BlockingIOError:
             return 0
-
-    async def recv_later(self, size: int = RECV_SIZE) -> bytes:
-        """`recv` for data that cannot be there yet: skip the call that would say "not yet"."""
-        if not self.readable:
-            await self._wait(1)
-        return await self.recv(size)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of `data`; OSError when the peer is gone."""

@@ -662,7 +662,7 @@ class HttpConnection:
             conn_state.deadline = min(_now() + read_timeout, total_deadline)
             while reader.head is None:
                 try:
-                    data = await (up.recv() if got else up.recv_later())
+                    data = await up.recv()
                 except OSError as exc:
                     raise _UpstreamFailed("reset", 502, f"upstream {ep.key} reset the connection: {exc}",
                                           retryable=not got) from None  # fmt: skip

@@ -707,6 +707,114 @@ def test_still_usable_tracks_stray_bytes_and_eof() -> None:
     run(main)
 
 
+class CountingSocket:
+    """A socket whose recv calls are recorded: the byte count, or "EAGAIN" when one would block."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.calls: list[int | str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        try:
+            data = self.real.recv(size, *flags)
+        except BlockingIOError:
+            self.calls.append("EAGAIN")
+            raise
+        self.calls.append(len(data))
+        return data
+
+
+def test_a_short_read_parks_the_next_recv_without_a_failing_call() -> None:
+    """A recv that got fewer bytes than asked leaves the socket drained: the next recv parks at
+    once (no recv that fails with EAGAIN), and bytes sent later, or just after that read, still
+    wake it."""
+
+    async def main(reactor: Reactor) -> None:
+        a, b = pair(reactor)
+        counting = CountingSocket(b.sock)
+        b.sock = counting  # type: ignore[assignment]
+        a.sock.send(b"one")
+        await until(lambda: b.edges > 0)
+        got: list[bytes] = []
+        sizes = [b"two", b"three", b"four" * 5000]  # the last one takes more than one recv
+
+        async def reader() -> None:
+            got.append(await b.recv())
+            assert not b.readable  # "one" was a short read
+            while sum(map(len, got)) < 3 + 3 + 5 + 20000:
+                got.append(await b.recv())
+
+        task = on_reactor(reactor, reader())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: task)
+            await until(lambda: got == [b"one"])
+            await trio.sleep(0.02)  # the reader parks
+            for chunk in sizes:
+                a.sock.sendall(chunk)
+                await trio.sleep(0.01)
+        assert b"".join(got) == b"one" + b"".join(sizes)
+        assert "EAGAIN" not in counting.calls, counting.calls
+        a.close()
+        b.close()
+
+    run(main)
+
+
+def test_eof_that_came_with_the_last_bytes_is_still_seen() -> None:
+    """The peer writes and closes at once: the read event carries the EOF too, so the short
+    read must not mark the socket drained, or the next recv would wait forever."""
+
+    async def main(reactor: Reactor) -> None:
+        for _ in range(20):
+            a, b = pair(reactor)
+            a.sock.send(b"last words")
+            a.sock.shutdown(socket.SHUT_WR)
+            await until(lambda b=b: b.hup)
+
+            async def reader(b: RSock = b) -> tuple[bytes, bytes]:
+                return await b.recv(), await b.recv()
+
+            assert await on_reactor(reactor, reader()) == (b"last words", b"")
+            a.close()
+            b.close()
+
+    run(main)
+
+
+def test_bytes_arriving_right_after_a_short_read_are_not_lost() -> None:
+    """Random writes racing the reader: every byte arrives, in order, with no recv left hanging."""
+    rng = random.Random(7)
+    payload = bytes(rng.getrandbits(8) for _ in range(200_000))
+
+    async def main(reactor: Reactor) -> None:
+        a, b = pair(reactor)
+
+        async def reader() -> bytes:
+            buf = bytearray()
+            while len(buf) < len(payload):
+                buf += await b.recv(rng.choice([7, 100, 4096, 65536]))
+            return bytes(buf)
+
+        async def writer() -> None:
+            pos = 0
+            while pos < len(payload):
+                n = rng.choice([1, 3, 50, 1000, 30000])
+                await a.send_all(payload[pos : pos + n])
+                pos += n
+                if rng.random() < 0.3:
+                    await reactor.sleep(0)
+
+        reactor.spawn(writer(), "writer")
+        assert await on_reactor(reactor, reader()) == payload
+        a.close()
+        b.close()
+
+    run(main, timeout=20)
+
+
 def test_task_bookkeeping() -> None:
     async def main(reactor: Reactor) -> None:
         async def noop() -> None:
