@@ -90,7 +90,13 @@ async def wait_node(client: httpx.AsyncClient, admin: str, check: Check, limit_s
     """perf_counter() of the first poll of `admin`/clusters that passes `check`."""
     deadline = time.perf_counter() + limit_s
     while True:
-        eps = await endpoints(client, admin)
+        try:
+            eps = await endpoints(client, admin)
+        except httpx.TransportError:  # the node's admin port is not open yet (a node still starting)
+            if time.perf_counter() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
         now = time.perf_counter()
         if check(eps):
             return now
