@@ -32,6 +32,7 @@ from fluxcommon.tunnel.control import (
     WorkStreamOpened,
 )
 from fluxcommon.tunnel.frames import ProtocolError
+from fluxcommon.tunnel.gate import SendGate
 from fluxcommon.tunnel.mux import (
     Data,
     Mux,
@@ -147,17 +148,22 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         n = len(data)
         self._buffered -= n
         self.bytes_in += n
+        mux = self.link.mux
         try:
-            self.link.mux.consumed(self.id, n)
+            mux.consumed(self.id, n)
         except StreamError:
             pass
-        self.link.wake()
-        await trio.lowlevel.checkpoint()
+        if mux.has_output:  # a window update is due: the writer sends it
+            self.link.wake()
+        # Cancellation is honoured; the schedule point comes with the caller's next send, as
+        # with TLSStream: a yield per chunk here was a trip through trio's scheduler per frame.
+        await trio.lowlevel.checkpoint_if_cancelled()
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         mux = self.link.mux
+        sent_inline = False  # a send on the connection happened in this call (a checkpoint)
         while view:
             if self._closed:
                 raise trio.ClosedResourceError("stream closed")
@@ -173,10 +179,14 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             if n:
                 self.bytes_out += n
                 view = view[n:]
+                if await self.link.flush_inline():
+                    sent_inline = True
+                    continue  # the flush emptied the stream's buffer: room for the rest at once
                 self.link.wake()
             if view:
-                await self.link.wait_progress()
-        await trio.lowlevel.checkpoint()
+                await self.link.wait_progress()  # window or buffer room, granted or freed by the writer
+        if not sent_inline:
+            await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         while not self._broken and not self._closed and self.link.mux.writable(self.id) == 0:
@@ -246,8 +256,9 @@ class TunnelLink:
         self._cancel: trio.CancelScope | None = None
         # One sender at a time on the transport: the writer, or the last flush in run() (a second
         # concurrent send_all raises BusyResourceError). Held from taking bytes off the mux to
-        # having sent them, so chunks never overtake each other.
-        self._send_lock = trio.Lock()
+        # having sent them, so chunks never overtake each other. A gate, not a trio.Lock: taking
+        # it when free costs no trip through the scheduler.
+        self._send_lock = SendGate()
 
     # -- used by streams and drivers ---------------------------------------------------------
 
@@ -261,6 +272,37 @@ class TunnelLink:
             await trio.lowlevel.checkpoint()
             return
         await self._progress.wait()
+
+    async def flush_inline(self) -> bool:
+        """Send what the mux holds from the calling task, when no one else is sending.
+
+        A stream's `send_all` calls this instead of waking the writer task: the bytes go out
+        one task switch sooner, and the writer stays parked. False when it sent nothing: the
+        writer or another stream holds the gate (the caller then wakes the writer), or nothing
+        may go yet (no window). A failed send wakes the writer too, so the link sees the
+        failure and closes, whoever sent.
+        """
+        gate = self._send_lock
+        if gate.busy or self.closed_reason is not None:
+            return False
+        gate.busy = True  # free: taken without a schedule point
+        sent = False
+        try:
+            while True:
+                data = self.mux.data_to_send(WRITE_BUDGET)
+                if not data:
+                    break
+                await self.transport.send_all(data)
+                sent = True
+                self.bytes_out += len(data)
+        except BaseException:
+            self.wake()
+            raise
+        finally:
+            gate.release()
+        if sent:
+            self._set_progress()
+        return sent
 
     def _set_progress(self) -> None:
         self._progress.set()
@@ -355,7 +397,8 @@ class TunnelLink:
                 return f"protocol error: {exc}"
             if self.closed_reason is not None:
                 return self.closed_reason
-            self.wake()
+            if mux.has_output:  # answers (PONG, OPEN_ACK, RESET...) and data a window update let go
+                self.wake()
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, Data):

@@ -306,6 +306,11 @@ class Mux:
     # -- introspection ---------------------------------------------------------------------
 
     @property
+    def has_output(self) -> bool:
+        """Whether `data_to_send` may have something (grants, control, UDP or streams queued)."""
+        return bool(self._grants or self._control or self._udp or self._ready)
+
+    @property
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 

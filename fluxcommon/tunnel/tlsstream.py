@@ -19,6 +19,8 @@ import ssl
 
 import trio
 
+from fluxcommon.tunnel.gate import SendGate
+
 RECEIVE_SIZE = 256 * 1024
 
 
@@ -39,7 +41,7 @@ class TLSStream(trio.abc.Stream):
         self.ssl_object = context.wrap_bio(
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
-        self._send_lock = trio.Lock()
+        self._send_lock = SendGate()  # no schedule point when free (see gate.py)
         self._transport_eof = False
         self._peer_closed = False
         self._closed = False
