@@ -428,35 +428,48 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         buf = self._buf
-        # Parse straight from `data` when nothing is held back: a payload is then one slice (one copy).
-        src: bytes | bytearray
-        if buf:
-            buf += data
-            src = buf
-        else:
-            src = data
         frames: list[Frame] = []
         pos = 0
-        end = len(src)
+        end = len(data)
         try:
+            if buf:
+                # A frame was cut by the previous read: complete it with only the bytes it still
+                # needs, then parse the rest straight from `data` (one copy per payload, where
+                # appending all of `data` to the buffer cost three).
+                if len(buf) < HEADER_SIZE:
+                    pos = min(end, HEADER_SIZE - len(buf))
+                    buf += data[:pos]
+                    if len(buf) < HEADER_SIZE:
+                        return frames
+                stream_id, length, kind = self._header(buf, 0)
+                need = HEADER_SIZE + length - len(buf)
+                if need > end - pos:
+                    buf += memoryview(data)[pos:]
+                    return frames
+                buf += memoryview(data)[pos : pos + need]
+                pos += need
+                frames.append(_parse(kind, stream_id, bytes(memoryview(buf)[HEADER_SIZE:])))
+                buf.clear()
             while end - pos >= HEADER_SIZE:
-                version, ftype, flags, reserved, stream_id, length = _HEADER.unpack_from(src, pos)
-                kind = _check_header(version, ftype, flags, reserved, stream_id, length)
-                if length > self._max_payload:
-                    raise ProtocolError(f"{kind.name} frame of {length} bytes exceeds the limit of {self._max_payload}")
+                stream_id, length, kind = self._header(data, pos)
                 if end - pos - HEADER_SIZE < length:
                     break
                 start = pos + HEADER_SIZE
-                payload = src[start : start + length]
+                payload = data[start : start + length]
                 frames.append(_parse(kind, stream_id, payload if type(payload) is bytes else bytes(payload)))
                 pos = start + length
         except ProtocolError as exc:
             self._error = exc
             buf.clear()
             raise
-        if src is buf:
-            if pos:
-                del buf[:pos]
-        elif pos < end:
-            buf += src[pos:]
+        if pos < end:
+            buf += memoryview(data)[pos:]
         return frames
+
+    def _header(self, src: bytes | bytearray, pos: int) -> tuple[int, int, FrameType]:
+        """(stream id, payload length, kind) of the header at `pos`, checked."""
+        version, ftype, flags, reserved, stream_id, length = _HEADER.unpack_from(src, pos)
+        kind = _check_header(version, ftype, flags, reserved, stream_id, length)
+        if length > self._max_payload:
+            raise ProtocolError(f"{kind.name} frame of {length} bytes exceeds the limit of {self._max_payload}")
+        return stream_id, length, kind
