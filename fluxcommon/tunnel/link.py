@@ -185,7 +185,9 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 self.link.wake()
             if view:
                 await self.link.wait_progress()  # window or buffer room, granted or freed by the writer
-        if not sent_inline:
+        if sent_inline:
+            await trio.lowlevel.checkpoint_if_cancelled()  # the inline sends were shielded
+        else:
             await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -288,13 +290,17 @@ class TunnelLink:
         gate.busy = True  # free: taken without a schedule point
         sent = False
         try:
-            while True:
-                data = self.mux.data_to_send(WRITE_BUDGET)
-                if not data:
-                    break
-                await self.transport.send_all(data)
-                sent = True
-                self.bytes_out += len(data)
+            # Shielded: the connection is shared by every stream, and a send cancelled halfway
+            # (the caller's pipe cancelled while the socket is full) would cut a frame and break
+            # all of them. The send still ends when the link closes its transport.
+            with trio.CancelScope(shield=True):
+                while True:
+                    data = self.mux.data_to_send(WRITE_BUDGET)
+                    if not data:
+                        break
+                    await self.transport.send_all(data)
+                    sent = True
+                    self.bytes_out += len(data)
         except BaseException:
             self.wake()
             raise

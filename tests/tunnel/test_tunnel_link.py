@@ -186,3 +186,88 @@ def test_a_send_on_a_broken_link_fails_and_closes_the_link() -> None:
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+class _StallingTransport(trio.abc.HalfCloseableStream):
+    """A socket stream whose next send stops halfway until `go` is set (a full socket buffer)."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.stall = False
+        self.stalled = trio.Event()
+        self.go = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.stall and len(data) > 1:
+            self.stall = False
+            half = len(data) // 2
+            await self.inner.send_all(memoryview(data)[:half])
+            self.stalled.set()
+            await self.go.wait()
+            await self.inner.send_all(memoryview(data)[half:])
+            return
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_sender_cancelled_mid_send_does_not_cut_the_shared_connection() -> None:
+    """A stream's task is cancelled while its inline send is halfway out: the send completes (it
+    is shielded), so the connection stays intact for every other stream."""
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                a, b = socket.socketpair()
+                accepted_send, accepted = trio.open_memory_channel[TunnelStream](10)
+
+                def on_event(event: Any, stream: TunnelStream | None) -> None:
+                    if isinstance(event, WorkStreamOpened) and stream is not None:
+                        stream.accept()
+                        accepted_send.send_nowait(stream)
+
+                transport = _StallingTransport(trio.SocketStream(trio.socket.from_stdlib_socket(a)))
+                client = TunnelLink(transport, Mux("client"), _Session(), lambda e, s: None)
+                server = TunnelLink(trio.SocketStream(trio.socket.from_stdlib_socket(b)), Mux("server"), _Session(),
+                                    on_event)  # fmt: skip
+                nursery.start_soon(client.run)
+                nursery.start_soon(server.run)
+                first = client.open_stream(lambda: client.mux.open_stream({"i": 1}), {"i": 1})
+                await first.send_all(b"open")
+                peer_first = await accepted.receive()
+                assert await peer_first.receive_some() == b"open"
+
+                transport.stall = True
+                payload = bytes(range(256)) * 400
+                with trio.CancelScope() as scope:
+
+                    async def cancel_when_stalled() -> None:
+                        await transport.stalled.wait()
+                        scope.cancel()
+                        transport.go.set()
+
+                    nursery.start_soon(cancel_when_stalled)
+                    await first.send_all(payload)
+                got = b""
+                while len(got) < len(payload):
+                    got += await peer_first.receive_some()
+                assert got == payload  # the halfway frame went out whole
+
+                second = client.open_stream(lambda: client.mux.open_stream({"i": 2}), {"i": 2})
+                await second.send_all(b"still fine")
+                peer_second = await accepted.receive()
+                assert await peer_second.receive_some() == b"still fine"
+                assert client.closed_reason is None and server.closed_reason is None
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
