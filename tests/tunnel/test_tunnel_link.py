@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -103,7 +104,10 @@ class _Session:
         return None
 
 
-async def _linked(nursery: trio.Nursery, window: int) -> tuple[TunnelLink, TunnelLink, trio.MemoryReceiveChannel]:
+async def _linked(
+    nursery: trio.Nursery, window: int, wrap: Callable[[trio.SocketStream], Any] = lambda s: s
+) -> tuple[TunnelLink, TunnelLink, trio.MemoryReceiveChannel]:
+    """Two running links over a socketpair; `wrap` may wrap the client's transport."""
     a, b = socket.socketpair()
     accepted_send, accepted = trio.open_memory_channel[TunnelStream](1000)
 
@@ -113,7 +117,7 @@ async def _linked(nursery: trio.Nursery, window: int) -> tuple[TunnelLink, Tunne
             accepted_send.send_nowait(stream)
 
     kw = {"initial_window": window, "max_frame_data": min(window, 16 * 1024)}
-    client = TunnelLink(trio.SocketStream(trio.socket.from_stdlib_socket(a)), Mux("client", **kw), _Session(),
+    client = TunnelLink(wrap(trio.SocketStream(trio.socket.from_stdlib_socket(a))), Mux("client", **kw), _Session(),
                         lambda e, s: None)  # fmt: skip
     server = TunnelLink(trio.SocketStream(trio.socket.from_stdlib_socket(b)), Mux("server", **kw), _Session(),
                         on_event)  # fmt: skip
@@ -228,20 +232,9 @@ def test_a_sender_cancelled_mid_send_does_not_cut_the_shared_connection() -> Non
     async def main() -> None:
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                a, b = socket.socketpair()
-                accepted_send, accepted = trio.open_memory_channel[TunnelStream](10)
-
-                def on_event(event: Any, stream: TunnelStream | None) -> None:
-                    if isinstance(event, WorkStreamOpened) and stream is not None:
-                        stream.accept()
-                        accepted_send.send_nowait(stream)
-
-                transport = _StallingTransport(trio.SocketStream(trio.socket.from_stdlib_socket(a)))
-                client = TunnelLink(transport, Mux("client"), _Session(), lambda e, s: None)
-                server = TunnelLink(trio.SocketStream(trio.socket.from_stdlib_socket(b)), Mux("server"), _Session(),
-                                    on_event)  # fmt: skip
-                nursery.start_soon(client.run)
-                nursery.start_soon(server.run)
+                client, server, accepted = await _linked(nursery, 1024 * 1024, _StallingTransport)
+                transport = client.transport
+                assert isinstance(transport, _StallingTransport)
                 first = client.open_stream(lambda: client.mux.open_stream({"i": 1}), {"i": 1})
                 await first.send_all(b"open")
                 peer_first = await accepted.receive()
