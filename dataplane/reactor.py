@@ -88,9 +88,11 @@ class RSock(_Park):
     for): stream sockets hand over everything queued up to the size asked, and
     with EPOLLET every arrival after that read raises a new event that sets it
     True again. (Not once EOF or an error was signalled: that event came already,
-    and the next recv must find it.) So the next wait parks at once instead of first making a recv
-    that fails with EAGAIN, which cost a system call and a Python exception per
-    request on each side of the proxy (about a third of a worker's throughput).
+    and the next recv must find it.) So the next wait parks at once instead of
+    first making a recv that fails with EAGAIN, which cost a system call and a
+    Python exception per request on each side of the proxy (about a third of a
+    worker's throughput). `recv` and `try_recv` both apply the rule, inline: they
+    are the hot path.
     """
 
     __slots__ = (

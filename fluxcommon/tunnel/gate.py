@@ -27,6 +27,13 @@ class SendGate:
     def locked(self) -> bool:
         return self.busy
 
+    def try_acquire(self) -> bool:
+        """Take the gate if it is free (no await); False when someone holds it."""
+        if self.busy:
+            return False
+        self.busy = True
+        return True
+
     async def acquire(self) -> None:
         while self.busy:
             await self._lot.park()

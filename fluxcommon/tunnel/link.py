@@ -284,30 +284,30 @@ class TunnelLink:
         may go yet (no window). A failed send wakes the writer too, so the link sees the
         failure and closes, whoever sent.
         """
-        gate = self._send_lock
-        if gate.busy or self.closed_reason is not None:
+        if self.closed_reason is not None or not self._send_lock.try_acquire():
             return False
-        gate.busy = True  # free: taken without a schedule point
-        sent = False
         try:
             # Shielded: the connection is shared by every stream, and a send cancelled halfway
             # (the caller's pipe cancelled while the socket is full) would cut a frame and break
             # all of them. The send still ends when the link closes its transport.
             with trio.CancelScope(shield=True):
-                while True:
-                    data = self.mux.data_to_send(WRITE_BUDGET)
-                    if not data:
-                        break
-                    await self.transport.send_all(data)
-                    sent = True
-                    self.bytes_out += len(data)
+                sent = await self._send_queued()
         except BaseException:
             self.wake()
             raise
         finally:
-            gate.release()
+            self._send_lock.release()
         if sent:
             self._set_progress()
+        return sent
+
+    async def _send_queued(self) -> bool:
+        """Send everything the mux has for the connection (the send gate held); whether it sent."""
+        sent = False
+        while data := self.mux.data_to_send(WRITE_BUDGET):
+            await self.transport.send_all(data)
+            self.bytes_out += len(data)
+            sent = True
         return sent
 
     def _set_progress(self) -> None:
@@ -375,12 +375,7 @@ class TunnelLink:
 
     async def _flushed(self) -> None:
         async with self._send_lock:
-            while True:
-                data = self.mux.data_to_send(WRITE_BUDGET)
-                if not data:
-                    return
-                await self.transport.send_all(data)
-                self.bytes_out += len(data)
+            await self._send_queued()
 
     async def _reader(self) -> str:
         mux, session = self.mux, self.session
