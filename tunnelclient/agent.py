@@ -44,6 +44,7 @@ from fluxcommon.tunnel.link import SEND_BUFFER, TunnelLink, TunnelStream, error_
 from fluxcommon.tunnel.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import wire_options
+from fluxcommon.tunnel.sockstream import BulkSocketStream
 from fluxcommon.tunnel.tlsstream import TLSStream
 from tunnelclient.config import AgentConfig, ProxyConfig, load_config
 
@@ -215,9 +216,10 @@ class Agent:
     async def _dial(self) -> trio.abc.Stream:
         cfg = self.config
         with trio.fail_after(cfg.dial_timeout):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(cfg.server_addr, cfg.server_port)
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
-            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)  # type: ignore[attr-defined]
+            sock = BulkSocketStream.adopt(await trio.open_tcp_stream(cfg.server_addr, cfg.server_port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            stream: trio.abc.Stream = sock
             if cfg.tls.enable:
                 ctx = self._tls_context()
                 server_name = cfg.tls.server_name or cfg.server_addr
@@ -409,7 +411,8 @@ class Agent:
             return
         try:
             with trio.fail_after(self.config.dial_timeout):
-                local = await trio.open_tcp_stream(state.local_ip, state.local_port)
+                local = BulkSocketStream.adopt(await trio.open_tcp_stream(state.local_ip, state.local_port))
+            local.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         except (OSError, trio.TooSlowError) as exc:
             log.warning("proxy %r: cannot reach %s:%d: %s", proxy, state.local_ip, state.local_port, exc)

@@ -18,6 +18,7 @@ from dataplane.tunnel.registry import Group, ProxyRef
 from dataplane.tunnel.sni import NEED_MORE, sni_from
 from dataplane.tunnel.streams import PrefixedStream
 from fluxcommon.tunnel.link import SEND_BUFFER
+from fluxcommon.tunnel.sockstream import BulkSocketStream
 
 if TYPE_CHECKING:
     from dataplane.tunnel.server import TunnelServer
@@ -81,7 +82,7 @@ class TcpPort(_Port):
                     continue
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)  # fewer, larger sends
-                self.server.nursery.start_soon(self.server.relay, self.group, trio.SocketStream(conn))
+                self.server.nursery.start_soon(self.server.relay, self.group, BulkSocketStream.adopt(conn))
 
 
 class UdpPort(_Port):
@@ -163,9 +164,9 @@ class HttpsVhostPort(_Port):
                         return
                     await trio.sleep(0.1)
                     continue
-                self.server.nursery.start_soon(self._route, trio.SocketStream(conn))
+                self.server.nursery.start_soon(self._route, BulkSocketStream.adopt(conn))
 
-    async def _route(self, stream: trio.SocketStream) -> None:
+    async def _route(self, stream: BulkSocketStream) -> None:
         data = b""
         name: object = NEED_MORE
         with trio.move_on_after(SNI_TIMEOUT):

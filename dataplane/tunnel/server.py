@@ -45,6 +45,7 @@ from fluxcommon.tunnel.messages import LoginVerifier, ReplayCache, check_visitor
 from fluxcommon.tunnel.mux import Mux, ResetCode, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import ProxyOptions
+from fluxcommon.tunnel.sockstream import BulkSocketStream
 from fluxcommon.tunnel.tlsstream import TLSStream
 
 log = logging.getLogger("flux.tunnel")
@@ -147,7 +148,7 @@ class TunnelServer:
                     continue
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)  # fewer, larger sends
-                nursery.start_soon(self._serve_agent, trio.SocketStream(conn))
+                nursery.start_soon(self._serve_agent, BulkSocketStream.adopt(conn))
 
     def stop(self) -> None:
         """Close every port and agent connection (the server's task then ends)."""
@@ -181,7 +182,7 @@ class TunnelServer:
 
     # -- agents ----------------------------------------------------------------------------
 
-    async def _serve_agent(self, sock_stream: trio.SocketStream) -> None:
+    async def _serve_agent(self, sock_stream: BulkSocketStream) -> None:
         peer = peer_of(sock_stream)
         first = b""
         with trio.move_on_after(HANDSHAKE_TIMEOUT):

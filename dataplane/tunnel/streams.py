@@ -20,8 +20,30 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
             return data
         return await self.inner.receive_some(max_bytes)
 
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        """`receive_some` into `buffer` (the link and TLSStream read this way when they can)."""
+        if self.prefix:
+            n = min(len(buffer), len(self.prefix))
+            memoryview(buffer)[:n] = self.prefix[:n]
+            self.prefix = self.prefix[n:]
+            await trio.lowlevel.checkpoint()
+            return n
+        receive_into = getattr(self.inner, "receive_into", None)
+        if receive_into is not None:
+            return int(await receive_into(buffer))
+        data = await self.inner.receive_some(len(buffer))
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.inner.send_all(data)
+
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        send_parts = getattr(self.inner, "send_parts", None)
+        if send_parts is not None:
+            await send_parts(parts)
+        else:
+            await self.inner.send_all(b"".join(parts))
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()

@@ -424,7 +424,7 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buf)
 
-    def receive_data(self, data: bytes) -> list[Frame]:
+    def receive_data(self, data: bytes | memoryview) -> list[Frame]:
         if self._error is not None:
             raise self._error
         buf = self._buf

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -43,11 +43,12 @@ from fluxcommon.tunnel.mux import (
     StreamReset,
     WindowUpdated,
 )
+from fluxcommon.tunnel.readbuffer import ReadBuffer
 
 log = logging.getLogger("flux.tunnel.link")
 
 READ_SIZE = 256 * 1024
-WRITE_BUDGET = 256 * 1024
+WRITE_BUDGET = 512 * 1024
 # SO_SNDBUF for the sockets tunnel bulk data crosses: fewer, larger sends (~10% less CPU per MB).
 # Linux autotuning grows a busy send buffer to tcp_wmem's maximum (4 MiB by default) anyway: this skips the ramp.
 SEND_BUFFER = 4 << 20
@@ -123,6 +124,13 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     # -- trio stream API -------------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        parts = await self.receive_parts(max_bytes)
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # b"" at the end of stream
+
+    async def receive_parts(self, max_bytes: int | None = None) -> list[bytes]:
+        """`receive_some` as the received frames it would join (at most `max_bytes` in all; the
+        first frame is cut when it alone is larger; none at the end of stream): a socket's
+        `send_parts` gathers them."""
         while not self._buffered:
             if self._closed:
                 raise trio.ClosedResourceError("stream closed")
@@ -130,22 +138,21 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 raise trio.BrokenResourceError(self._broken)
             if self._eof:
                 await trio.lowlevel.checkpoint()
-                return b""
+                return []
             self._readable = trio.Event()
             await self._readable.wait()
         chunks = self._chunks
         first = chunks[0]
-        if max_bytes is None or len(first) <= max_bytes:
-            data = chunks.popleft()  # the common case: one whole frame, handed over as it is
-            if max_bytes is not None and chunks and len(data) + len(chunks[0]) <= max_bytes:
-                parts, size = [data], len(data)  # join more whole frames while they fit, in one copy
-                while chunks and size + len(chunks[0]) <= max_bytes:
-                    size += len(chunks[0])
-                    parts.append(chunks.popleft())
-                data = b"".join(parts)
+        if max_bytes is None:
+            parts = [chunks.popleft()]  # one whole frame, handed over as it is
+            n = len(parts[0])
+        elif len(first) <= max_bytes:
+            parts, n = [chunks.popleft()], len(first)  # whole frames while they fit
+            while chunks and n + len(chunks[0]) <= max_bytes:
+                n += len(chunks[0])
+                parts.append(chunks.popleft())
         else:
-            data, chunks[0] = first[:max_bytes], first[max_bytes:]
-        n = len(data)
+            parts, chunks[0], n = [first[:max_bytes]], first[max_bytes:], max_bytes
         self._buffered -= n
         self.bytes_in += n
         mux = self.link.mux
@@ -158,7 +165,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         # Cancellation is honoured; the schedule point comes with the caller's next send, as
         # with TLSStream: a yield per chunk here was a trip through trio's scheduler per frame.
         await trio.lowlevel.checkpoint_if_cancelled()
-        return data
+        return parts
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -172,7 +179,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             if self._broken is not None:
                 raise trio.BrokenResourceError(self._broken)
             try:
-                n = mux.send(self.id, view)
+                n = mux.send(self.id, view)  # a view of bytes is kept as it is (no copy)
             except StreamError as exc:
                 self._break(str(exc))
                 raise trio.BrokenResourceError(str(exc)) from None
@@ -261,6 +268,10 @@ class TunnelLink:
         # having sent them, so chunks never overtake each other. A gate, not a trio.Lock: taking
         # it when free costs no trip through the scheduler.
         self._send_lock = SendGate()
+        # TLSStream and socket streams write the mux's pieces without joining them first
+        self._gather: Callable[[list[bytes | memoryview]], Awaitable[None]] | None = getattr(
+            transport, "send_parts", None
+        )
 
     # -- used by streams and drivers ---------------------------------------------------------
 
@@ -304,11 +315,19 @@ class TunnelLink:
     async def _send_queued(self) -> bool:
         """Send everything the mux has for the connection (the send gate held); whether it sent."""
         sent = False
-        while data := self.mux.data_to_send(WRITE_BUDGET):
-            await self.transport.send_all(data)
-            self.bytes_out += len(data)
+        while parts := self.mux.parts_to_send(WRITE_BUDGET):
+            self.bytes_out += await self._send_parts(parts)
             sent = True
         return sent
+
+    async def _send_parts(self, parts: list[bytes | memoryview]) -> int:
+        """Send the pieces `mux.parts_to_send` gave, gathered by the transport when it can."""
+        if self._gather is not None:
+            await self._gather(parts)
+            return sum(map(len, parts))
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        await self.transport.send_all(data)
+        return len(data)
 
     def _set_progress(self) -> None:
         self._progress.set()
@@ -379,9 +398,17 @@ class TunnelLink:
 
     async def _reader(self) -> str:
         mux, session = self.mux, self.session
+        # Read into a buffer kept between reads when the transport can (TLSStream decrypts into
+        # it, a socket stream receives into it): the frame decoder copies each payload out once.
+        receive_into = getattr(self.transport, "receive_into", None)
+        buf = ReadBuffer() if receive_into is not None else None
         while True:
+            data: bytes | memoryview
             try:
-                data = await self.transport.receive_some(READ_SIZE)
+                if buf is not None:
+                    data = buf.view[: await receive_into(buf.view)]
+                else:
+                    data = await self.transport.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 return f"connection lost: {error_text(exc)}"
             if not data:
@@ -396,6 +423,8 @@ class TunnelLink:
                 log.warning("tunnel protocol error: %s", exc)
                 self.wake()
                 return f"protocol error: {exc}"
+            if buf is not None:
+                buf.record(len(data))
             if self.closed_reason is not None:
                 return self.closed_reason
             if mux.has_output:  # answers (PONG, OPEN_ACK, RESET...) and data a window update let go
@@ -441,11 +470,10 @@ class TunnelLink:
         mux = self.mux
         while True:
             async with self._send_lock:
-                data = mux.data_to_send(WRITE_BUDGET)
-                if data:
-                    await self.transport.send_all(data)
-                    self.bytes_out += len(data)
-            if not data:
+                parts = mux.parts_to_send(WRITE_BUDGET)
+                if parts:
+                    self.bytes_out += await self._send_parts(parts)
+            if not parts:
                 self._set_progress()
                 self._wake = trio.Event()
                 await self._wake.wait()

@@ -376,7 +376,7 @@ class Mux:
             s.acked = True
             self._queue(encode_frame(OpenAckFrame(stream_id)))
 
-    def send(self, stream_id: int, data: bytes) -> int:
+    def send(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue stream data; returns how many leading bytes of `data` were taken."""
         s = self._live(stream_id)
         if s.local_closed:
@@ -384,8 +384,12 @@ class Mux:
         room = min(self.stream_buffer - len(s.pending), self.max_buffered - self._buffered)
         n = max(0, min(len(data), room))
         if n:
-            # bytes are kept as they are (immutable); anything else is copied, as the caller may reuse it
-            s.pending.append(data if n == len(data) and type(data) is bytes else bytes(data[:n]))
+            # bytes, and views of bytes, are kept as they are (immutable); anything else is copied,
+            # as the caller may reuse it
+            if type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes):
+                s.pending.append(data if n == len(data) else data[:n])
+            else:
+                s.pending.append(bytes(data[:n]))
             self._buffered += n
             self._schedule(s)
         return n
@@ -455,6 +459,12 @@ class Mux:
 
     def data_to_send(self, max_bytes: int | None = None) -> bytes:
         """Bytes to write to the connection now (empty if nothing is due)."""
+        parts = self.parts_to_send(max_bytes)
+        return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
+
+    def parts_to_send(self, max_bytes: int | None = None) -> list[bytes | memoryview]:
+        """`data_to_send` as the pieces it would join (frame headers, views of the callers'
+        chunks), for a transport that writes them without joining (sendmsg, TLS records)."""
         budget = float("inf") if max_bytes is None else max(max_bytes, HEADER_SIZE + 1)
         out: list[bytes | memoryview] = []
         size = 0
@@ -473,7 +483,7 @@ class Mux:
                 else:
                     self._udp_bytes -= len(frame)
             if queue:
-                return b"".join(out)
+                return out
         ready = self._ready
         streams = self._streams
         while ready:
@@ -505,11 +515,11 @@ class Mux:
                     self._remove(s)
                 continue
             self._schedule(s)
-        return b"".join(out)
+        return out
 
     # -- input -----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed received bytes; returns the events they complete. Raises `ProtocolError` only."""
         if self._error is not None:
             raise self._error

@@ -130,16 +130,26 @@ async def _copy(
     limit: Bandwidth | None,
 ) -> None:
     size = limit.chunk() if limit is not None else CHUNK
-    while True:
-        data = await src.receive_some(size)
-        if not data:
-            break
-        if limit is not None:
-            delay = limit.take(len(data), trio.current_time())
-            if delay > 0:
-                await trio.sleep(delay)
-        await dst.send_all(data)
-        count(len(data))
+    receive_parts = getattr(src, "receive_parts", None)
+    send_parts = getattr(dst, "send_parts", None)
+    if receive_parts is not None and send_parts is not None:
+        # A tunnel stream's frames to a socket, gathered by one sendmsg instead of joined.
+        while parts := await receive_parts(size):
+            n = sum(map(len, parts))
+            if limit is not None:
+                delay = limit.take(n, trio.current_time())
+                if delay > 0:
+                    await trio.sleep(delay)
+            await send_parts(parts)
+            count(n)
+    else:
+        while data := await src.receive_some(size):
+            if limit is not None:
+                delay = limit.take(len(data), trio.current_time())
+                if delay > 0:
+                    await trio.sleep(delay)
+            await dst.send_all(data)
+            count(len(data))
     if isinstance(dst, trio.abc.HalfCloseableStream):
         await dst.send_eof()
     else:  # pragma: no cover - every stream we pipe can half-close

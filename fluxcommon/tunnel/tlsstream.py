@@ -20,8 +20,10 @@ import ssl
 import trio
 
 from fluxcommon.tunnel.gate import SendGate
+from fluxcommon.tunnel.readbuffer import ReadBuffer
 
 RECEIVE_SIZE = 256 * 1024
+RECORD = 16 * 1024  # TLS's largest record payload: OpenSSL cuts writes into records of this size
 
 
 class TLSStream(trio.abc.Stream):
@@ -42,6 +44,8 @@ class TLSStream(trio.abc.Stream):
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._send_lock = SendGate()  # no schedule point when free (see gate.py)
+        self._raw = ReadBuffer()  # TLS bytes read from the transport (receive_into)
+        self._plain = ReadBuffer()  # plaintext for receive_some
         self._transport_eof = False
         self._peer_closed = False
         self._closed = False
@@ -58,10 +62,19 @@ class TLSStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         """Read more TLS bytes from the transport into the incoming BIO (EOF noted)."""
-        data = await self.transport_stream.receive_some(RECEIVE_SIZE)
-        if data:
-            self._incoming.write(data)
+        receive_into = getattr(self.transport_stream, "receive_into", None)
+        if receive_into is not None:  # no bytes object per read
+            raw = self._raw
+            n = await receive_into(raw.view)
+            if n:
+                self._incoming.write(raw.view[:n])
+            raw.record(n)
         else:
+            data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+            n = len(data)
+            if n:
+                self._incoming.write(data)
+        if not n:
             self._transport_eof = True
             self._incoming.write_eof()
 
@@ -89,21 +102,33 @@ class TLSStream(trio.abc.Stream):
     # -- trio.abc.Stream -----------------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        buf = self._plain
+        view = buf.view if max_bytes is None else buf.view[:max_bytes]
+        n = await self.receive_into(view)
+        data = bytes(view[:n])
+        buf.record(n)
+        return data
+
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        """Decrypt what has arrived into `buffer` (at least one byte, or 0 at the end of stream).
+
+        Every record already buffered is read in one call, straight into `buffer`: no bytes
+        object per record and no join.
+        """
         if self._closed:
             raise trio.ClosedResourceError("TLS stream closed")
-        limit = max_bytes or RECEIVE_SIZE
+        view = memoryview(buffer).cast("B")
+        limit = len(view)
         read = self.ssl_object.read
         while True:
-            parts: list[bytes] = []
             got = 0
             try:
                 while got < limit and not self._peer_closed:
-                    chunk = read(limit - got)
-                    if not chunk:
+                    n = read(limit - got, view[got:])
+                    if not n:
                         self._peer_closed = True
                         break
-                    parts.append(chunk)
-                    got += len(chunk)
+                    got += n
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:  # the peer's close_notify: a clean end of stream
@@ -113,12 +138,12 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             if self._outgoing.pending:  # a key update or alert to answer
                 await self._flush()
-            if parts:
+            if got:
                 await trio.lowlevel.checkpoint_if_cancelled()
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                return got
             if self._peer_closed:
                 await trio.lowlevel.checkpoint()
-                return b""
+                return 0
             if self._transport_eof:
                 raise trio.BrokenResourceError("the peer closed the connection without a TLS close_notify")
             await self._fill()
@@ -137,6 +162,43 @@ class TLSStream(trio.abc.Stream):
                 self.ssl_object.write(data)
             except ssl.SSLError as exc:
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+        await self._flush()
+
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """`send_all` of the parts joined, without joining them.
+
+        Each `SSLObject.write` call ends in a record of its own, so writing a 12-byte frame
+        header by itself would cost a record (and a decryption at the peer) per frame. Parts
+        are written whole-record by whole-record straight from their memory; only what is left
+        between record boundaries (headers, the tail of a payload, the head of the next) is
+        gathered in a small buffer first: at most one record's worth per part is copied.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream closed")
+        write = self.ssl_object.write
+        carry = bytearray()
+        try:
+            for part in parts:
+                if carry:
+                    fill = RECORD - len(carry)
+                    if len(part) < fill:
+                        carry += part
+                        continue
+                    view = memoryview(part)
+                    carry += view[:fill]
+                    write(carry)
+                    carry.clear()
+                    part = view[fill:]
+                n = len(part)
+                whole = n - n % RECORD
+                if whole:
+                    write(part if whole == n else memoryview(part)[:whole])
+                if whole < n:
+                    carry += memoryview(part)[whole:]
+            if carry:
+                write(carry)
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
         await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:

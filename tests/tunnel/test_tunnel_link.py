@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +19,15 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.tls import self_signed
 
 from fluxcommon.tunnel.control import WorkStreamOpened
 from fluxcommon.tunnel.gate import SendGate
 from fluxcommon.tunnel.link import TunnelLink, TunnelStream
 from fluxcommon.tunnel.mux import Mux, StreamOpened
+from fluxcommon.tunnel.pipe import pipe
+from fluxcommon.tunnel.sockstream import BulkSocketStream
+from fluxcommon.tunnel.tlsstream import TLSStream
 
 # -- SendGate ------------------------------------------------------------------------------
 
@@ -104,11 +109,45 @@ class _Session:
         return None
 
 
-async def _linked(
-    nursery: trio.Nursery, window: int, wrap: Callable[[trio.SocketStream], Any] = lambda s: s
-) -> tuple[TunnelLink, TunnelLink, trio.MemoryReceiveChannel]:
-    """Two running links over a socketpair; `wrap` may wrap the client's transport."""
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    cert, key = self_signed("node.test")
+    d = tmp_path_factory.mktemp("tls")
+    (d / "cert.pem").write_text(cert)
+    (d / "key.pem").write_text(key)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(d / "cert.pem", d / "key.pem")
+    return server, ssl.create_default_context(cafile=str(d / "cert.pem"))
+
+
+async def _transports(kind: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None) -> tuple[Any, Any]:
+    """Both ends of a socketpair as the link's transport: trio's SocketStream (joined sends,
+    receive_some), BulkSocketStream (sendmsg of the mux's parts, receive_into), or TLSStream over
+    it (parts written record by record, decrypted into the link's buffer), as node and agent use."""
     a, b = socket.socketpair()
+    if kind == "trio":
+        wrap = trio.socket.from_stdlib_socket
+        return trio.SocketStream(wrap(a)), trio.SocketStream(wrap(b))
+    if kind == "bulk":
+        return BulkSocketStream(a), BulkSocketStream(b)
+    assert contexts is not None
+    client = TLSStream(BulkSocketStream(a), contexts[1], server_hostname="node.test")
+    server = TLSStream(BulkSocketStream(b), contexts[0], server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    return client, server
+
+
+async def _linked(
+    nursery: trio.Nursery,
+    window: int,
+    wrap: Callable[[Any], Any] = lambda s: s,
+    kind: str = "trio",
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+) -> tuple[TunnelLink, TunnelLink, trio.MemoryReceiveChannel]:
+    """Two running links over a socketpair (see `_transports`); `wrap` may wrap the client's transport."""
+    ta, tb = await _transports(kind, contexts)
     accepted_send, accepted = trio.open_memory_channel[TunnelStream](1000)
 
     def on_event(event: Any, stream: TunnelStream | None) -> None:
@@ -117,26 +156,28 @@ async def _linked(
             accepted_send.send_nowait(stream)
 
     kw = {"initial_window": window, "max_frame_data": min(window, 16 * 1024)}
-    client = TunnelLink(wrap(trio.SocketStream(trio.socket.from_stdlib_socket(a))), Mux("client", **kw), _Session(),
-                        lambda e, s: None)  # fmt: skip
-    server = TunnelLink(trio.SocketStream(trio.socket.from_stdlib_socket(b)), Mux("server", **kw), _Session(),
-                        on_event)  # fmt: skip
+    client = TunnelLink(wrap(ta), Mux("client", **kw), _Session(), lambda e, s: None)
+    server = TunnelLink(tb, Mux("server", **kw), _Session(), on_event)
     nursery.start_soon(client.run)
     nursery.start_soon(server.run)
     return client, server, accepted
 
 
+@pytest.mark.parametrize("kind", ["trio", "bulk", "tls"])
 @pytest.mark.parametrize("window", [4096, 1024 * 1024])
-def test_many_streams_arrive_whole_and_in_order(window: int) -> None:
+def test_many_streams_arrive_whole_and_in_order(
+    window: int, kind: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
     """20 streams send random-sized chunks at once (senders flush inline, or wake the writer when
-    another holds the gate); each receiver gets exactly its stream's bytes, in order."""
+    another holds the gate); each receiver gets exactly its stream's bytes, in order, whether it
+    reads them itself or pipes them into a socket (frames gathered by sendmsg)."""
     rng = random.Random(window)
     payloads = [rng.randbytes(rng.randint(1, 300_000)) for _ in range(20)]
 
     async def main() -> None:
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                client, _server, accepted = await _linked(nursery, window)
+                client, _server, accepted = await _linked(nursery, window, kind=kind, contexts=tls_contexts)
                 received: dict[int, bytes] = {}
 
                 async def send(i: int) -> None:
@@ -151,7 +192,21 @@ def test_many_streams_arrive_whole_and_in_order(window: int) -> None:
                     assert rest == b""
                     await stream.aclose()
 
+                async def receive_through_a_socket(stream: TunnelStream) -> None:
+                    inside, outside = (BulkSocketStream(s) for s in socket.socketpair())
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(pipe, stream, inside)
+                        parts = []
+                        while chunk := await outside.receive_some():
+                            parts.append(chunk)
+                        received[stream.meta["i"]] = b"".join(parts)
+                        await outside.send_eof()  # the pipe passes it on: the stream's FIN
+                    await outside.aclose()
+
                 async def receive(stream: TunnelStream) -> None:
+                    if stream.meta["i"] % 3 == 0:
+                        await receive_through_a_socket(stream)
+                        return
                     parts = []
                     while chunk := await stream.receive_some(rng.choice([None, 10, 4096, 100_000])):
                         parts.append(chunk)

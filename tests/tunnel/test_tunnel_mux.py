@@ -320,6 +320,25 @@ def test_round_robin_interleaves_streams() -> None:
     assert got == {sid: 1000 for sid in ids}
 
 
+def test_parts_are_the_bytes_data_to_send_would_join_and_buffers_the_caller_may_reuse_are_copied() -> None:
+    client, server = connect(max_frame_data=1000)
+    sid = client.open_stream({})
+    pump(client, server)
+    kept = b"k" * 2500
+    reused = bytearray(b"r" * 1500)
+    view = memoryview(b"v" * 3000)
+    assert client.send(sid, kept) == 2500
+    assert client.send(sid, reused) == 1500
+    assert client.send(sid, view[1000:]) == 2000  # a view of bytes: kept as it is, like bytes
+    reused[:] = b"X" * 1500  # the caller reuses its buffer: what was queued must not change
+    parts = client.parts_to_send()
+    assert any(p is kept or (isinstance(p, memoryview) and p.obj is kept) for p in parts)  # not copied
+    wire = b"".join(parts)
+    got = b"".join(e.data for e in server.receive_data(wire) if isinstance(e, Data))
+    assert got == b"k" * 2500 + b"r" * 1500 + b"v" * 2000
+    assert client.parts_to_send() == [] and client.data_to_send() == b""
+
+
 def test_control_frames_go_before_queued_data() -> None:
     client, server = connect()
     sid = client.open_stream({})

@@ -147,3 +147,97 @@ def test_send_after_close_is_refused(contexts: tuple[ssl.SSLContext, ssl.SSLCont
         await client.aclose()  # idempotent
 
     trio.run(main)
+
+
+class _Recorder(trio.abc.Stream):
+    """A transport that passes everything on to `inner` and keeps a copy of what was sent."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.sent = bytearray()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _record_lengths(wire: bytes) -> list[int]:
+    """Payload lengths of the TLS records in `wire` (5-byte headers: type, version, length)."""
+    lengths, pos = [], 0
+    while pos < len(wire):
+        assert len(wire) - pos >= 5
+        n = int.from_bytes(wire[pos + 3 : pos + 5], "big")
+        lengths.append(n)
+        pos += 5 + n
+    assert pos == len(wire)
+    return lengths
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=12), seed=st.integers(0, 2**16))
+def test_send_parts_arrive_joined_in_full_records(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext], sizes: list[int], seed: int
+) -> None:
+    """Parts of any sizes (12-byte headers, 64 KiB payloads, empty ones) arrive as their join, and
+    every record of one send_parts call but the last is a full one: no record per small part."""
+    rng = random.Random(seed)
+    parts: list[bytes | memoryview] = [rng.randbytes(n) for n in sizes]
+    parts = [memoryview(p) if i % 2 else p for i, p in enumerate(parts)]  # views and bytes alike
+    joined = b"".join(parts)
+
+    async def main() -> None:
+        a, b = trio.testing.memory_stream_pair()
+        server_ctx, client_ctx = contexts
+        recorder = _Recorder(b)
+        server = TLSStream(a, server_ctx, server_side=True)
+        client = TLSStream(recorder, client_ctx, server_hostname="node.test")
+        with trio.fail_after(20):
+            await _handshake(server, client)
+            recorder.sent.clear()
+            got = bytearray()
+
+            async def receive() -> None:
+                while len(got) < len(joined):
+                    chunk = await server.receive_some()
+                    assert chunk
+                    got.extend(chunk)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                await client.send_parts(parts)
+            assert bytes(got) == joined
+        lengths = _record_lengths(bytes(recorder.sent))
+        full = 16 * 1024 + 17  # plaintext, content type byte and AEAD tag (TLS 1.3)
+        assert len(lengths) == max(1, -(-len(joined) // (16 * 1024))) if joined else lengths == []
+        assert all(n == full for n in lengths[:-1])
+
+    trio.run(main)
+
+
+def test_receive_into_fills_the_buffer_from_every_record_buffered(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    async def main() -> None:
+        server, client = _pair(contexts)
+        await _handshake(server, client)
+        data = random.Random(7).randbytes(100_000)  # seven records
+        await client.send_all(data)
+        buf = bytearray(200_000)
+        got = 0
+        with trio.fail_after(5):
+            while got < len(data):
+                got += await server.receive_into(memoryview(buf)[got:])
+        assert bytes(buf[:got]) == data
+        await client.aclose()
+        assert await server.receive_into(buf) == 0  # close_notify
+
+    trio.run(main)

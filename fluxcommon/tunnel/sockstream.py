@@ -1,0 +1,179 @@
+"""`BulkSocketStream`: a trio stream over a TCP socket for bulk tunnel traffic.
+
+trio's `SocketStream` goes back through the scheduler after every call that succeeded at
+once (a full checkpoint: an epoll call and a reschedule). A tunnel moves each chunk through
+three or four such calls per process, so at hundreds of MB/s those trips were a large share
+of the CPU. This stream calls the socket directly and parks only when the kernel says it would
+block; a call that succeeded honours cancellation, and every `YIELD_EVERY`-th one also yields,
+so a task whose peer is always ready still lets the others run.
+
+Errors are trio's: `BrokenResourceError` (with the `OSError` as its cause) when the connection
+failed, `ClosedResourceError` after `aclose`. One receiver and one sender at a time, as with any
+trio stream (concurrent waits on one socket raise `BusyResourceError` from trio).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import trio
+
+RECEIVE_SIZE = 256 * 1024
+YIELD_EVERY = 16  # calls that did not park, between two schedule points
+IOV_BATCH = 512  # buffers per sendmsg (the kernel takes at most IOV_MAX, 1024 on Linux)
+
+
+class BulkSocketStream(trio.abc.HalfCloseableStream):
+    """A connected TCP socket (stdlib, switched to non-blocking) as a trio stream."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        # the trio view of the same socket: addresses, options, and a close trio is told about
+        self.socket = trio.socket.from_stdlib_socket(sock)
+        self._calls = 0
+        self._closed = False
+
+    @classmethod
+    def adopt(cls, stream: trio.SocketStream | trio.socket.SocketType) -> BulkSocketStream:
+        """Take over the socket of a trio stream or trio socket (which must not be used afterwards)."""
+        tsock = stream.socket if isinstance(stream, trio.SocketStream) else stream
+        return cls(socket.socket(fileno=tsock.detach()))
+
+    # -- options, as trio.SocketStream offers them -------------------------------------------
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        self._sock.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return self._sock.getsockopt(level, option)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _done(self) -> None:
+        """After a call that did not park: a cancellation point, and now and then a schedule point."""
+        self._calls += 1
+        if self._calls >= YIELD_EVERY:
+            self._calls = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("socket stream closed")
+
+    def _broken(self, exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+        if self._closed or exc.errno == errno.EBADF:
+            return trio.ClosedResourceError("socket stream closed")
+        return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+    # -- trio.abc.HalfCloseableStream ---------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check_open()
+        size = max_bytes or RECEIVE_SIZE
+        while True:
+            try:
+                data = self._sock.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._sock)
+                self._calls = 0
+                self._check_open()
+                continue
+            except OSError as exc:
+                raise self._broken(exc) from exc
+            await self._done()
+            return data
+
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        """`receive_some` into `buffer`: the byte count (0 at end of stream), no allocation."""
+        self._check_open()
+        while True:
+            try:
+                n = self._sock.recv_into(buffer)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._sock)
+                self._calls = 0
+                self._check_open()
+                continue
+            except OSError as exc:
+                raise self._broken(exc) from exc
+            await self._done()
+            return n
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        total = len(data)
+        sent = 0
+        parked = False
+        view: memoryview | None = None
+        while sent < total:
+            try:
+                if sent == 0:
+                    sent = self._sock.send(data)
+                else:
+                    if view is None:
+                        view = memoryview(data).cast("B")
+                    sent += self._sock.send(view[sent:])
+            except BlockingIOError:
+                parked = True
+                await trio.lowlevel.wait_writable(self._sock)
+                self._check_open()
+            except OSError as exc:
+                raise self._broken(exc) from exc
+        if parked:
+            self._calls = 0
+        else:
+            await self._done()
+
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """`send_all` of the parts joined, without joining them: one `sendmsg` gathers them."""
+        if len(parts) <= 1:
+            await self.send_all(parts[0] if parts else b"")
+            return
+        self._check_open()
+        parked = False
+        pending = list(parts)
+        while pending:
+            batch = pending[:IOV_BATCH]
+            try:
+                n = self._sock.sendmsg(batch)
+            except BlockingIOError:
+                parked = True
+                await trio.lowlevel.wait_writable(self._sock)
+                self._check_open()
+                continue
+            except OSError as exc:
+                raise self._broken(exc) from exc
+            i = 0  # drop what was sent: whole parts, then the front of a partly sent one
+            while i < len(batch) and n >= len(batch[i]):
+                n -= len(batch[i])
+                i += 1
+            del pending[:i]
+            if n:
+                pending[0] = memoryview(pending[0]).cast("B")[n:]
+        if parked:
+            self._calls = 0
+        else:
+            await self._done()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._check_open()
+        await trio.lowlevel.wait_writable(self._sock)
+
+    async def send_eof(self) -> None:
+        self._check_open()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:  # the peer is gone already: nothing to tell it
+                raise self._broken(exc) from exc
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.socket.close()  # tells trio first, so a task parked on the socket wakes
+        await trio.lowlevel.checkpoint()
