@@ -44,7 +44,7 @@ from fluxcommon.tunnel.link import SEND_BUFFER, TunnelLink, TunnelStream, error_
 from fluxcommon.tunnel.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
 from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import wire_options
-from fluxcommon.tunnel.sockstream import BulkSocketStream
+from fluxcommon.tunnel.sockstream import UDP_BATCH, BulkSocketStream, drain_datagrams
 from fluxcommon.tunnel.tlsstream import TLSStream
 from tunnelclient.config import AgentConfig, ProxyConfig, load_config
 
@@ -470,16 +470,19 @@ class Agent:
         try:
             while True:
                 with trio.move_on_after(UDP_IDLE) as scope:
-                    data = await sock.recv(65535)
+                    batch = [await sock.recv(65535)]
                 if scope.cancelled_caught:
                     if time.monotonic() - peer[2] >= UDP_IDLE:
                         return
                     continue
+                # what else the local service sent goes to the node in the same write
+                batch += [data for data, _ in drain_datagrams(peer[0], UDP_BATCH - 1)]
                 peer[2] = time.monotonic()
                 if self.link is not None:
                     try:
-                        self.link.mux.send_udp(state.wire_name, peer_name, data)
-                        state.bytes_out += len(data)
+                        for data in batch:
+                            self.link.mux.send_udp(state.wire_name, peer_name, data)
+                            state.bytes_out += len(data)
                         self.link.wake()
                     except StreamError:
                         pass

@@ -1,4 +1,5 @@
-"""`BulkSocketStream`: a trio stream over a TCP socket for bulk tunnel traffic.
+"""`BulkSocketStream`: a trio stream over a TCP socket for bulk tunnel traffic (and
+`drain_datagrams`, the same idea for UDP sockets).
 
 trio's `SocketStream` goes back through the scheduler after every call that succeeded at
 once (a full checkpoint: an epoll call and a reschedule). A tunnel moves each chunk through
@@ -16,12 +17,25 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 import trio
 
 RECEIVE_SIZE = 256 * 1024
 YIELD_EVERY = 16  # calls that did not park, between two schedule points
 IOV_BATCH = 512  # buffers per sendmsg (the kernel takes at most IOV_MAX, 1024 on Linux)
+UDP_BATCH = 64  # datagrams taken from a UDP socket per wake-up
+
+
+def drain_datagrams(sock: socket.socket, limit: int) -> list[tuple[bytes, Any]]:
+    """Up to `limit` more (datagram, address) pairs already waiting on a non-blocking UDP socket."""
+    got: list[tuple[bytes, Any]] = []
+    try:
+        while len(got) < limit:
+            got.append(sock.recvfrom(65535))
+    except OSError:  # BlockingIOError: nothing more now; other errors surface on the next wait
+        pass
+    return got
 
 
 class BulkSocketStream(trio.abc.HalfCloseableStream):

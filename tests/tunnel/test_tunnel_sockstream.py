@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fluxcommon.tunnel import sockstream
 from fluxcommon.tunnel.readbuffer import MAX_SIZE, MIN_SIZE, SHRINK_AFTER, ReadBuffer
-from fluxcommon.tunnel.sockstream import BulkSocketStream
+from fluxcommon.tunnel.sockstream import BulkSocketStream, drain_datagrams
 
 
 def _pair() -> tuple[BulkSocketStream, BulkSocketStream]:
@@ -222,3 +222,19 @@ def test_read_buffer_grows_on_full_reads_and_shrinks_slowly(fills: list[float]) 
         else:
             small = 0
             assert len(buf) == size
+
+
+def test_drain_datagrams_takes_what_is_waiting_up_to_the_limit_in_order() -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        assert drain_datagrams(rx, 10) == []  # nothing waiting: no wait, no error
+        for i in range(10):
+            tx.sendto(bytes([i]) * (i + 1), rx.getsockname())
+        first = drain_datagrams(rx, 4)
+        rest = drain_datagrams(rx, 100)
+        assert [d for d, _ in first + rest] == [bytes([i]) * (i + 1) for i in range(10)]
+        assert len(first) == 4 and all(addr == tx.getsockname() for _, addr in first + rest)
+        assert drain_datagrams(rx, 10) == []
