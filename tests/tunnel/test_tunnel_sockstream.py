@@ -229,6 +229,7 @@ def test_drain_datagrams_takes_what_is_waiting_up_to_the_limit_in_order() -> Non
     rx.bind(("127.0.0.1", 0))
     rx.setblocking(False)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
     with rx, tx:
         assert drain_datagrams(rx, 10) == []  # nothing waiting: no wait, no error
         for i in range(10):
