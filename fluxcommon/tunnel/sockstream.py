@@ -119,6 +119,8 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._check_open()
+        if type(data) is memoryview and data.itemsize != 1:
+            data = data.cast("B")  # lengths below count bytes
         total = len(data)
         sent = 0
         parked = False
