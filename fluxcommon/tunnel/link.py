@@ -1,10 +1,16 @@
 """The trio shell around one tunnel connection: a `Mux` and a session driven over a stream.
 
 `TunnelLink` owns three tasks: the reader feeds received bytes to the mux and the session
-and dispatches what they produce; the writer flushes `mux.data_to_send()` whenever
+and dispatches what they produce; the writer flushes `mux.parts_to_send()` whenever
 something is queued; the ticker calls `session.tick` at its deadlines (heartbeats, login and
 peer timeouts). Streams are `TunnelStream` objects, trio `HalfCloseableStream`s, so the
 node and the agent pipe them to sockets with the same code they use for sockets.
+
+Bulk data is copied as little as Python allows: a stream that finds the connection free sends
+inline from its own task; the mux's pieces (frame headers, views of the callers' chunks) go to
+the transport's `send_parts` when it has one (`TLSStream` writes them record by record,
+`BulkSocketStream` gathers them with one sendmsg), and the reader decrypts or receives into a
+buffer it keeps (`receive_into`), from which the frame decoder copies each payload once.
 
 Flow control is the mux's: `TunnelStream.send_all` blocks while the stream's send buffer is
 full (the peer has not granted more window), and `receive_some` grants credit back as the

@@ -4,7 +4,9 @@ trio's `SSLStream` hands back one TLS record (at most 16 KiB) per `receive_some`
 its general retry machinery; a tunnel link moving hundreds of MB/s spent most of its CPU there.
 This stream drains every record already buffered in one call (up to `max_bytes`), so a 256 KiB
 socket read costs one trip through Python instead of sixteen, and writes go out as one
-`send_all` per call however many records they make.
+`send_all` per call however many records they make. `receive_into` decrypts straight into the
+caller's buffer and reads the transport into one of its own when the transport can
+(`BulkSocketStream.receive_into`); `send_parts` writes a list of pieces without joining them.
 
 The reader and the writer of a link run concurrently: `SSLObject.read` may produce bytes to send
 (TLS 1.3 key updates, alerts), so both sides flush the outgoing BIO under one lock, in order.
