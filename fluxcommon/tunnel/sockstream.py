@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -86,27 +87,18 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
     # -- trio.abc.HalfCloseableStream ---------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        self._check_open()
-        size = max_bytes or RECEIVE_SIZE
-        while True:
-            try:
-                data = self._sock.recv(size)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._sock)
-                self._calls = 0
-                self._check_open()
-                continue
-            except OSError as exc:
-                raise self._broken(exc) from exc
-            await self._done()
-            return data
+        return await self._receive(self._sock.recv, max_bytes or RECEIVE_SIZE)
 
     async def receive_into(self, buffer: bytearray | memoryview) -> int:
         """`receive_some` into `buffer`: the byte count (0 at end of stream), no allocation."""
+        return await self._receive(self._sock.recv_into, buffer)
+
+    async def _receive(self, call: Callable[[Any], Any], arg: Any) -> Any:
+        """`call(arg)` on the socket, parking until it is readable when it would block."""
         self._check_open()
         while True:
             try:
-                n = self._sock.recv_into(buffer)
+                result = call(arg)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._sock)
                 self._calls = 0
@@ -115,7 +107,7 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise self._broken(exc) from exc
             await self._done()
-            return n
+            return result
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._check_open()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import pathlib
+import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,3 +40,13 @@ def self_signed(common_name: str = "localhost", sans: tuple[str, ...] = ()) -> t
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
     return cert_pem, key_pem
+
+
+def contexts(directory: pathlib.Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context with a self-signed certificate for `name`, client context trusting it)."""
+    cert, key = self_signed(name)
+    (directory / "cert.pem").write_text(cert)
+    (directory / "key.pem").write_text(key)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return server, ssl.create_default_context(cafile=str(directory / "cert.pem"))

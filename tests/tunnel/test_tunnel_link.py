@@ -19,7 +19,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.tls import self_signed
+from support import tls
 
 from fluxcommon.tunnel.control import WorkStreamOpened
 from fluxcommon.tunnel.gate import SendGate
@@ -111,13 +111,7 @@ class _Session:
 
 @pytest.fixture(scope="module")
 def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    cert, key = self_signed("node.test")
-    d = tmp_path_factory.mktemp("tls")
-    (d / "cert.pem").write_text(cert)
-    (d / "key.pem").write_text(key)
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(d / "cert.pem", d / "key.pem")
-    return server, ssl.create_default_context(cafile=str(d / "cert.pem"))
+    return tls.contexts(tmp_path_factory.mktemp("tls"), "node.test")
 
 
 async def _transports(kind: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None) -> tuple[Any, Any]:

@@ -15,21 +15,14 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.tls import self_signed
+from support import tls
 
 from fluxcommon.tunnel.tlsstream import TLSStream
 
 
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    cert, key = self_signed("node.test")
-    d = tmp_path_factory.mktemp("tls")
-    (d / "cert.pem").write_text(cert)
-    (d / "key.pem").write_text(key)
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(d / "cert.pem", d / "key.pem")
-    client = ssl.create_default_context(cafile=str(d / "cert.pem"))
-    return server, client
+    return tls.contexts(tmp_path_factory.mktemp("tls"), "node.test")
 
 
 def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext], name: str = "node.test") -> tuple[TLSStream, TLSStream]:
