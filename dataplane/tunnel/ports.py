@@ -113,6 +113,8 @@ class UdpPort(_Port):
         return ref
 
     async def _recv_loop(self, tsock: trio.socket.SocketType) -> None:
+        std = self.sock  # kept: `close` clears self.sock while this task may be between reads
+        assert std is not None
         with self.scope:
             while True:
                 try:
@@ -124,7 +126,7 @@ class UdpPort(_Port):
                     continue
                 # Take what else is waiting without going back through trio: the datagrams go to
                 # the agent in one write (one TLS record, one send) instead of one each.
-                batch += drain_datagrams(self.sock, UDP_BATCH - 1)
+                batch += drain_datagrams(std, UDP_BATCH - 1)  # [] once closed (EBADF)
                 now = trio.current_time()
                 for data, addr in batch:
                     host, port = addr[:2]

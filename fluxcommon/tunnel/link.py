@@ -175,6 +175,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
+        if view.itemsize != 1:
+            view = view.cast("B")  # lengths count bytes
         mux = self.link.mux
         sent_inline = False  # a send on the connection happened in this call (a checkpoint)
         while view:

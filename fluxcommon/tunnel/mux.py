@@ -381,12 +381,14 @@ class Mux:
         s = self._live(stream_id)
         if s.local_closed:
             raise StreamError(f"stream {stream_id} is closed for sending")
+        if type(data) is memoryview and data.itemsize != 1:
+            data = data.cast("B")  # lengths count bytes
         room = min(self.stream_buffer - len(s.pending), self.max_buffered - self._buffered)
         n = max(0, min(len(data), room))
         if n:
             # bytes, and views of bytes, are kept as they are (immutable); anything else is copied,
             # as the caller may reuse it
-            if type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes):
+            if type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes and data.contiguous):
                 s.pending.append(data if n == len(data) else data[:n])
             else:
                 s.pending.append(bytes(data[:n]))

@@ -10,6 +10,8 @@ is drained and every stream that was not reset delivered exactly what was sent.
 
 from __future__ import annotations
 
+import array
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -337,6 +339,11 @@ def test_parts_are_the_bytes_data_to_send_would_join_and_buffers_the_caller_may_
     got = b"".join(e.data for e in server.receive_data(wire) if isinstance(e, Data))
     assert got == b"k" * 2500 + b"r" * 1500 + b"v" * 2000
     assert client.parts_to_send() == [] and client.data_to_send() == b""
+
+    words = array.array("I", [1, 2, 3])  # a view of 4-byte items: counted and sent as 12 bytes
+    assert client.send(sid, memoryview(words)) == 12
+    got = b"".join(e.data for e in server.receive_data(client.data_to_send()) if isinstance(e, Data))
+    assert got == words.tobytes()
 
 
 def test_control_frames_go_before_queued_data() -> None:
