@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import trio
 
+from fluxcommon.tunnel.sockstream import receive_into, send_parts
+
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
     """`inner` with `prefix` (bytes already read from it, e.g. to sniff TLS) given back first."""
@@ -28,22 +30,13 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
             self.prefix = self.prefix[n:]
             await trio.lowlevel.checkpoint()
             return n
-        receive_into = getattr(self.inner, "receive_into", None)
-        if receive_into is not None:
-            return int(await receive_into(buffer))
-        data = await self.inner.receive_some(len(buffer))
-        memoryview(buffer)[: len(data)] = data
-        return len(data)
+        return await receive_into(self.inner, buffer)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.inner.send_all(data)
 
     async def send_parts(self, parts: list[bytes | memoryview]) -> None:
-        send_parts = getattr(self.inner, "send_parts", None)
-        if send_parts is not None:
-            await send_parts(parts)
-        else:
-            await self.inner.send_all(b"".join(parts))
+        await send_parts(self.inner, parts)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -50,10 +50,10 @@ from fluxcommon.tunnel.mux import (
     WindowUpdated,
 )
 from fluxcommon.tunnel.readbuffer import ReadBuffer
+from fluxcommon.tunnel.sockstream import receive_into, send_parts
 
 log = logging.getLogger("flux.tunnel.link")
 
-READ_SIZE = 256 * 1024
 WRITE_BUDGET = 512 * 1024
 # SO_SNDBUF for the sockets tunnel bulk data crosses: fewer, larger sends (~10% less CPU per MB).
 # Linux autotuning grows a busy send buffer to tcp_wmem's maximum (4 MiB by default) anyway: this skips the ramp.
@@ -276,10 +276,6 @@ class TunnelLink:
         # having sent them, so chunks never overtake each other. A gate, not a trio.Lock: taking
         # it when free costs no trip through the scheduler.
         self._send_lock = SendGate()
-        # TLSStream and socket streams write the mux's pieces without joining them first
-        self._gather: Callable[[list[bytes | memoryview]], Awaitable[None]] | None = getattr(
-            transport, "send_parts", None
-        )
 
     # -- used by streams and drivers ---------------------------------------------------------
 
@@ -329,13 +325,9 @@ class TunnelLink:
         return sent
 
     async def _send_parts(self, parts: list[bytes | memoryview]) -> int:
-        """Send the pieces `mux.parts_to_send` gave, gathered by the transport when it can."""
-        if self._gather is not None:
-            await self._gather(parts)
-            return sum(map(len, parts))
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        await self.transport.send_all(data)
-        return len(data)
+        """Send the pieces `mux.parts_to_send` gave (gathered by the transport when it can)."""
+        await send_parts(self.transport, parts)
+        return sum(map(len, parts))
 
     def _set_progress(self) -> None:
         self._progress.set()
@@ -406,17 +398,12 @@ class TunnelLink:
 
     async def _reader(self) -> str:
         mux, session = self.mux, self.session
-        # Read into a buffer kept between reads when the transport can (TLSStream decrypts into
-        # it, a socket stream receives into it): the frame decoder copies each payload out once.
-        receive_into = getattr(self.transport, "receive_into", None)
-        buf = ReadBuffer() if receive_into is not None else None
+        # Read into a buffer kept between reads (TLSStream decrypts into it, a socket stream
+        # receives into it): the frame decoder copies each payload out once.
+        buf = ReadBuffer()
         while True:
-            data: bytes | memoryview
             try:
-                if buf is not None:
-                    data = buf.view[: await receive_into(buf.view)]
-                else:
-                    data = await self.transport.receive_some(READ_SIZE)
+                data = buf.view[: await receive_into(self.transport, buf.view)]
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 return f"connection lost: {error_text(exc)}"
             if not data:
@@ -431,8 +418,7 @@ class TunnelLink:
                 log.warning("tunnel protocol error: %s", exc)
                 self.wake()
                 return f"protocol error: {exc}"
-            if buf is not None:
-                buf.record(len(data))
+            buf.record(len(data))
             if self.closed_reason is not None:
                 return self.closed_reason
             if mux.has_output:  # answers (PONG, OPEN_ACK, RESET...) and data a window update let go

@@ -17,6 +17,7 @@ import trio
 
 from fluxcommon.tunnel.crypto import Inbound, Outbound
 from fluxcommon.tunnel.frames import ProtocolError
+from fluxcommon.tunnel.sockstream import send_parts
 
 CHUNK = 256 * 1024
 
@@ -131,16 +132,15 @@ async def _copy(
 ) -> None:
     size = limit.chunk() if limit is not None else CHUNK
     receive_parts = getattr(src, "receive_parts", None)
-    send_parts = getattr(dst, "send_parts", None)
-    if receive_parts is not None and send_parts is not None:
-        # A tunnel stream's frames to a socket, gathered by one sendmsg instead of joined.
+    if receive_parts is not None:
+        # A tunnel stream's frames, gathered by one sendmsg when `dst` is a socket stream.
         while parts := await receive_parts(size):
             n = sum(map(len, parts))
             if limit is not None:
                 delay = limit.take(n, trio.current_time())
                 if delay > 0:
                     await trio.sleep(delay)
-            await send_parts(parts)
+            await send_parts(dst, parts)
             count(n)
     else:
         while data := await src.receive_some(size):

@@ -1,5 +1,5 @@
-"""`BulkSocketStream`: a trio stream over a TCP socket for bulk tunnel traffic (and
-`drain_datagrams`, the same idea for UDP sockets).
+"""`BulkSocketStream`: a trio stream over a TCP socket for bulk tunnel traffic (with
+`send_parts` / `receive_into` for any stream, and `drain_datagrams`, the same idea for UDP).
 
 trio's `SocketStream` goes back through the scheduler after every call that succeeded at
 once (a full checkpoint: an epoll call and a reschedule). A tunnel moves each chunk through
@@ -37,6 +37,27 @@ def drain_datagrams(sock: socket.socket, limit: int) -> list[tuple[bytes, Any]]:
     except OSError:  # BlockingIOError: nothing more now; other errors surface on the next wait
         pass
     return got
+
+
+async def send_parts(stream: trio.abc.SendStream, parts: list[bytes | memoryview]) -> None:
+    """Send `parts` as one piece: gathered by the stream's own `send_parts` when it has one
+    (BulkSocketStream, TLSStream, PrefixedStream), else joined for its `send_all`."""
+    own = getattr(stream, "send_parts", None)
+    if own is not None:
+        await own(parts)
+    else:
+        await stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+
+
+async def receive_into(stream: trio.abc.ReceiveStream, buffer: bytearray | memoryview) -> int:
+    """Receive into `buffer` (0 at end of stream): the stream's own `receive_into` when it has
+    one, else its `receive_some` copied in."""
+    own = getattr(stream, "receive_into", None)
+    if own is not None:
+        return int(await own(buffer))
+    data = await stream.receive_some(len(buffer))
+    memoryview(buffer)[: len(data)] = data
+    return len(data)
 
 
 class BulkSocketStream(trio.abc.HalfCloseableStream):

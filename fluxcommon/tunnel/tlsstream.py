@@ -23,8 +23,8 @@ import trio
 
 from fluxcommon.tunnel.gate import SendGate
 from fluxcommon.tunnel.readbuffer import ReadBuffer
+from fluxcommon.tunnel.sockstream import receive_into
 
-RECEIVE_SIZE = 256 * 1024
 RECORD = 16 * 1024  # TLS's largest record payload: OpenSSL cuts writes into records of this size
 
 
@@ -64,18 +64,11 @@ class TLSStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         """Read more TLS bytes from the transport into the incoming BIO (EOF noted)."""
-        receive_into = getattr(self.transport_stream, "receive_into", None)
-        if receive_into is not None:  # no bytes object per read
-            raw = self._raw
-            n = await receive_into(raw.view)
-            if n:
-                self._incoming.write(raw.view[:n])
-            raw.record(n)
-        else:
-            data = await self.transport_stream.receive_some(RECEIVE_SIZE)
-            n = len(data)
-            if n:
-                self._incoming.write(data)
+        raw = self._raw  # kept between reads: no bytes object per read
+        n = await receive_into(self.transport_stream, raw.view)
+        if n:
+            self._incoming.write(raw.view[:n])
+        raw.record(n)
         if not n:
             self._transport_eof = True
             self._incoming.write_eof()
