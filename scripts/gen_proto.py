@@ -37,7 +37,9 @@ def _generate(out: pathlib.Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for pkg in {p.parent for p in out.rglob("*_pb2.py")} | {out / "flux"}:
+    # Only the packages protoc wrote (under out/flux): `out` may be the repository root, where
+    # .venv holds other projects' *_pb2.py files whose __init__.py must not be touched.
+    for pkg in {p.parent for p in (out / "flux").rglob("*_pb2.py")} | {out / "flux"}:
         (pkg / "__init__.py").write_text(INIT_TEXT)
 
 
