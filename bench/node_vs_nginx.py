@@ -11,6 +11,11 @@ Then the same with 2 workers each, the latency of flux at 50% of its own
 maximum (hey, fixed rate), and the memory of a node holding 10,000 idle
 keep-alive client connections.
 
+With --baseline-src DIR (a checkout of an earlier commit, e.g. made with
+`git worktree add /tmp/flux-base <commit>`), a second flux-node started from
+that source tree joins the 1-worker rounds, so the cost of a change is
+measured before and after in the same run on the same machine.
+
 Needs nginx, wrk and hey (Debian packages nginx-light, wrk, hey).
 """
 
@@ -106,9 +111,15 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        cmd: list[str],
+        log: pathlib.Path,
+        env: dict[str, str] | None = None,
+        cwd: pathlib.Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         fh = open(log, "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
         fh.close()
         self.procs.append(proc)
         return proc
@@ -162,18 +173,23 @@ def write_snapshot(cache: pathlib.Path, port: int, upstream: int) -> None:
     SnapshotFile(cache, "default").save(snap)
 
 
-def start_flux(procs: Procs, tmp: pathlib.Path, workers: int, admin: int) -> subprocess.Popen[bytes]:
+def start_flux(
+    procs: Procs, tmp: pathlib.Path, workers: int, admin: int, *, src: pathlib.Path | None = None, tag: str = ""
+) -> subprocess.Popen[bytes]:
+    """flux-node of this checkout, or (`src`) of another source tree run with the same Python."""
+    node = [sys.executable, "-m", "dataplane.main"] if src else [str(pathlib.Path(sys.executable).parent / "flux-node")]
     cmd = [
-        str(pathlib.Path(sys.executable).parent / "flux-node"),
+        *node,
         "--control-plane", "127.0.0.1:1",  # nobody: the node serves its cached snapshot
         "--node-id", "bench",
-        "--cache-dir", str(tmp / "cache"),
+        "--cache-dir", str(tmp / f"cache{tag}"),
         "--admin", f"127.0.0.1:{admin}",
-        "--access-log", str(tmp / "flux-access.log"),
+        "--access-log", str(tmp / f"flux{tag}-access.log"),
         "--workers", str(workers),
         "--log-level", "warning",
     ]  # fmt: skip
-    proc = procs.start(cmd, tmp / f"flux-{workers}.log")
+    env = {**os.environ, "PYTHONPATH": str(src)} if src else None
+    proc = procs.start(cmd, tmp / f"flux{tag}-{workers}.log", env=env, cwd=src)
     wait_http(f"http://127.0.0.1:{admin}/ready")
     return proc
 
@@ -187,19 +203,20 @@ def start_nginx(procs: Procs, tmp: pathlib.Path, nginx: str, workers: int, port:
     return proc
 
 
-def compare(args: argparse.Namespace, flux_url: str, nginx_url: str) -> tuple[dict[str, float], dict[str, float]]:
-    runs: dict[str, list[dict[str, float]]] = {"flux": [], "nginx": []}
-    wrk(flux_url, 2, args.connections)  # warm up pools and caches
-    wrk(nginx_url, 2, args.connections)
+def compare(args: argparse.Namespace, targets: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Medians per target name; the targets take turns, in an order rotated every round."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    for url in targets.values():
+        wrk(url, 2, args.connections)  # warm up pools and caches
+    names = list(targets)
     for i in range(args.rounds):
-        order = [("flux", flux_url), ("nginx", nginx_url)] if i % 2 == 0 else [("nginx", nginx_url), ("flux", flux_url)]
-        for name, url in order:
-            result = wrk(url, args.duration, args.connections)
+        order = names[i % len(names) :] + names[: i % len(names)]
+        for name in order:
+            result = wrk(targets[name], args.duration, args.connections)
             runs[name].append(result)
-            print(f"   round {i + 1}: {name:5s} {result['rps']:>9,.0f} req/s  p50 {result['p50']:.2f} ms  "
+            print(f"   round {i + 1}: {name:9s} {result['rps']:>9,.0f} req/s  p50 {result['p50']:.2f} ms  "
                   f"p99 {result['p99']:.2f} ms", flush=True)  # fmt: skip
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    return med["flux"], med["nginx"]
+    return {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
 
 
 def hey_latency(url: str, rate: float, duration: int) -> dict[str, float]:
@@ -261,6 +278,12 @@ def main() -> int:
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-idle", action="store_true")
     p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections to hold (default 10000)")
+    p.add_argument(
+        "--baseline-src",
+        type=pathlib.Path,
+        default=None,
+        help="another source tree (an earlier commit) whose flux-node joins the 1-worker rounds",
+    )
     args = p.parse_args()
     nginx = need("nginx", "nginx-light")
     need("wrk", "wrk")
@@ -281,9 +304,25 @@ def main() -> int:
         print(f"== 1 flux-node worker vs nginx worker_processes 1 (wrk -t2 -c{args.connections} -d{args.duration}s)")
         flux = start_flux(procs, tmp, 1, admin)
         ngx = start_nginx(procs, tmp, nginx, 1, nginx_port, up_port, log_on)
-        f1, n1 = compare(args, flux_url, nginx_url)
+        targets = {"flux": flux_url, "nginx": nginx_url}
+        base = None
+        if args.baseline_src is not None:
+            base_port, base_admin = free_port(), free_port()
+            write_snapshot(tmp / "cache-base", base_port, up_port)
+            base = start_flux(procs, tmp, 1, base_admin, src=args.baseline_src.resolve(), tag="-base")
+            targets["baseline"] = f"http://127.0.0.1:{base_port}/"
+        med = compare(args, targets)
+        f1, n1 = med["flux"], med["nginx"]
         rows.append(_row("1 worker", f1, n1))
         print(rows[-1])
+        if base is not None:
+            b1 = med["baseline"]
+            rows.append(
+                f"this checkout vs baseline ({args.baseline_src}): {f1['rps']:,.0f} vs {b1['rps']:,.0f} req/s = "
+                f"{f1['rps'] / b1['rps'] * 100:.1f}% (baseline/nginx {b1['rps'] / n1['rps'] * 100:.1f}%)"
+            )
+            print(rows[-1])
+            procs.stop(base)
 
         if not args.skip_latency:
             rate = f1["rps"] * 0.5
@@ -311,7 +350,8 @@ def main() -> int:
             print("== 2 flux-node workers vs nginx worker_processes 2")
             flux = start_flux(procs, tmp, 2, admin)
             ngx = start_nginx(procs, tmp, nginx, 2, nginx_port, up_port, log_on)
-            f2, n2 = compare(args, flux_url, nginx_url)
+            med = compare(args, {"flux": flux_url, "nginx": nginx_url})
+            f2, n2 = med["flux"], med["nginx"]
             rows.append(_row("2 workers", f2, n2) + f"; flux scaling x{f2['rps'] / f1['rps']:.2f}")
             print(rows[-1])
             procs.stop(flux)

@@ -75,6 +75,31 @@ def _listener(spec: ListenerSpec) -> pb.Listener:
         policies=spec.policies,
         certificates=spec.certificates,
         cluster=spec.cluster or "",
+        timeouts=(
+            pb.ListenerTimeouts(
+                header_ms=spec.timeouts.header, body_idle_ms=spec.timeouts.body_idle, idle_ms=spec.timeouts.idle
+            )
+            if spec.timeouts is not None
+            else None
+        ),
+        limits=(
+            pb.ListenerLimits(
+                max_connections=spec.limits.max_connections,
+                max_connections_per_ip=spec.limits.max_connections_per_ip,
+            )
+            if spec.limits is not None
+            else None
+        ),
+        path_normalization=(
+            pb.PathNormalization(
+                merge_slashes=spec.path_normalization.merge_slashes,
+                escaped_slashes=pb.EscapedSlashes.Value(
+                    f"ESCAPED_SLASHES_{spec.path_normalization.escaped_slashes.upper()}"
+                ),
+            )
+            if spec.path_normalization is not None
+            else None
+        ),
     )
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 
 import trio
 
 from dataplane import net
-from dataplane.config.runtime import ListenerRuntime, RuntimeConfig
+from dataplane.config.runtime import DEFAULT_LISTENER_SETTINGS, ListenerRuntime, RuntimeConfig
+from dataplane.http.errors import error_response
 from dataplane.http.proxy import ProxyServices, serve_http
 from dataplane.l4 import serve_tcp, serve_udp
 from dataplane.reactor import RSock
@@ -138,16 +140,39 @@ class ListenerManager:
                 conns.start_soon(serve_tcp, self.svc, sock, peer, active.name)
 
     async def _accept_http(self, active: _Active) -> None:
-        """http listeners: a reactor task accepting, one reactor task per connection."""
-        reactor = self.svc.reactor
+        """http listeners: a reactor task accepting, one reactor task per admitted connection."""
+        svc = self.svc
+        reactor = svc.reactor
+        admission = svc.admission
         assert active.rsock is not None
         try:
             while True:
                 sock, peer = await active.rsock.accept()
-                reactor.spawn(serve_http(self.svc, reactor.wrap(sock), peer, active.name), "http")
+                name, ip = active.name, peer[0]
+                cfg = svc.holder.current
+                lst = cfg.listeners.get(name) if cfg is not None else None
+                settings = lst.settings if lst is not None else DEFAULT_LISTENER_SETTINGS
+                reason = admission.check(name, ip, settings, fd=sock.fileno(), in_use=reactor.open_sockets)
+                reclaimed = reason == "fd_reserve" and svc.reclaim_idle()
+                if reclaimed:
+                    reason = None  # an idle connection makes room
+                if reason is not None:
+                    admission.refuse(name, ip, reason, time.monotonic())
+                    _refuse(sock, reason)
+                    continue
+                admission.admit(name, ip)
+                reactor.spawn(self._serve_http(sock, peer, name), "http")
+                if reclaimed:
+                    await reactor.sleep(0)  # let the idle connection close before the next accept
         except OSError as exc:
             if active.key in self.active:  # not closed on purpose
                 log.error("listener %s stopped: %s", active.name, exc)
+
+    async def _serve_http(self, sock: socket.socket, peer: tuple[str, int], name: str) -> None:
+        try:
+            await serve_http(self.svc, self.svc.reactor.wrap(sock), peer, name)
+        finally:
+            self.svc.admission.release(name, peer[0])
 
     def _close(self, active: _Active) -> None:
         if active.rsock is not None:
@@ -164,3 +189,17 @@ class ListenerManager:
     def ports(self) -> dict[str, int]:
         """Listener name -> bound port (useful when a config asks for port 0 in tests)."""
         return {a.name: a.sock.getsockname()[1] for a in self.active.values()}
+
+
+_REFUSED = error_response(503, "too many connections", close=True)
+
+
+def _refuse(sock: socket.socket, reason: str) -> None:
+    """Close a connection the listener may not serve; over a limit it first gets a 503 if the
+    kernel takes it at once (nothing waits on a refused client). Short of descriptors, not even that."""
+    if reason != "fd_reserve":
+        try:
+            sock.send(_REFUSED)
+        except OSError:
+            pass
+    sock.close()

@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=_workers, default=1, help="worker processes sharing the listeners, or 'auto'")
     p.add_argument("--drain-timeout", type=_duration_s, default=10.0, help="graceful shutdown deadline (default 10s)")
-    p.add_argument("--idle-timeout", type=_duration_s, default=75.0, help="client keep-alive idle timeout")
+    p.add_argument(
+        "--idle-timeout",
+        type=_duration_s,
+        default=60.0,
+        help="client keep-alive idle timeout of listeners that set no timeouts.idle (default 60s)",
+    )
     p.add_argument("--access-log", default="stdout", help="'stdout' (default), 'off', or a file path")
     p.add_argument("--log-level", default=os.environ.get("FLUX_LOG_LEVEL", "info"))
     p.add_argument("--log-format", choices=["text", "json"], default="text")

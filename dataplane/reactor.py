@@ -40,6 +40,7 @@ import trio
 from trio.lowlevel import wait_readable
 
 log = logging.getLogger("flux.reactor")
+_last_exhausted_log = [-math.inf]  # when "accept failed" was last logged (at most once a second)
 
 RECV_SIZE = 65536
 _IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
@@ -221,6 +222,11 @@ class RSock(_Park):
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.reactor.fd_exhausted += 1
+                    now = time.monotonic()
+                    if now - _last_exhausted_log[0] >= 1.0:
+                        _last_exhausted_log[0] = now
+                        log.warning("accept failed: %s; backing off (raise `ulimit -n`?)", exc.strerror or exc)
                     await self.reactor.sleep(0.1)  # out of descriptors: back off instead of spinning
                     continue
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
@@ -350,6 +356,15 @@ class Reactor:
         self._nursery: trio.Nursery | None = None
         self.tasks_run = 0
         self.closed = False
+        # Sockets `connect` may hold open in all (0: no cap); the node keeps descriptors in
+        # reserve for its admin port and config stream (see dataplane.admission.FdBudget).
+        self.max_sockets = 0
+        self.fd_exhausted = 0  # accepts that failed for want of a descriptor
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets registered with the reactor now (clients, upstreams, listeners)."""
+        return len(self._socks)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -535,7 +550,10 @@ class Reactor:
 
 
 async def connect(reactor: Reactor, host: str, port: int, connect_timeout: float) -> RSock:
-    """A connected socket in the reactor, or ConnectError (refused, unreachable, timed out)."""
+    """A connected socket in the reactor, or ConnectError (refused, unreachable, timed out);
+    OSError(EMFILE) when the reactor holds `max_sockets` already (the node's reserve)."""
+    if reactor.max_sockets and len(reactor._socks) >= reactor.max_sockets:
+        raise OSError(errno.EMFILE, "no descriptor free outside the node's reserve")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:

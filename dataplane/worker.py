@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import resource
 import signal
 import socket
@@ -25,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dataplane.accesslog import AccessLog
 from dataplane.admin import AdminServer, json_body, masked_snapshot
+from dataplane.admission import FdBudget
 from dataplane.config.compiler import CompileError, EndpointRegistry, compile_snapshot
 from dataplane.config.runtime import ConfigHolder
 from dataplane.discovery.cache import SnapshotFile
@@ -128,6 +130,7 @@ class NodeWorker:
             }
         )
         self.metrics.gauges.append(self._pool_gauges)
+        self.metrics.gauges.append(self._admission_metrics)
         self.metrics.gauges.append(self.tunnels.collect)
 
     # -- applying config -------------------------------------------------------------
@@ -284,6 +287,38 @@ class NodeWorker:
         }
         return 200, "application/json", json_body(body)
 
+    def _count_other_fds(self) -> None:
+        """Descriptors open outside the proxy's sockets (see FdBudget)."""
+        budget = self.svc.admission.budget
+        try:
+            total = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+        except OSError:
+            return
+        budget.other = max(0, total - self.reactor.open_sockets)
+        self.reactor.max_sockets = budget.max_upstream_sockets()
+
+    async def _watch_fds(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self._count_other_fds()
+
+    def _admission_metrics(self) -> Iterator[Any]:
+        refused = CounterMetricFamily(
+            "flux_downstream_connections_refused",
+            "Client connections closed at accept: over a listener limit, or short of descriptors",
+            labels=["listener", "reason"],
+        )
+        for (listener, reason), n in sorted(self.svc.admission.refused.items()):
+            refused.add_metric([listener, reason], n)
+        yield refused
+        failed = CounterMetricFamily("flux_accept_fd_exhausted", "accept() calls that found no free descriptor")
+        failed.add_metric([], self.reactor.fd_exhausted)
+        yield failed
+        yield GaugeMetricFamily(
+            "flux_open_sockets", "Sockets of the HTTP proxy open now (clients, upstreams, listeners)",
+            value=self.reactor.open_sockets,
+        )  # fmt: skip
+
     def _pool_gauges(self) -> Iterator[Any]:
         cfg = self.holder.current
         conns = GaugeMetricFamily(
@@ -347,11 +382,21 @@ class NodeWorker:
             metadata={"worker": str(opts.worker_index), "workers": str(opts.workers), "zone": opts.zone},
         )
         limit = raise_fd_limit()
+        budget = FdBudget.for_limit(limit)
+        self.svc.admission.budget = budget
+        self.svc.admission.workers = opts.workers
+        self._count_other_fds()
         if limit < 16384:
-            log.warning("open-file limit is %d: raise it (ulimit -n) to hold more connections", limit)
+            log.warning(
+                "open-file limit is %d (%d kept in reserve for the admin port and config stream): "
+                "raise it (ulimit -n) to hold more connections",
+                limit,
+                budget.reserve,
+            )
         async with trio.open_nursery() as services:
             async with trio.open_nursery() as connections:
                 await services.start(self.reactor.run)
+                services.start_soon(self._watch_fds)
                 self.services.nursery = services
                 self.listeners.bind(services, connections)
                 self.tunnels.bind(services)

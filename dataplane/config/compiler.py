@@ -19,10 +19,13 @@ from dataplane.config.runtime import (
     ClusterState,
     HashKey,
     ListenerRuntime,
+    ListenerSettings,
     RouteRuntime,
     RuntimeConfig,
 )
+from dataplane.config.wirecheck import check_snapshot
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.http.target import PathRules, TargetError, canonical_route_path
 from dataplane.policies.base import ConsumerIndex, Policy, PolicyEnv
 from dataplane.policies.chain import EMPTY_CHAIN, PolicyBuildError, PolicyChain, build_policies
 from dataplane.routing import RouteMatcher, RouteRule
@@ -53,6 +56,14 @@ _PATH_TYPE = {
 #: listener but not to these: they serve only the routes that name them, so a catch-all
 #: gateway route is not exposed on a tunnel's port nor takes the domains its agents claim.
 NODE_LISTENER_PREFIX = "tunnel/"
+
+_ESCAPED_SLASHES = {
+    pb.ESCAPED_SLASHES_UNSPECIFIED: "reject",
+    pb.ESCAPED_SLASHES_REJECT: "reject",
+    pb.ESCAPED_SLASHES_KEEP: "keep",
+    pb.ESCAPED_SLASHES_UNESCAPE: "unescape",
+}
+_MAX_TIMEOUT_MS = 366 * 24 * 3600 * 1000
 
 _DEFAULT_RETRY_ON = frozenset({"connect_failure", "reset"})
 _CONNECT_ONLY = frozenset({"connect_failure"})
@@ -242,7 +253,7 @@ def _route(spec: pb.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
         cumulative=tuple(accumulate(w for _, w in split)),
         timeout=spec.timeout_ms / 1000.0,
         retry=retry,
-        match_prefix=spec.path if path_type == "prefix" else "",
+        match_prefix=_route_path(spec) if path_type == "prefix" else "",
         prefix_rewrite=spec.prefix_rewrite if spec.prefix_rewrite and path_type == "prefix" else None,
         host_rewrite=spec.host_rewrite.encode("idna") if spec.host_rewrite else None,
         attempts=attempts,
@@ -296,6 +307,10 @@ def compile_snapshot(
     *,
     zone: str = "",
 ) -> Compiled:
+    try:
+        check_snapshot(snap)  # nothing from config reaches the wire unchecked, even from a CP that let it by
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
     env = env or PolicyEnv()
     env.consumers = ConsumerIndex(snap.consumers)
     env.services.begin()
@@ -333,7 +348,7 @@ def compile_snapshot(
             RouteRule(
                 name=r.name,
                 hosts=tuple(h.lower() for h in r.hosts),
-                path=r.path or "/",
+                path=_route_path(r),
                 path_type=_PATH_TYPE[r.path_type],
                 methods=frozenset(m.upper() for m in r.methods),
                 headers=tuple(sorted((k.lower(), v) for k, v in r.headers.items())),
@@ -352,7 +367,9 @@ def compile_snapshot(
             cluster = clusters.get(lst.cluster)
             if cluster is None:
                 raise CompileError(f"listener {lst.name!r}: unknown cluster {lst.cluster!r}")
-        runtime = ListenerRuntime(lst.name, protocol, lst.address or "0.0.0.0", lst.port, matcher, cluster)
+        runtime = ListenerRuntime(
+            lst.name, protocol, lst.address or "0.0.0.0", lst.port, matcher, cluster, _listener_settings(lst)
+        )
         if runtime.socket_key in sockets:
             raise CompileError(
                 f"listener {lst.name!r}: {runtime.socket_key[0]} {runtime.address}:{runtime.port} "
@@ -372,6 +389,38 @@ def compile_snapshot(
         policies=policies,
     )
     return out
+
+
+def _route_path(route: pb.Route) -> str:
+    """The route's path as requests are compared with it (exact and prefix paths canonical)."""
+    path = route.path or "/"
+    if _PATH_TYPE.get(route.path_type) == "regex":
+        return path
+    try:
+        return canonical_route_path(path)
+    except TargetError as exc:
+        raise CompileError(f"route {route.name!r}: path {path!r}: {exc}") from None
+
+
+def _listener_settings(lst: pb.Listener) -> ListenerSettings:
+    t, lim, pn = lst.timeouts, lst.limits, lst.path_normalization
+    for name in ("header_ms", "body_idle_ms", "idle_ms"):
+        if getattr(t, name) > _MAX_TIMEOUT_MS:
+            raise CompileError(f"listener {lst.name!r}: timeouts.{name.removesuffix('_ms')}: longer than a year")
+    escaped = _ESCAPED_SLASHES.get(pn.escaped_slashes)
+    if escaped is None:
+        raise CompileError(f"listener {lst.name!r}: path_normalization: unknown escaped_slashes {pn.escaped_slashes}")
+    return ListenerSettings(
+        header_timeout=t.header_ms / 1000,
+        body_idle_timeout=t.body_idle_ms / 1000,
+        idle_timeout=t.idle_ms / 1000,
+        max_connections=lim.max_connections,
+        max_connections_per_ip=lim.max_connections_per_ip,
+        path_rules=PathRules(
+            merge_slashes=pn.merge_slashes if pn.HasField("merge_slashes") else True,
+            escaped_slashes=escaped,
+        ),
+    )
 
 
 def _with_chain(

@@ -17,6 +17,7 @@ from typing import Any
 
 from dataplane.balancing import AffinityIndex, Balancer, EndpointState
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.http.target import DEFAULT_RULES, PathRules
 from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.routing import RouteMatcher
 from dataplane.routing.grayscale import GrayscalePlan
@@ -95,6 +96,22 @@ class RouteRuntime:
         return clusters[bisect_right(self.cumulative, random.randrange(self.cumulative[-1]))]
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """A listener's client-side timeouts (seconds; 0: the node's default), connection limits
+    (per node; 0: none) and path normalisation rules."""
+
+    header_timeout: float = 0.0
+    body_idle_timeout: float = 0.0
+    idle_timeout: float = 0.0
+    max_connections: int = 0
+    max_connections_per_ip: int = 0
+    path_rules: PathRules = DEFAULT_RULES
+
+
+DEFAULT_LISTENER_SETTINGS = ListenerSettings()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ListenerRuntime:
     name: str
@@ -103,6 +120,7 @@ class ListenerRuntime:
     port: int
     matcher: RouteMatcher
     cluster: ClusterRuntime | None = None
+    settings: ListenerSettings = DEFAULT_LISTENER_SETTINGS
 
     @property
     def socket_key(self) -> tuple[str, str, int]:

@@ -31,6 +31,7 @@ _SET_UPSTREAM = frozenset(
         b"expect",
         b"x-consumer-name",
         b"x-consumer-groups",  # only the node's auth policies may claim an identity
+        b"proxy-authorization",  # credentials for this proxy, never for the upstream
     }
 )
 _SKIP_UP = HOP_BY_HOP | _SET_UPSTREAM

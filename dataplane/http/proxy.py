@@ -13,10 +13,11 @@ inside one trio task), so a wait costs a coroutine resume instead of a trio
 task switch. Only reactor awaitables may be awaited here.
 
 Timeouts: each connection has a `deadline` attribute that the handler moves as
-it goes (keep-alive idle, header read, upstream read, the route's total
-timeout). The reaper (a trio task) raises `_Timeout` in connections whose
-deadline passed, at the await where they wait. Setting a float per phase costs
-nothing, where a timer per request and per phase would cost more than routing.
+it goes (the listener's keep-alive idle, header and body-idle timeouts, the
+cluster's upstream read timeout, the route's total timeout). The reaper (a
+trio task) raises `_Timeout` in connections whose deadline passed, at the
+await where they wait. Setting a float per phase costs nothing, where a timer
+per request and per phase would cost more than routing.
 
 Hot-path rules: few awaits (socket calls go straight to the kernel and only
 park when they would block), one send for a response that arrived whole, no
@@ -25,6 +26,8 @@ per-request logging except the buffered access log.
 
 from __future__ import annotations
 
+import errno
+import heapq
 import logging
 import math
 import os
@@ -36,8 +39,9 @@ from dataclasses import dataclass, field
 import trio
 
 from dataplane.accesslog import AccessLog
+from dataplane.admission import Admission
 from dataplane.balancing import EndpointState
-from dataplane.config.runtime import ClusterRuntime, ConfigHolder, RouteRuntime
+from dataplane.config.runtime import DEFAULT_LISTENER_SETTINGS, ClusterRuntime, ConfigHolder, RouteRuntime
 from dataplane.http.errors import error_response
 from dataplane.http.headers import LAST_CHUNK, chunk, client_response_head, reason, upstream_request_head
 from dataplane.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
@@ -56,8 +60,14 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 RETRY_BUFFER = 64 * 1024  # request bodies up to this size are kept for a retry
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
-# Connection phases (what a timeout means).
-IDLE, READING, UPSTREAM, RESPONDING = 0, 1, 2, 3
+# Connection phases (what a timeout means). IDLE: waiting for the first byte of a request
+# (a connection the node may close when it runs short of descriptors); READING: the head;
+# BODY: the client's body, sent upstream as it comes.
+IDLE, READING, UPSTREAM, RESPONDING, BODY = 0, 1, 2, 3, 4
+
+# Failures that are no fault of the endpoint: they never count towards its ejection.
+_NOT_ENDPOINT_FAULTS = frozenset({"overflow", "local"})
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class RequestIds:
@@ -76,8 +86,11 @@ class RequestIds:
 
 @dataclass
 class ProxySettings:
+    """The worker's defaults; a listener's `timeouts` override the first three."""
+
     header_timeout: float = 30.0
-    idle_timeout: float = 75.0
+    body_idle_timeout: float = 30.0
+    idle_timeout: float = 60.0
     max_header_bytes: int = 32 * 1024
     max_body_bytes: int = 0  # 0 = unlimited
 
@@ -96,12 +109,13 @@ class _Drain(Exception):
 class Conn:
     """Per-connection state the reaper and the drain logic can see."""
 
-    __slots__ = ("deadline", "phase", "task")
+    __slots__ = ("deadline", "idle_since", "phase", "task")
 
     def __init__(self) -> None:
         self.task: Task | None = None
         self.deadline = math.inf
         self.phase = IDLE
+        self.idle_since = 0.0  # when it last became IDLE (the oldest idle ones are closed first)
 
 
 @dataclass
@@ -115,9 +129,11 @@ class ProxyServices:
     reactor: Reactor
     settings: ProxySettings = field(default_factory=ProxySettings)
     request_ids: RequestIds = field(default_factory=RequestIds)
+    admission: Admission = field(default_factory=Admission)
     draining: bool = False
     in_flight: int = 0
     conns: set[Conn] = field(default_factory=set)
+    _reclaimable: list[Conn] = field(default_factory=list)  # oldest idle first, taken by reclaim_idle
 
     def start_draining(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their request."""
@@ -125,6 +141,25 @@ class ProxyServices:
         for conn in list(self.conns):
             if conn.phase == IDLE and conn.task is not None:
                 self.reactor.throw(conn.task, _Drain())
+
+    def reclaim_idle(self) -> bool:
+        """Close the oldest idle connection (between requests, or no byte sent yet) to make room
+        for a new one when descriptors run short; False when none is idle. A scan of every
+        connection finds the oldest 64 at once, so a burst of new connections costs one scan."""
+        for _ in range(2):
+            pool = self._reclaimable
+            while pool:
+                conn = pool.pop()
+                if conn.phase == IDLE and conn.task is not None and conn in self.conns:
+                    self.reactor.throw(conn.task, _Drain())
+                    conn.task = None  # thrown once
+                    self.metrics.count("idle_connections_reclaimed")
+                    return True
+            idle = [c for c in self.conns if c.phase == IDLE and c.task is not None]
+            if not idle:
+                return False
+            self._reclaimable = heapq.nsmallest(64, idle, key=lambda c: c.idle_since)[::-1]  # pop(): oldest
+        return False
 
     async def run_reaper(self, interval: float = 0.1) -> None:
         """Stop connections whose deadline passed (idle, slow client, slow upstream)."""
@@ -175,15 +210,6 @@ class _Exchange:
         return ctx.consumer.name if ctx is not None and ctx.consumer is not None else ""
 
 
-def _host_of(head: RequestHead) -> str:
-    host = head.host
-    if not host:
-        return ""
-    if host[-1] != "]" and ":" in host:
-        host = host.rsplit(":", 1)[0]
-    return host.lower()
-
-
 def _cookie(head: RequestHead, name: str) -> str | None:
     for n, v in head.headers:
         if len(n) == 6 and n.lower() == b"cookie":
@@ -219,7 +245,10 @@ def _body_complete(reader: RequestReader) -> bool:
 class HttpConnection:
     """Serves one client connection: `await HttpConnection(...).serve()`."""
 
-    __slots__ = ("client_ip", "conn", "ex", "listener", "proto", "reader", "sock", "svc")
+    __slots__ = (
+        "body_idle", "client_ip", "conn", "ex", "header_timeout", "idle_timeout", "listener", "proto", "reader",
+        "sock", "svc",
+    )  # fmt: skip
 
     def __init__(self, svc: ProxyServices, sock: RSock, peer: tuple[str, int], listener: str, proto: bytes) -> None:
         self.svc = svc
@@ -229,7 +258,15 @@ class HttpConnection:
         self.proto = proto
         self.conn = Conn()
         settings = svc.settings
-        self.reader = RequestReader(max_header_bytes=settings.max_header_bytes, body_limit=settings.max_body_bytes)
+        cfg = svc.holder.current
+        lst = cfg.listeners.get(listener) if cfg is not None else None
+        ls = lst.settings if lst is not None else DEFAULT_LISTENER_SETTINGS  # fixed for the connection's life
+        self.header_timeout = ls.header_timeout or settings.header_timeout
+        self.body_idle = ls.body_idle_timeout or settings.body_idle_timeout
+        self.idle_timeout = ls.idle_timeout or settings.idle_timeout
+        self.reader = RequestReader(
+            max_header_bytes=settings.max_header_bytes, body_limit=settings.max_body_bytes, path_rules=ls.path_rules
+        )
         self.ex: _Exchange | None = None
 
     async def serve(self) -> None:
@@ -239,22 +276,28 @@ class HttpConnection:
         metrics.downstream_active += 1
         metrics.downstream_total += 1
         svc.conns.add(conn)
-        settings = svc.settings
         events = self.reader.events
         feed = self.reader.feed
         served = 0
         try:
             while not svc.draining or events:
                 if not events:
-                    conn.phase = IDLE if served else READING
-                    conn.deadline = _now() + (settings.idle_timeout if served else settings.header_timeout)
+                    now = _now()
+                    conn.phase = IDLE
+                    conn.idle_since = now
+                    # The first request's head must come within the header timeout of the accept;
+                    # later ones within the idle timeout, then the header timeout from their first byte.
+                    conn.deadline = now + (self.idle_timeout if served else self.header_timeout)
                     while not events:
                         data = sock.try_recv()  # usually there: no coroutine for the common case
                         if data is None:
                             data = await sock.recv()
                         if not data:
                             return
-                        conn.phase = READING
+                        if conn.phase == IDLE:
+                            conn.phase = READING
+                            if served:
+                                conn.deadline = _now() + self.header_timeout
                         feed(data)
                 head = events.popleft()
                 svc.in_flight += 1
@@ -291,9 +334,21 @@ class HttpConnection:
 
     async def _timed_out(self) -> None:
         ex = self.ex
-        if ex is None or ex.response_started:
-            return  # idle keep-alive expired, drained, or cut mid-response: just close
-        status = 504 if self.conn.phase == UPSTREAM else 408
+        phase = self.conn.phase
+        if ex is None:
+            if phase == READING:  # part of a head came, the rest did not
+                self.svc.metrics.count("client_header_timeout")
+                self.conn.deadline = _now() + 1.0
+                try:
+                    await self.sock.send_all(error_response(408, "request head not received in time", close=True))
+                except (OSError, _Timeout):
+                    pass
+            return  # idle keep-alive expired (or nothing was sent): just close
+        if ex.response_started:
+            return  # cut mid-response: just close
+        if phase == BODY:
+            self.svc.metrics.count("client_body_timeout")
+        status = 504 if phase == UPSTREAM else 408
         message = f"upstream {ex.upstream} did not answer in time" if status == 504 else "request not received in time"
         if status == 504:
             self.svc.metrics.upstream_error(ex.cluster, "timeout")
@@ -369,7 +424,7 @@ class HttpConnection:
         listener = cfg.listeners.get(self.listener) if cfg is not None else None
         if listener is None:
             return await self._reply_error(503, "listener is not configured")
-        host = _host_of(head)
+        host = head.hostname
         rule = listener.matcher.match(host, head.path, head.method, head)
         if rule is None:
             return await self._reply_error(404, f"no route for {head.method} {host}{head.path}")
@@ -432,7 +487,9 @@ class HttpConnection:
             except _UpstreamFailed as exc:
                 failure = exc
                 svc.metrics.upstream_error(cluster.name, exc.kind)
-                if exc.kind in ("connect_failure", "reset", "timeout") or exc.status in (502, 503, 504):
+                if exc.kind not in _NOT_ENDPOINT_FAULTS and (
+                    exc.kind in ("connect_failure", "reset", "timeout") or exc.status in (502, 503, 504)
+                ):
                     svc.passive_health(cluster, ep, False)
                 if not exc.retryable or last or not _may_retry(exc.kind, retry_on):
                     break
@@ -554,10 +611,12 @@ class HttpConnection:
                 out = []
             if done:
                 return sent
-            conn.deadline = _now() + read_timeout
+            conn.phase = BODY
+            conn.deadline = _now() + self.body_idle
             data = await self.sock.recv()
             if not data:
                 raise _ClientGone("client closed while sending the request body")
+            conn.phase = UPSTREAM
             reader.feed(data)
 
     async def _forward(
@@ -591,7 +650,7 @@ class HttpConnection:
                 self.proto,
                 ex.rid,
                 framing,
-                route.host_rewrite,
+                route.host_rewrite if route.host_rewrite is not None or head.host else ep.key.encode(),
                 ((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))) if upgrade else (),
             )
         else:
@@ -605,7 +664,7 @@ class HttpConnection:
                 self.proto,
                 ex.rid,
                 framing,
-                ctx.host if ctx.host is not None else route.host_rewrite,
+                ctx.host if ctx.host is not None else _upstream_host(head, route, ep),
                 add,
                 frozenset(ctx.upstream_remove),
             )
@@ -639,6 +698,14 @@ class HttpConnection:
             except PoolOverflow as exc:
                 raise _UpstreamFailed("overflow", 503, str(exc), retryable=True) from None
             except ConnectError as exc:
+                raise _UpstreamFailed(
+                    "connect_failure", 502, f"upstream {ep.key} unreachable: {exc.strerror or exc}", retryable=True
+                ) from None
+            except OSError as exc:
+                if exc.errno in _LOCAL_ERRNOS:  # this node is out of descriptors or memory, not the endpoint
+                    raise _UpstreamFailed(
+                        "local", 503, f"the node cannot open a connection now: {exc.strerror or exc}", retryable=False
+                    ) from None
                 raise _UpstreamFailed(
                     "connect_failure", 502, f"upstream {ep.key} unreachable: {exc.strerror or exc}", retryable=True
                 ) from None
@@ -689,9 +756,11 @@ class HttpConnection:
                 pool.release(conn, reader.done and resp.keep_alive and not resp.until_close)
                 conn = None
                 raise _UpstreamFailed("5xx", resp.status, f"upstream {ep.key} answered {resp.status}", True)
+            if resp.status == 101 and not upgrade:
+                raise _UpstreamFailed("protocol", 502, f"upstream {ep.key} switched protocols unasked", False)
             ex.response_started = True
             conn_state.phase = RESPONDING
-            if resp.status == 101 and upgrade:
+            if resp.status == 101:
                 conn_state.deadline = math.inf
                 return await self._tunnel(conn, resp, reader.tail, route, cluster, ep)
             # -- the client sees bytes from here on ------------------------------------------
@@ -764,8 +833,9 @@ class HttpConnection:
                                ep.key, status, body_sent, bytes_out, elapsed, consumer=ex.consumer)  # fmt: skip
             return not close_client
         except _Timeout:
-            # A per-try timeout (the route's total deadline not reached yet) is a failed attempt.
-            if ex.response_started or _now() >= ex.deadline or not retry_on:
+            # A per-try timeout (the route's total deadline not reached yet) is a failed attempt;
+            # a client that went silent in the middle of its body is the client's (408).
+            if conn_state.phase == BODY or ex.response_started or _now() >= ex.deadline or not retry_on:
                 raise
             conn_state.deadline = math.inf
             raise _UpstreamFailed("timeout", 504, f"upstream {ep.key} did not answer within the per-try timeout",
@@ -843,6 +913,14 @@ class HttpConnection:
 
 class _ClientGone(ConnectionResetError):
     pass
+
+
+def _upstream_host(head: RequestHead, route: RouteRuntime, ep: EndpointState) -> bytes | None:
+    """The Host to send upstream instead of the client's: the route's rewrite, or for a request
+    that came without one (HTTP/1.0), the endpoint's address (an HTTP/1.1 request needs a Host)."""
+    if route.host_rewrite is not None or head.host:
+        return route.host_rewrite
+    return ep.key.encode()
 
 
 def _may_retry(kind: str, retry_on: frozenset[str]) -> bool:

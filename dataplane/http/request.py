@@ -6,7 +6,17 @@
 raises `HttpError` with the status the client should get: 400 for a bad
 request line or headers (llhttp refuses conflicting Content-Length /
 Transfer-Encoding and other smuggling vectors), 431 for oversized headers,
-413 for a body over the limit, 501 for an unknown transfer coding.
+413 for a body over the limit, 501 for an unknown transfer coding, 405 for
+CONNECT (this is a reverse proxy).
+
+The head is normalised before anyone sees it (`dataplane.http.target`): the
+path in its canonical spelling (the listener's `PathRules`), the Host checked
+and reduced to the key routes compare (`hostname`), an absolute-form target's
+authority in place of the Host header (RFC 9112 3.2.2). Headers that policies
+read as one value (Host, Authorization, User-Agent, Origin, Referer) may come
+once only: a second line is a 400, so no part of the node can read a
+different line than another. Other repeated fields are read whole: `get`
+joins their lines in order with ", " (RFC 9110 5.3; "; " for Cookie).
 
 No sockets, no clock: the trio shell feeds bytes and drains `events`.
 """
@@ -17,11 +27,18 @@ from collections import deque
 
 import httptools
 
+from dataplane.http.target import DEFAULT_RULES, PathRules, TargetError, host_key, normalize_path
+
 MESSAGE_END = object()
 """Event marking the end of a request body."""
 
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 128
+
+# Fields the policies read as a single value: a second line is refused (400). Host is
+# checked on its own (it also sets `host`); Content-Length conflicts are llhttp's.
+_SINGLETONS = frozenset({b"authorization", b"proxy-authorization", b"user-agent", b"origin", b"referer"})
+_SINGLETON_LENGTHS = frozenset(len(n) for n in _SINGLETONS)
 
 
 class HttpError(Exception):
@@ -42,6 +59,7 @@ class RequestHead:
         "expect_continue",
         "headers",
         "host",
+        "hostname",
         "keep_alive",
         "method",
         "path",
@@ -59,8 +77,9 @@ class RequestHead:
         self.query = b""
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
-        self._index: dict[bytes, bytes] | None = None  # lower-case name -> first value, built on first get
-        self.host = ""
+        self._index: dict[bytes, bytes] | None = None  # lower-case name -> value(s), built on first get
+        self.host = ""  # the Host as sent (or the absolute-form target's authority)
+        self.hostname = ""  # what routes compare: lower case, no port, no trailing dot
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -74,12 +93,15 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
     def get(self, name: str) -> str | None:
-        """First value of header `name` (lower case), decoded; for route header matching."""
+        """The value of header `name` (lower case), decoded; every line of a repeated field,
+        joined in order (", ", or "; " for Cookie), so a policy judges all of them."""
         index = self._index
         if index is None:  # policies and header routes ask several times per request: index once
             index = {}
             for n, v in self.headers:
-                index.setdefault(n.lower(), v)
+                key = n.lower()
+                old = index.get(key)
+                index[key] = v if old is None else old + (b"; " if key == b"cookie" else b", ") + v
             self._index = index
         value = index.get(name.encode("latin-1"))
         return None if value is None else value.decode("latin-1")
@@ -95,11 +117,14 @@ class RequestReader:
         "_in_body",
         "_max_header_bytes",
         "_parser",
+        "_rules",
         "_url",
         "events",
     )
 
-    def __init__(self, *, max_header_bytes: int = MAX_HEADER_BYTES, body_limit: int = 0) -> None:
+    def __init__(
+        self, *, max_header_bytes: int = MAX_HEADER_BYTES, body_limit: int = 0, path_rules: PathRules = DEFAULT_RULES
+    ) -> None:
         self.events: deque[object] = deque()
         self._parser = httptools.HttpRequestParser(self)
         self._head = RequestHead()
@@ -110,6 +135,7 @@ class RequestReader:
         self._max_header_bytes = max_header_bytes
         self._body_limit = body_limit
         self._body_seen = 0
+        self._rules = path_rules
 
     def feed(self, data: bytes) -> None:
         if not self._in_body:
@@ -177,6 +203,10 @@ class RequestReader:
             head.request_id = value
         elif n == 10 and name.lower() == b"connection":
             head.connection = head.connection + b"," + value if head.connection else value
+        if n in _SINGLETON_LENGTHS:
+            low = name.lower()
+            if low in _SINGLETONS and any(h.lower() == low for h, _ in head.headers[:-1]):
+                raise HttpError(400, f"more than one {name.decode('latin-1')} header")
 
     def on_headers_complete(self) -> None:
         head = self._head
@@ -185,16 +215,24 @@ class RequestReader:
         head.version = parser.get_http_version()
         head.keep_alive = parser.should_keep_alive()
         head.upgrade = parser.should_upgrade()
+        if head.method == "CONNECT":
+            raise HttpError(405, "CONNECT is not served here (this listener is a reverse proxy)")
         url = self._url
         if not url or url[0] != 47:  # 47 == "/"
-            if url.startswith((b"http://", b"https://")):
-                parsed = httptools.parse_url(url)
-                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+                url = self._absolute_form(head, url)
             elif head.method != "OPTIONS" or url != b"*":
                 raise HttpError(400, "bad request target")
-        head.target = url
         path, _, query = url.partition(b"?")
-        head.path = path.decode("latin-1")
+        if b"#" in query:
+            raise HttpError(400, "a fragment ('#') in the request target")
+        try:
+            raw = path.decode("latin-1")
+            head.path = normalize_path(raw, self._rules) if path != b"*" else raw
+            head.hostname = host_key(head.host) if head.host else ""
+        except TargetError as exc:
+            raise HttpError(400, str(exc)) from None
+        head.target = url if head.path == raw else head.path.encode("latin-1") + (b"?" + query if query else b"")
         head.query = query
         if head.version == "1.1" and not head.host:
             raise HttpError(400, "HTTP/1.1 request without Host header")
@@ -203,6 +241,27 @@ class RequestReader:
         self._in_body = True
         self._header_bytes = 0
         self.events.append(head)
+
+    @staticmethod
+    def _absolute_form(head: RequestHead, url: bytes) -> bytes:
+        """`http://authority/path?q`: the authority replaces Host (RFC 9112 3.2.2); returns the origin form."""
+        rest = url[url.index(b"//") + 2 :]
+        end = len(rest)
+        for sep in (b"/", b"?", b"#"):
+            i = rest.find(sep)
+            if 0 <= i < end:
+                end = i
+        authority = rest[:end].decode("latin-1")
+        origin = rest[end:]
+        if not authority or "@" in authority:
+            raise HttpError(400, "bad authority in an absolute-form request target")
+        head.host = authority
+        head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+        head.headers.append((b"Host", authority.encode("latin-1")))
+        head._index = None
+        if not origin.startswith(b"/"):
+            origin = b"/" + origin
+        return origin
 
     def on_body(self, body: bytes) -> None:
         if self._body_limit:

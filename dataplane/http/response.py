@@ -10,9 +10,20 @@ responses) goes through httptools (llhttp), which validates and de-chunks.
 The reader also knows what llhttp cannot: a reply to HEAD has no body
 whatever its Content-Length says, and a body with neither length nor chunking
 ends when the upstream closes (`eof()`).
+
+Hostile or broken upstreams get `UpstreamProtocolError` (the proxy answers 502
+and counts it) instead of reaching the client: control bytes or malformed
+names in a header line (the fast path checks the whole block with one regular
+expression; llhttp refuses the rest), a bare LF where CRLF belongs (refused at
+once, instead of waiting for a CRLF CRLF that never comes), bytes that are not
+an HTTP/1.x status line, and a Transfer-Encoding other than exactly
+``chunked`` (the node de-chunks and re-frames bodies; passing ``gzip,
+chunked`` on as plain chunked would lose the gzip coding).
 """
 
 from __future__ import annotations
+
+import re
 
 import httptools
 
@@ -75,6 +86,10 @@ def _drop_connection_tokens(lines: list[bytes], connection: bytes) -> list[bytes
     return [ln for ln in lines if ln.partition(b":")[0].lower() not in tokens]
 
 
+# A header block the fast path may pass on as it is: token names, a colon, field-value
+# characters (visible ASCII, SP, HTAB, obs-text). Anything else goes to llhttp, which refuses it.
+_CLEAN_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+
 # First bytes that need a closer look: letters starting Content-Length and the hop-by-hop
 # names (False), and whitespace, which means obsolete line folding (True).
 _FIRST_BYTE = {**dict.fromkeys(b"cCtTkKpPuU", False), 32: True, 9: True}
@@ -101,6 +116,8 @@ def _fast_head(buf: bytes, end: int, bodyless: bool = False) -> ResponseHead | N
     first = buf.find(b"\r\n")
     if first < 0 or first > end:
         first = end
+    elif _CLEAN_BLOCK.fullmatch(buf, first + 2, end + 2) is None:
+        return None  # a control byte, a bad name, a line without a colon: llhttp judges (and refuses)
     status = int(buf[9:12])
     if status < 200 or (first > 12 and buf[12] != 32):
         return None  # 1xx (interim, upgrades) go through llhttp
@@ -158,8 +175,8 @@ def _fast_head(buf: bytes, end: int, bodyless: bool = False) -> ResponseHead | N
 
 class ResponseReader:
     __slots__ = (
-        "_bodyless", "_buf", "_connection", "_done", "_lines", "_next", "_parser", "_remaining", "events", "head",
-        "tail",
+        "_bodyless", "_buf", "_coding", "_connection", "_done", "_lines", "_next", "_parser", "_remaining", "events",
+        "head", "tail",
     )  # fmt: skip
 
     def __init__(self, *, head_request: bool = False) -> None:
@@ -195,6 +212,10 @@ class ResponseReader:
         if end < 0:
             if len(buf) > MAX_HEAD:
                 raise UpstreamProtocolError("response head too large")
+            if buf[:5] != b"HTTP/"[: len(buf)]:
+                raise UpstreamProtocolError(f"not an HTTP response: {bytes(buf[:20])!r}")
+            if buf.count(b"\n") != buf.count(b"\r\n"):
+                raise UpstreamProtocolError("a bare LF in the response head")
             self._buf = buf
             return
         self._buf = b""
@@ -232,7 +253,10 @@ class ResponseReader:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _HeadDone):
+            cause = exc.__context__
+            if isinstance(cause, UpstreamProtocolError):
+                raise cause from None
+            if not isinstance(cause, _HeadDone):
                 raise UpstreamProtocolError(str(exc)) from None
         except httptools.HttpParserUpgrade as exc:
             # A 101: the head is queued; the bytes after it belong to the new protocol.
@@ -264,6 +288,7 @@ class ResponseReader:
             raise _HeadDone
         self._next = ResponseHead()
         self._connection = b""
+        self._coding = b""
         self._lines: list[bytes] = []
 
     def on_status(self, reason: bytes) -> None:
@@ -273,8 +298,8 @@ class ResponseReader:
         head = self._next
         low = name.lower()
         if low in _HOP_BY_HOP:
-            if low == b"transfer-encoding":
-                head.chunked = b"chunked" in value.lower()
+            if low == b"transfer-encoding":  # may come on several lines: all count
+                self._coding = self._coding + b"," + value.lower() if self._coding else value.lower()
             elif low == b"connection":  # may come on several lines: all count
                 self._connection = self._connection + b"," + value.lower() if self._connection else value.lower()
             elif low == b"upgrade":
@@ -296,6 +321,13 @@ class ResponseReader:
             return  # interim response: llhttp completes it; wait for the final one
         head.version = parser.get_http_version()
         head.keep_alive = parser.should_keep_alive()
+        if self._coding:
+            codings = [c.strip() for c in self._coding.split(b",") if c.strip()]
+            if codings != [b"chunked"] and not self._bodyless and head.status not in (204, 304):
+                raise UpstreamProtocolError(
+                    f"Transfer-Encoding {self._coding.decode('latin-1')!r}: only chunked is passed on"
+                )
+            head.chunked = codings == [b"chunked"]
         lines = _drop_connection_tokens(self._lines, self._connection) if self._connection else self._lines
         head.block = b"\r\n".join(lines)
         if self._bodyless or head.status in (204, 304):

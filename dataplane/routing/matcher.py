@@ -19,8 +19,10 @@ conditions, because materialising headers is costly on the hot path.
 
 Inputs
 ------
-`host` arrives lower-cased with any ``:port`` stripped, `path` is the request
-path without the query string, `method` is upper-case, and `headers` is any
+`host` arrives lower-cased with any ``:port`` and trailing dot stripped, `path`
+is the request path without the query string in its canonical spelling
+(`dataplane.http.target`; the compiler gives exact and prefix rules the same
+spelling), `method` is upper-case, and `headers` is any
 object with ``.get(lower_case_name) -> str | None`` (a dict works). Rule hosts
 and header names are lower-cased and methods upper-cased at construction.
 
@@ -36,7 +38,11 @@ Precedence (highest first)
 2. Fallback across host levels (Kong-like, not Envoy-like vhost isolation):
    if no rule of the most specific level matches on path, method and headers,
    the next level is tried, down to the any-host rules.
-3. Within a host level: an exact path beats any prefix; among prefixes the
+3. Within a host level: an exact path beats any prefix (an exact path also
+   matches the request path with one trailing slash more, ``/secret`` matches
+   ``/secret/``, unless another exact rule names ``/secret/`` itself: web
+   frameworks commonly serve both alike, so a policy on ``/secret`` must
+   guard both); among prefixes the
    longer one wins; prefixes compare characters, not segments, like Envoy
    (``/orders`` matches ``/orders``, ``/orders/1`` and ``/ordersX``); regex
    rules (Python `re`, ``fullmatch`` against the whole path) come after every
@@ -197,6 +203,10 @@ class RouteMatcher:
         # checks are inlined three times on purpose, to save a Python call per level.
         for exact, keys, nodes, regex in chain:
             entries = exact.get(path)
+            if path[-1:] == "/" and len(path) > 1:  # then the exact rules of the path less its slash
+                stripped = exact.get(path[:-1])
+                if stripped is not None:
+                    entries = stripped if entries is None else entries + stripped
             if entries is not None:
                 for methods, conds, rule in entries:
                     if methods is not None and method not in methods:

@@ -30,7 +30,9 @@ log = logging.getLogger("flux.upstream")
 
 
 class PoolOverflow(Exception):
-    """Too many requests waiting for a connection to one endpoint."""
+    """Too many requests waiting for a connection to one endpoint, or none freed in time:
+    the pool is saturated (503). The endpoint did nothing wrong, so this never counts towards
+    its ejection."""
 
 
 class _PoolWaitTimeout(Exception):
@@ -120,8 +122,9 @@ class EndpointPool:
             try:
                 await event
             except _PoolWaitTimeout:
-                raise ConnectError(
-                    errno.ETIMEDOUT, f"no connection to {self.address}:{self.port} free within {connect_timeout:g}s"
+                raise PoolOverflow(
+                    f"all {self.limits.max_connections} connections to {self.address}:{self.port} busy; "
+                    f"none free within {connect_timeout:g}s"
                 ) from None
             finally:
                 timer.cancel()

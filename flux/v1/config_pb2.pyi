@@ -16,6 +16,13 @@ class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROTOCOL_TCP: _ClassVar[Protocol]
     PROTOCOL_UDP: _ClassVar[Protocol]
 
+class EscapedSlashes(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ESCAPED_SLASHES_UNSPECIFIED: _ClassVar[EscapedSlashes]
+    ESCAPED_SLASHES_REJECT: _ClassVar[EscapedSlashes]
+    ESCAPED_SLASHES_KEEP: _ClassVar[EscapedSlashes]
+    ESCAPED_SLASHES_UNESCAPE: _ClassVar[EscapedSlashes]
+
 class LbPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LB_POLICY_UNSPECIFIED: _ClassVar[LbPolicy]
@@ -36,6 +43,10 @@ PROTOCOL_HTTP: Protocol
 PROTOCOL_HTTPS: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
+ESCAPED_SLASHES_UNSPECIFIED: EscapedSlashes
+ESCAPED_SLASHES_REJECT: EscapedSlashes
+ESCAPED_SLASHES_KEEP: EscapedSlashes
+ESCAPED_SLASHES_UNESCAPE: EscapedSlashes
 LB_POLICY_UNSPECIFIED: LbPolicy
 LB_POLICY_ROUND_ROBIN: LbPolicy
 LB_POLICY_WEIGHTED_ROUND_ROBIN: LbPolicy
@@ -48,7 +59,7 @@ PATH_TYPE_EXACT: PathType
 PATH_TYPE_REGEX: PathType
 
 class Listener(_message.Message):
-    __slots__ = ("name", "protocol", "address", "port", "node_group", "policies", "certificates", "cluster")
+    __slots__ = ("name", "protocol", "address", "port", "node_group", "policies", "certificates", "cluster", "timeouts", "limits", "path_normalization")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +68,9 @@ class Listener(_message.Message):
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    PATH_NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     protocol: Protocol
     address: str
@@ -65,7 +79,36 @@ class Listener(_message.Message):
     policies: _containers.RepeatedScalarFieldContainer[str]
     certificates: _containers.RepeatedScalarFieldContainer[str]
     cluster: str
-    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., node_group: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., certificates: _Optional[_Iterable[str]] = ..., cluster: _Optional[str] = ...) -> None: ...
+    timeouts: ListenerTimeouts
+    limits: ListenerLimits
+    path_normalization: PathNormalization
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., node_group: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., certificates: _Optional[_Iterable[str]] = ..., cluster: _Optional[str] = ..., timeouts: _Optional[_Union[ListenerTimeouts, _Mapping]] = ..., limits: _Optional[_Union[ListenerLimits, _Mapping]] = ..., path_normalization: _Optional[_Union[PathNormalization, _Mapping]] = ...) -> None: ...
+
+class ListenerTimeouts(_message.Message):
+    __slots__ = ("header_ms", "body_idle_ms", "idle_ms")
+    HEADER_MS_FIELD_NUMBER: _ClassVar[int]
+    BODY_IDLE_MS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_MS_FIELD_NUMBER: _ClassVar[int]
+    header_ms: int
+    body_idle_ms: int
+    idle_ms: int
+    def __init__(self, header_ms: _Optional[int] = ..., body_idle_ms: _Optional[int] = ..., idle_ms: _Optional[int] = ...) -> None: ...
+
+class ListenerLimits(_message.Message):
+    __slots__ = ("max_connections", "max_connections_per_ip")
+    MAX_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONNECTIONS_PER_IP_FIELD_NUMBER: _ClassVar[int]
+    max_connections: int
+    max_connections_per_ip: int
+    def __init__(self, max_connections: _Optional[int] = ..., max_connections_per_ip: _Optional[int] = ...) -> None: ...
+
+class PathNormalization(_message.Message):
+    __slots__ = ("merge_slashes", "escaped_slashes")
+    MERGE_SLASHES_FIELD_NUMBER: _ClassVar[int]
+    ESCAPED_SLASHES_FIELD_NUMBER: _ClassVar[int]
+    merge_slashes: bool
+    escaped_slashes: EscapedSlashes
+    def __init__(self, merge_slashes: _Optional[bool] = ..., escaped_slashes: _Optional[_Union[EscapedSlashes, str]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("address", "port", "weight", "zone", "version", "metadata", "draining")

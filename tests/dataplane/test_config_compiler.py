@@ -55,3 +55,28 @@ def test_a_refused_version_leaves_live_weights_alone() -> None:
     compile_snapshot(_snap("2", {9001: 5, 9002: 1}), registry, _pools)  # type: ignore[arg-type]  # never committed
     weights = sorted(ep.weight for ep in registry.states.values())
     assert weights == [1, 1]
+
+
+def test_listener_edge_settings_and_canonical_route_paths() -> None:
+    snap = _snap("1", {9001: 1})
+    lst = snap.listeners[0]
+    lst.timeouts.CopyFrom(pb.ListenerTimeouts(header_ms=5000, body_idle_ms=2000, idle_ms=0))
+    lst.limits.CopyFrom(pb.ListenerLimits(max_connections=10, max_connections_per_ip=2))
+    lst.path_normalization.CopyFrom(
+        pb.PathNormalization(merge_slashes=False, escaped_slashes=pb.ESCAPED_SLASHES_UNESCAPE)
+    )
+    snap.routes[0].path = "/caf\u00e9/%61pi/./v1"
+    compiled = compile_snapshot(snap, EndpointRegistry(), _pools)  # type: ignore[arg-type]
+    settings = compiled.config.listeners["l"].settings
+    assert (settings.header_timeout, settings.body_idle_timeout, settings.idle_timeout) == (5.0, 2.0, 0.0)
+    assert (settings.max_connections, settings.max_connections_per_ip) == (10, 2)
+    assert not settings.path_rules.merge_slashes and settings.path_rules.escaped_slashes == "unescape"
+    route = compiled.config.listeners["l"].matcher.match("h", "/caf%C3%A9/api/v1/x", "GET", {})
+    assert route is not None and route.target.match_prefix == "/caf%C3%A9/api/v1"  # type: ignore[attr-defined]
+
+
+def test_listener_defaults_are_the_node_defaults() -> None:
+    compiled = compile_snapshot(_snap("1", {9001: 1}), EndpointRegistry(), _pools)  # type: ignore[arg-type]
+    settings = compiled.config.listeners["l"].settings
+    assert settings.header_timeout == 0 and settings.path_rules.merge_slashes
+    assert settings.path_rules.escaped_slashes == "reject"

@@ -522,3 +522,45 @@ def test_block_round_trips_through_llhttp() -> None:
 
     httptools.HttpResponseParser(Sink()).feed_data(b"HTTP/1.1 200 OK\r\n" + reader.head.block + b"\r\n\r\n")
     assert seen == reader.head.headers
+
+
+# -- hostile upstreams (issue 12): refused, never passed on ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX: a\x7fb\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX Y: 1\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhi",
+    ],
+)
+def test_hostile_heads_raise(data: bytes) -> None:
+    with pytest.raises(UpstreamProtocolError):
+        ResponseReader().feed(data)
+
+
+@pytest.mark.parametrize(
+    "data", [b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi", b"HTTP/1.1 200 OK\r\nA: 1\n", b"SSH-2.0-x\r\n"]
+)
+def test_a_head_that_can_never_complete_raises_at_once(data: bytes) -> None:
+    """No CRLF CRLF will ever come: refused on the first bytes instead of waiting for a timeout."""
+    with pytest.raises(UpstreamProtocolError):
+        ResponseReader().feed(data)
+
+
+def test_transfer_coding_on_a_bodyless_reply_is_ignored() -> None:
+    reader = ResponseReader(head_request=True)
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    assert reader.head is not None and reader.done
+
+
+def test_obs_text_in_values_passes() -> None:
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nX: caf\xe9\r\nContent-Length: 2\r\n\r\nhi")
+    assert reader.head is not None and reader.head.block == b"X: caf\xe9\r\nContent-Length: 2"

@@ -438,8 +438,8 @@ def reference_match(
         return min(keys, default=None)
 
     def path_key(r: RouteRule) -> tuple[int, int] | None:
-        if r.path_type == "exact":
-            return (0, 0) if path == r.path else None
+        if r.path_type == "exact":  # the path itself, then with one trailing slash more
+            return (0, 0) if path == r.path else (0, 1) if len(path) > 1 and path == r.path + "/" else None
         if r.path_type == "prefix":
             return (1, -len(r.path)) if path.startswith(r.path) else None
         return (2, 0) if re.fullmatch(r.path, path) else None
@@ -608,3 +608,22 @@ def test_prefix_index_finds_longest_prefix(prefixes: list[str], path: str) -> No
     rules = [rule(f"p{i:02d}", p) for i, p in enumerate(prefixes)]
     expected = reference_match(rules, "h", path, "GET", {})
     assert RouteMatcher(rules).match("h", path, "GET", {}) is expected
+
+
+def test_an_exact_path_also_matches_its_trailing_slash_form() -> None:
+    """`/secret` guards `/secret/` too (frameworks serve both alike); an exact rule naming
+    `/secret/` itself still wins for that path, and prefixes do not change."""
+    m = RouteMatcher(
+        [
+            RouteRule("all", (), "/", "prefix"),
+            RouteRule("secret", (), "/secret", "exact"),
+            RouteRule("other", (), "/other", "exact"),
+            RouteRule("other-slash", (), "/other/", "exact"),
+        ]
+    )
+    assert m.match("h", "/secret", "GET", {}).name == "secret"  # type: ignore[union-attr]
+    assert m.match("h", "/secret/", "GET", {}).name == "secret"  # type: ignore[union-attr]
+    assert m.match("h", "/secret//", "GET", {}).name == "all"  # type: ignore[union-attr]  # one slash only
+    assert m.match("h", "/secret/x", "GET", {}).name == "all"  # type: ignore[union-attr]
+    assert m.match("h", "/other/", "GET", {}).name == "other-slash"  # type: ignore[union-attr]
+    assert m.match("h", "/", "GET", {}).name == "all"  # type: ignore[union-attr]
