@@ -34,7 +34,7 @@ def load_admin_token(data_dir: pathlib.Path) -> AdminToken:
         value = path.read_text().strip()
         if value:
             return AdminToken(value, str(path))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -1,4 +1,8 @@
-"""`flux-controlplane`: REST API + gRPC discovery server in one asyncio process."""
+"""`flux-controlplane`: REST API + gRPC discovery server in one asyncio process.
+
+`flux-controlplane rotate-secret-key` re-encrypts the stored secrets with a new key
+(controlplane.cli.rotate_secret_key); with no command it serves, as always.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +28,13 @@ from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry
 from controlplane.discovery.server import DiscoveryServicer
 from controlplane.discovery.watcher import ConfigWatcher
+from controlplane.filemodes import private_dir
 from controlplane.registry.adapters.manager import RegistrySourceManager
 from controlplane.registry.alerts import AlertManager, alert_rules
 from controlplane.registry.health import HealthProber
 from controlplane.registry.store import RegistryStore
+from controlplane.secretbox import SecretBox, SecretKeyError, load_secret_key
+from controlplane.store import encryption
 from controlplane.store.config_store import ConfigStore
 from controlplane.store.db import make_engine, migrate, normalize_url
 from controlplane.tunnel_sessions import TunnelSessions
@@ -51,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="flux-controlplane",
         description="FLUX Gateway control plane: REST API on --http, config stream (gRPC) on --grpc.",
+        epilog="flux-controlplane rotate-secret-key --help: re-encrypt the stored secrets with a new key.",
     )
     p.add_argument(
         "--db",
@@ -62,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--data-dir",
         default=None,
-        help="where the admin token is kept (default: the SQLite file's folder, else ./data)",
+        help="where the admin token and secret key are kept (default: the SQLite file's folder, else ./data)",
     )
     p.add_argument("--id", default=None, help="this control plane's id (default HOSTNAME:PID)")
     p.add_argument("--history-limit", type=int, default=1000, help="config versions kept for rollback")
@@ -101,11 +109,14 @@ def _bind(address: str) -> socket.socket:
 
 async def serve(args: argparse.Namespace) -> int:
     cp_id = args.id or f"{socket.gethostname()}:{os.getpid()}"
+    data_dir = _data_dir(args)
+    if data_dir.exists():
+        private_dir(data_dir)  # 0700; created so by the first file written into it otherwise
     engine = make_engine(args.db)
     await asyncio.to_thread(migrate, engine)
-    data_dir = _data_dir(args)
     token = load_admin_token(data_dir)
-    store = ConfigStore(engine, history_limit=args.history_limit)
+    secret_key, _ = await asyncio.to_thread(encryption.start, engine, load_secret_key(data_dir))
+    store = ConfigStore(engine, history_limit=args.history_limit, secrets=SecretBox(secret_key.key))
     registry = RegistryStore(engine, cp_id)
     await asyncio.to_thread(registry.load)
     cache = SnapshotCache(registry=registry)
@@ -155,6 +166,7 @@ async def serve(args: argparse.Namespace) -> int:
         f"  config gRPC  {grpc_host}:{grpc_port}\n"
         f"  database     {make_url(normalize_url(args.db)).render_as_string(hide_password=True)}"
         f" (config version {cache.version})\n"
+        f"  secret key   {secret_key.shown_source} (id {secret_key.key.id}{', new' if secret_key.created else ''})\n"
         f"  admin token  {'from FLUX_ADMIN_TOKEN' if token.source == 'env' else token.source}"
         f"{' (new)' if token.created else ''}",
         flush=True,
@@ -204,12 +216,20 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rotate-secret-key"]:
+        from controlplane.cli.rotate_secret_key import main as rotate_main
+
+        sys.exit(rotate_main(argv[1:]))
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
         code = asyncio.run(serve(args))
     except KeyboardInterrupt:
         code = 0
+    except SecretKeyError as exc:  # no key, a bad key, or not the key of this database
+        log.error("%s", exc)
+        code = 2
     except OSError as exc:
         log.error("%s", exc)
         code = 2

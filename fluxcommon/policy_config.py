@@ -2,7 +2,11 @@
 validation) and node (snapshot compilation).
 
 `parse_policy_config(type, config)` returns the typed config or raises
-`PolicyConfigError` naming the field at fault.
+`PolicyConfigError` naming the field at fault. Every schema follows the text rule of
+`fluxcommon.textfields` (no control characters in any string; the circuit breaker's
+fallback body may span lines), the fields that reach the wire are checked with
+`fluxcommon.wire`, and every number has an upper bound (configs travel as JSON numbers,
+exact up to 2**53).
 """
 
 from __future__ import annotations
@@ -11,9 +15,33 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from fluxcommon.durations import parse_duration_ms
+from fluxcommon.durations import MAX_DURATION_MS, parse_duration_ms
+from fluxcommon.textfields import TextChecked
+from fluxcommon.wire import (
+    checked_headers,
+    header_name_problem,
+    header_value_problem,
+    host_problem,
+    location_problem,
+    path_problem,
+    regex_replacement_problem,
+    require,
+    token_problem,
+    url_problem,
+)
+
+__all__ = [
+    "SCHEMAS",
+    "PolicyConfigError",
+    "checked_headers",
+    "header_name_problem",
+    "header_value_problem",
+    "host_problem",
+    "parse_policy_config",
+    "validate_policy_config",
+]
 
 
 class PolicyConfigError(ValueError):
@@ -23,10 +51,12 @@ class PolicyConfigError(ValueError):
         self.message = message
 
 
-Ms = Annotated[int, BeforeValidator(parse_duration_ms)]
+Ms = Annotated[int, BeforeValidator(parse_duration_ms), Field(le=MAX_DURATION_MS)]
+MAX_COUNT = 1_000_000_000
+"""Upper bound of rates, bursts and counts in policy configs."""
 
 
-class _Config(BaseModel):
+class _Config(TextChecked):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -46,15 +76,28 @@ def _regex(value: str) -> str:
 
 
 def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"{value!r} is not an http(s) URL")
+    require(url_problem(value))
+    return value
+
+
+def _header_name(value: str) -> str:
+    require(header_name_problem(value))
+    return value
+
+
+def _token(value: str) -> str:
+    require(token_problem(value))
     return value
 
 
 Cidr = Annotated[str, BeforeValidator(lambda v: _cidr(v) if isinstance(v, str) else v)]
 HttpUrl = Annotated[str, BeforeValidator(lambda v: _http_url(v) if isinstance(v, str) else v)]
 Regex = Annotated[str, BeforeValidator(lambda v: _regex(v) if isinstance(v, str) else v)]
-TokenSource = Annotated[str, Field(pattern=r"^(header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+|cookie:\S+)$")]
+HeaderName = Annotated[str, BeforeValidator(lambda v: _header_name(v) if isinstance(v, str) else v)]
+Token = Annotated[str, BeforeValidator(lambda v: _token(v) if isinstance(v, str) else v)]
+TokenSource = Annotated[
+    str, Field(pattern=r"^(header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+|cookie:[!#$%&'*+\-.^_`|~0-9A-Za-z]+)$")
+]
 
 
 class _AuthConfig(_Config):
@@ -70,7 +113,10 @@ class JwtConfig(_AuthConfig):
     leeway: Ms = 0
     from_: TokenSource = Field(default="header:Authorization", alias="from")
     consumer_claim: str = "sub"
-    forward_header: str | None = None
+    forward_header: HeaderName | None = None
+    require: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default=["exp"], description="claims a token must carry (default: exp; [] accepts tokens that never expire)"
+    )
 
 
 class OAuth2Config(_AuthConfig):
@@ -84,14 +130,20 @@ class OAuth2Config(_AuthConfig):
 
 
 class ApiKeyConfig(_AuthConfig):
-    header: str = "apikey"
-    query: str | None = None
+    header: HeaderName = "apikey"
+    query: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.~-]+$")
     hide_credentials: bool = True
 
 
 class BasicAuthConfig(_AuthConfig):
     realm: str = "flux"
     hide_credentials: bool = True
+
+    @field_validator("realm")
+    @classmethod
+    def _realm(cls, v: str) -> str:
+        require(header_value_problem("realm", v))  # sent quoted in WWW-Authenticate
+        return v
 
 
 class IpAclConfig(_Config):
@@ -114,14 +166,14 @@ class ApiAclConfig(_Config):
     allow_consumers: list[str] = []
     allow_groups: list[str] = []
     deny_consumers: list[str] = []
-    methods: list[str] = []
+    methods: list[Token] = []
 
 
 class CorsConfig(_Config):
     allow_origins: list[str] = ["*"]
-    allow_methods: list[str] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    allow_headers: list[str] = []
-    expose_headers: list[str] = []
+    allow_methods: list[Token] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    allow_headers: list[HeaderName] = []  # "*" is a token too
+    expose_headers: list[HeaderName] = []
     allow_credentials: bool = False
     max_age: Ms = 0
 
@@ -131,14 +183,16 @@ class CorsConfig(_Config):
         for origin in v:
             if origin.startswith("~"):
                 _regex(origin[1:])
+            else:
+                require(header_value_problem("allow_origins", origin))  # echoed in Access-Control-Allow-Origin
         return v
 
 
 class RateLimitConfig(_Config):
     algorithm: Literal["token_bucket", "leaky_bucket", "fixed_window", "sliding_window"] = "token_bucket"
-    rate: int = Field(gt=0)
+    rate: int = Field(gt=0, le=MAX_COUNT)
     per: Ms = 1000
-    burst: int = Field(default=0, ge=0)
+    burst: int = Field(default=0, ge=0, le=MAX_COUNT)
     key: str | list[str] = "ip"
     scope: Literal["local", "redis"] = "local"
     redis: str | None = None
@@ -166,87 +220,36 @@ class RateLimitConfig(_Config):
 
 
 class FallbackConfig(_Config):
+    multiline_fields = _Config.multiline_fields | {"body"}
+
     status: int = Field(default=503, ge=100, le=599)
     headers: dict[str, str] = {}
-    body: str = ""
-    cluster: str | None = None
+    body: str = Field(default="", max_length=1 << 20)
+    cluster: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        return checked_headers(v)
 
 
 class CircuitBreakerConfig(_Config):
-    failure_threshold: int = Field(default=5, ge=0)
+    failure_threshold: int = Field(default=5, ge=0, le=MAX_COUNT)
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    min_requests: int = Field(default=20, ge=1)
+    min_requests: int = Field(default=20, ge=1, le=MAX_COUNT)
     window: Ms = 10_000
-    slow_call_ms: int = Field(default=0, ge=0)
+    slow_call_ms: int = Field(default=0, ge=0, le=MAX_DURATION_MS)
     slow_call_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     open_for: Ms = 30_000
-    half_open_requests: int = Field(default=3, ge=1)
+    half_open_requests: int = Field(default=3, ge=1, le=MAX_COUNT)
     fallback: FallbackConfig | None = None
 
 
 # -- header and host values as the rewrite policies send them --------------------------------
 # RequestRewritePolicy / ResponseRewritePolicy write header names and values with
-# .encode("latin-1") and the host with .encode("idna"), on every request. These say, ahead of
-# time, whether a value would fail there or break the message (CR/LF: header injection).
-# (HeaderOps below does not call them yet; tunnel proxy options do.)
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?")
-
-
-def _printable_latin1(c: str) -> bool:
-    return c == "\t" or " " <= c <= "~" or "\xa0" <= c <= "\xff"
-
-
-def header_name_problem(name: str) -> str | None:
-    """Why `name` cannot be a header name (None: it can)."""
-    return None if _HEADER_NAME.fullmatch(name) else f"{name!r} is not a header name"
-
-
-def header_value_problem(name: str, value: str) -> str | None:
-    """Why `value` cannot be sent as header `name`'s value: printable latin-1 (and tab) only."""
-    if any(c in value for c in "\r\n\0"):
-        return f"{name}: header values may not hold CR, LF or NUL"
-    bad = next((c for c in value if not _printable_latin1(c)), None)
-    if bad is not None:
-        return f"{name}: header values are printable latin-1 text; {bad!r} is not"
-    return None
-
-
-def checked_headers(headers: dict[str, str]) -> dict[str, str]:
-    """`headers` as given, or ValueError naming the first name or value that cannot be sent."""
-    for name, value in headers.items():
-        problem = header_name_problem(name) or header_value_problem(name, value)
-        if problem:
-            raise ValueError(problem)
-    return headers
-
-
-def host_problem(value: str) -> str | None:
-    """Why `value` cannot be sent as a Host header (None: it can): a host name (IDNA, labels of
-    1 to 63 letters, digits, '-' or '_', not starting or ending with '-'), an IPv4 address or a
-    bracketed IPv6 address, with an optional :port."""
-    m = _HOST_PORT.fullmatch(value)
-    if m is None:
-        return f"{value!r} is not a host or host:port"
-    host, port = m.groups()
-    if port is not None and not 0 < int(port) <= 65535:
-        return f"{value!r}: port {port} is not 1 to 65535"
-    if host.startswith("["):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return f"{value!r}: {host} is not an IPv6 address"
-        return None
-    try:
-        ascii_host = host.encode("idna").decode("ascii")
-        value.encode("idna")  # as RequestRewritePolicy does
-    except UnicodeError:
-        return f"{value!r} is not a host name (IDNA, labels of 1 to 63 characters)"
-    if not all(_HOST_LABEL.fullmatch(label) for label in ascii_host.removesuffix(".").split(".")):
-        return f"{value!r} is not a host name (labels of letters, digits, '-' and '_', not starting or ending with '-')"
-    return None
+# .encode("latin-1") and the host with .encode("idna"), on every request; the checks of
+# fluxcommon.wire (re-exported here) say ahead of time whether a value would fail there or
+# break the message (CR/LF: header injection).
 
 
 class HeaderOps(_Config):
@@ -263,9 +266,7 @@ class HeaderOps(_Config):
     @classmethod
     def _names(cls, v: list[str]) -> list[str]:
         for name in v:
-            problem = header_name_problem(name)
-            if problem:
-                raise ValueError(problem)
+            require(header_name_problem(name))
         return v
 
 
@@ -275,6 +276,13 @@ class RequestRewriteConfig(_Config):
     path_regex: list[str] | None = None
     host: str | None = None
 
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is not None:
+            require(path_problem(v, query=False))
+        return v
+
     @field_validator("path_regex")
     @classmethod
     def _pair(cls, v: list[str] | None) -> list[str] | None:
@@ -282,6 +290,10 @@ class RequestRewriteConfig(_Config):
             if len(v) != 2:
                 raise ValueError("give [pattern, replacement]")
             _regex(v[0])
+            pattern = re.compile(v[0])
+            problem = regex_replacement_problem(v[1], pattern.groups, set(pattern.groupindex))
+            if problem:
+                raise ValueError(f"the replacement {v[1]!r}: {problem}")
         return v
 
     @field_validator("host")
@@ -302,6 +314,12 @@ class RedirectConfig(_Config):
     to: str
     status: Literal[301, 302, 303, 307, 308] = 302
     keep_path: bool = False
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, v: str) -> str:
+        require(location_problem(v))  # sent as the Location header
+        return v
 
 
 SCHEMAS: dict[str, type[_Config]] = {

@@ -61,6 +61,7 @@ from typing import Any, Literal, cast
 import yaml
 from pydantic import ValidationError
 
+from fluxcommon import yamlsafe
 from fluxcommon.netaddr import check_address
 from fluxcommon.tunnel.proxies import (
     PUBLIC_PORT_TYPES,
@@ -1079,7 +1080,7 @@ def parse_text(text: str, fmt: str, source: str = "<config>") -> dict[str, Any]:
                 return parse_text(text, "toml", source)
             except ConfigError as toml_error:
                 try:
-                    data = yaml.safe_load(text)
+                    data = yamlsafe.load(text)
                 except yaml.YAMLError:
                     raise toml_error from None
                 if not isinstance(data, dict):
@@ -1093,7 +1094,7 @@ def parse_text(text: str, fmt: str, source: str = "<config>") -> dict[str, Any]:
         if fmt == "toml":
             data: Any = tomllib.loads(text)
         elif fmt == "yaml":
-            data = yaml.safe_load(text)
+            data = yamlsafe.load(text)  # no anchors/aliases: no expansion bombs
             data = {} if data is None else data
         else:
             data = json.loads(text)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controlplane.api.errors import validation_errors
 from controlplane.api.state import ControlPlane, get_cp, require_admin
 from controlplane.spec import KINDS, ResourceSpec
+from controlplane.spec._types import MAX_INT64
 from controlplane.validation import ConfigError, FieldError
 
 router = APIRouter(prefix="/api/v1", tags=["config"])
@@ -38,14 +39,16 @@ def export_config(cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
 
 @router.get("/config/history", summary="Committed versions, newest first")
 def get_history(
-    limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0), cp: ControlPlane = Depends(get_cp)
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=MAX_INT64),
+    cp: ControlPlane = Depends(get_cp),
 ) -> dict[str, Any]:
     total, entries = cp.store.history(limit=limit, offset=offset)
     return {"items": [e.as_dict() for e in entries], "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/config/history/{version}", summary="One version's whole config (secrets masked)")
-def get_history_version(version: int, cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
+def get_history_version(version: int = Path(ge=0, le=MAX_INT64), cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
     cfg = cp.store.config_at(version)
     doc: dict[str, Any] = {"version": version}
     for plural, spec in cfg.iter_all():
@@ -55,7 +58,7 @@ def get_history_version(version: int, cp: ControlPlane = Depends(get_cp)) -> dic
 
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT64)
 
 
 @router.post("/config/rollback", summary="Make an earlier version current again (as a new version)")
@@ -90,7 +93,7 @@ def _parse_apply(body: dict[str, Any]) -> tuple[list[tuple[str, ResourceSpec]], 
             try:
                 puts.append((plural, KINDS[plural].spec.model_validate(raw)))
             except ValidationError as exc:
-                for e in validation_errors(exc.errors(include_url=False)):  # type: ignore[arg-type]
+                for e in validation_errors(exc.errors(include_url=False), located=False):  # type: ignore[arg-type]
                     errors.append(FieldError(f"{plural}/{name}", e["field"], e["message"]))
     if errors:
         raise ConfigError(errors)

@@ -30,24 +30,34 @@ def error_response(status: int, code: str, message: str, **kw: Any) -> JSONRespo
     return JSONResponse(error_body(code, message, **kw), status_code=status, headers=headers)
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
+def _field_path(loc: tuple[Any, ...], located: bool = True) -> str:
+    """ "endpoints[0].weight" from a pydantic loc; `located`: the loc starts with where in the
+    request the value was (FastAPI's "body", "query", ...), which is left out. (Only the first
+    part: a field may be named "path" too.)"""
+    if located and loc and loc[0] in _LOCATIONS:
+        loc = loc[1:]
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (part in ("body", "query", "path") and not out) or (
-            isinstance(part, str) and part.startswith(("function-after[", "function-before[", "tagged-union["))
-        ):
+        elif isinstance(part, str) and part.startswith(("function-after[", "function-before[", "tagged-union[")):
             continue
         else:
             out += f".{part}" if out else str(part)
     return out
 
 
-def validation_errors(errors: list[dict[str, Any]], resource: str = "") -> list[dict[str, str]]:
+def validation_errors(
+    errors: list[dict[str, Any]], resource: str = "", *, located: bool = True
+) -> list[dict[str, str]]:
+    """Field errors from pydantic's; `located=False` for a model validated outside FastAPI's
+    request parsing (its locs start at the model's own fields)."""
     out = []
     for e in errors:
-        field = _field_path(tuple(e.get("loc", ())))
+        field = _field_path(tuple(e.get("loc", ())), located)
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         head, sep, rest = msg.partition(": ")
         if sep and " " not in head and "'" not in head:

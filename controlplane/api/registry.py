@@ -16,12 +16,14 @@
 
 Discovery answers carry `X-Flux-Index`, the service's modify index; with `?index=N` the
 request waits (up to `wait`, default 30s, at most 5m) until that index passes N, then
-answers the current result. Writes need the admin token; reads do not.
+answers the current result. Writes need the admin token; reads do not. Indexes, offsets and
+event ids are at most 2**63-1 (422 beyond); YAML bodies may not use anchors or aliases.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the parameter types at runtime.
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any, get_args
 
@@ -31,13 +33,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from controlplane.api.state import get_cp, require_admin
 from controlplane.registry.store import RegistryStore
 from controlplane.registry.types import Instance, InstanceSpec, ServiceSpec, Status
+from controlplane.spec._types import MAX_INT64
 from controlplane.validation import ConfigError, FieldError
+from fluxcommon import yamlsafe
 from fluxcommon.durations import parse_duration_ms
+from fluxcommon.textfields import TextChecked
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 
@@ -80,7 +85,7 @@ async def list_services(
     group: str = "",
     tag: list[str] = Query([]),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_INT64),
     reg: RegistryStore = Depends(get_registry),
 ) -> dict[str, Any]:
     found = reg.services(namespace=namespace, group=group, tags=tag)
@@ -161,7 +166,7 @@ async def list_instances(
     version: str = "",
     zone: str = "",
     status: str = Query("", description="up, down, draining or out_of_service"),
-    index: int | None = Query(None, ge=0),
+    index: int | None = Query(None, ge=0, le=MAX_INT64),
     wait: str = DEFAULT_WAIT,
     reg: RegistryStore = Depends(get_registry),
 ) -> dict[str, Any]:
@@ -209,7 +214,7 @@ async def heartbeat(
     return {"id": inst.id, "service": name, "status": inst.status, "last_heartbeat": inst.last_heartbeat}
 
 
-class InstancePatch(BaseModel):
+class InstancePatch(TextChecked):
     """PATCH body: what an operator changes on a running instance."""
 
     model_config = ConfigDict(extra="forbid")
@@ -252,13 +257,13 @@ async def watch(
     tag: list[str] = Query([]),
     version: str = "",
     zone: str = "",
-    index: int | None = Query(None, ge=0),
+    index: int | None = Query(None, ge=0, le=MAX_INT64),
     last_event_id: str | None = Header(None),
     reg: RegistryStore = Depends(get_registry),
 ) -> StreamingResponse:
     since = index
-    if since is None and last_event_id and last_event_id.isdigit():
-        since = int(last_event_id)
+    if since is None and last_event_id and re.fullmatch(r"[0-9]{1,18}", last_event_id):
+        since = int(last_event_id)  # anything else (not an index we gave): start from now
 
     async def stream() -> AsyncIterator[str]:
         seen = since
@@ -285,14 +290,18 @@ def _parse_import(raw: bytes, content_type: str) -> list[tuple[ServiceSpec, list
     where = "services:import"
     try:
         if "yaml" in content_type:
-            doc = yaml.safe_load(raw)
+            doc = yamlsafe.load(raw)
         else:
             try:
                 doc = json.loads(raw)
             except ValueError:
-                doc = yaml.safe_load(raw)  # a YAML file sent without its content type
+                doc = yamlsafe.load(raw)  # a YAML file sent without its content type
+    except yamlsafe.YamlAliasError as exc:
+        raise ConfigError([FieldError(where, "", str(exc))], status=400) from None
     except yaml.YAMLError as exc:
         raise ConfigError([FieldError(where, "", f"body is neither JSON nor YAML: {exc}")], status=400) from None
+    except RecursionError:
+        raise ConfigError([FieldError(where, "", "body is nested too deeply")], status=400) from None
     items = doc.get("services") if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         raise ConfigError([FieldError(where, "services", "expected {services: [...]} or a list of services")])
@@ -375,7 +384,7 @@ async def import_services_alias(
 
 @router.get("/events", tags=["registry"], summary="Registry events (registered, expired, up, down, ...)")
 def list_events(
-    since: int | None = Query(None, ge=0),
+    since: int | None = Query(None, ge=0, le=MAX_INT64),
     service: str = "",
     limit: int = Query(100, ge=1, le=1000),
     reg: RegistryStore = Depends(get_registry),

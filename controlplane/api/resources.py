@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from controlplane.api.state import ControlPlane, get_cp, require_admin
 from controlplane.spec import Kind
+from controlplane.spec._types import MAX_INT64
 from controlplane.store.config_store import NotFound
 from controlplane.validation import ConfigError, FieldError
 
@@ -30,7 +31,7 @@ def resource_router(kind: Kind) -> APIRouter:
     @router.get("", summary=f"List {plural}")
     def list_resources(
         limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_INT64),
         cp: ControlPlane = Depends(get_cp),
     ) -> dict[str, Any]:
         version, cfg = cp.store.current()

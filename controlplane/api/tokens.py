@@ -13,20 +13,21 @@ from typing import Any
 
 import jwt
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from controlplane.api.state import ControlPlane, get_cp, require_admin
 from controlplane.spec._types import Duration, Name
 from controlplane.spec.consumer import ConsumerSpec, JwtCredential
 from controlplane.store.config_store import NotFound
 from controlplane.validation import ConfigError, FieldError
+from fluxcommon.textfields import TextChecked
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 _RESERVED = {"iss", "sub", "iat", "exp", "nbf"}
 
 
-class TokenRequest(BaseModel):
+class TokenRequest(TextChecked):
     model_config = ConfigDict(extra="forbid")
     consumer: Name
     issuer: str | None = Field(default=None, description="which of the consumer's jwt credentials (default: the first)")

@@ -25,6 +25,7 @@ import httpx
 import yaml
 
 from controlplane.spec.configset import KINDS, kind_of
+from fluxcommon import yamlsafe
 
 Row = dict[str, Any]
 
@@ -160,7 +161,7 @@ def _load_files(paths: list[str]) -> dict[str, list[Row]]:
     for path in paths:
         try:
             text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
-            docs = list(yaml.safe_load_all(text))
+            docs = list(yamlsafe.load_all(text))  # no anchors/aliases: no expansion bombs
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:

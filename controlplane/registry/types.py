@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from fluxcommon.durations import format_duration_ms, parse_duration_ms
 from fluxcommon.netaddr import check_address
+from fluxcommon.textfields import TextChecked
+from fluxcommon.wire import path_problem, require
 
 Status = Literal["up", "down", "draining", "out_of_service"]
 Health = Literal["healthy", "unhealthy", "unknown"]
@@ -35,16 +37,20 @@ Health = Literal["healthy", "unhealthy", "unknown"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
-class _Strict(BaseModel):
+class _Strict(TextChecked):
+    """Unknown fields are errors; no string holds control characters (fluxcommon.textfields)."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class ServiceCheckSpec(_Strict):
     """Active health check the control plane runs against a service's persistent instances."""
 
+    multiline_fields = _Strict.multiline_fields | {"expect_body"}
+
     type: Literal["http", "tcp", "grpc"] = "http"
     path: str = "/healthz"  # http
-    expect_status: list[int] = []  # http: empty = 200-399
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = []  # http: empty = 200-399
     expect_body: str | None = None  # http: substring the body must contain
     grpc_service: str = ""  # grpc: the name asked of grpc.health.v1.Health/Check ("" = the server)
     interval: str = "10s"
@@ -56,6 +62,12 @@ class ServiceCheckSpec(_Strict):
     @classmethod
     def _duration(cls, v: str) -> str:
         return format_duration_ms(parse_duration_ms(v))
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        require(path_problem(v))  # the request line of every check
+        return v
 
 
 class ServiceSpec(_Strict):

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from controlplane.spec._types import MASK, Duration, Resource
+from fluxcommon.wire import checked_headers, require, url_problem
 
 
 class AlertSpec(Resource):
     kind: Literal["min_healthy", "flapping"]
     service: str = Field(default="*", description="a service name, or * for every service")
     threshold: int = Field(
-        ge=0, description="min_healthy: fire below this many healthy instances; flapping: state changes in window"
+        ge=0,
+        le=1_000_000,
+        description="min_healthy: fire below this many healthy instances; flapping: state changes in window",
     )
     window: Duration = 60_000
     webhook: str
@@ -25,9 +28,13 @@ class AlertSpec(Resource):
     @field_validator("webhook")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"{v!r} is not an http(s) URL")
+        require(url_problem(v))
         return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        return checked_headers(v)  # sent with every webhook call
 
     @field_validator("service")
     @classmethod
@@ -41,6 +48,9 @@ class AlertSpec(Resource):
         if self.kind == "flapping" and self.threshold < 2:
             raise ValueError("threshold: flapping needs at least 2 state changes in the window")
         return self
+
+    # Every header value is sealed in the database, not only the ones masked on reads.
+    secret_paths: ClassVar[tuple[str, ...]] = ("headers.*",)
 
     def masked(self) -> dict[str, Any]:
         out = super().masked()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import model_validator
 
@@ -11,6 +11,8 @@ from fluxcommon.netaddr import check_host_pattern
 
 
 class CertificateSpec(Resource):
+    multiline_fields = Resource.multiline_fields | {"cert", "key"}  # PEM blocks
+
     snis: list[str] = []
     cert: str
     key: str
@@ -35,6 +37,8 @@ class CertificateSpec(Resource):
             if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
                 raise ValueError("key: does not match the certificate's public key")
         return self
+
+    secret_paths: ClassVar[tuple[str, ...]] = ("key",)
 
     def masked(self) -> dict[str, Any]:
         out = super().masked()

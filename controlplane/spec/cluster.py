@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from controlplane.spec._types import Address, Duration, Name, Port, Resource, Strict
+from fluxcommon.wire import host_problem, path_problem, require
 
 LbName = Literal["round_robin", "weighted_round_robin", "least_conn", "consistent_hash", "ip_hash"]
 
@@ -29,13 +30,21 @@ class HealthCheckSpec(Strict):
     timeout: Duration = Field(default=0, description="default: 2s, or the interval when that is shorter")
     healthy_threshold: int = Field(default=2, ge=1, le=100)
     unhealthy_threshold: int = Field(default=3, ge=1, le=100)
-    expected_statuses: list[int] = []
+    expected_statuses: list[Annotated[int, Field(ge=100, le=599)]] = []
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
+        require(path_problem(v))  # the request line of every check
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if v:
+            require(host_problem(v))  # the checks' Host header
         return v
 
     @model_validator(mode="after")
@@ -63,11 +72,11 @@ class TimeoutsSpec(Strict):
 
 
 class PoolSpec(Strict):
-    max_connections: int = Field(default=1024, ge=1)
-    max_idle: int = Field(default=128, ge=0)
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    max_idle: int = Field(default=128, ge=0, le=1_000_000)
     idle_timeout: Duration = 60_000
-    max_pending: int = Field(default=1024, ge=0)
-    max_requests: int = Field(default=0, ge=0, description="0 = unlimited concurrent requests")
+    max_pending: int = Field(default=1024, ge=0, le=1_000_000)
+    max_requests: int = Field(default=0, ge=0, le=1_000_000, description="0 = unlimited concurrent requests")
 
 
 class SessionAffinitySpec(Strict):
@@ -86,7 +95,9 @@ class ServiceSelectorSpec(Strict):
 
 class ClusterSpec(Resource):
     lb: LbName = "round_robin"
-    hash_on: str | None = Field(default=None, pattern=r"^(header:[A-Za-z0-9-]+|cookie:\S+|ip|path)$")
+    hash_on: str | None = Field(
+        default=None, pattern=r"^(header:[A-Za-z0-9-]+|cookie:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|ip|path)$"
+    )
     session_affinity: SessionAffinitySpec | None = None
     endpoints: list[EndpointSpec] = []
     service: ServiceSelectorSpec | None = None

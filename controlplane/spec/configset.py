@@ -7,13 +7,13 @@ secrets included) is what the history table keeps and what rollback restores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from controlplane.fingerprints import config_digest
 from controlplane.spec._types import Resource
 from controlplane.spec.alert import AlertSpec
 from controlplane.spec.certificate import CertificateSpec
@@ -126,7 +126,9 @@ class ConfigSet:
         return json.dumps(self.document(), sort_keys=True, separators=(",", ":")).encode()
 
     def digest(self) -> str:
-        return hashlib.sha256(self.canonical_json()).hexdigest()
+        """Names this config on reads; keyed (controlplane.fingerprints), so that it is no
+        oracle for guessing the secrets it covers."""
+        return config_digest(self.canonical_json())
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> ConfigSet:

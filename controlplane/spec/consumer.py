@@ -9,10 +9,11 @@ are only masked on reads.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from controlplane.fingerprints import credential_fingerprint, fingerprint_matches
 from controlplane.spec._types import MASK, Resource, Strict
 from fluxcommon.secrets import hash_password, verify_password
 
@@ -21,9 +22,10 @@ class ApiKeyCredential(Strict):
     type: Literal["api_key"]
     key: str | None = Field(default=None, min_length=8)
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    # Shown on reads next to the masked key; accepted on writes so a read can be written
-    # back, and used only to pick which stored key a masked one keeps. Never stored.
-    fingerprint: str | None = Field(default=None, exclude=True, pattern=r"^sha256:[0-9a-f]{1,64}$")
+    # Shown on reads next to the masked key (a keyed HMAC, controlplane.fingerprints); accepted
+    # on writes so a read can be written back, and used only to pick which stored key a masked
+    # one keeps. Never stored. ("sha256:" is the unkeyed form of earlier versions: refused.)
+    fingerprint: str | None = Field(default=None, exclude=True, pattern=r"^(hmac-sha256|sha256):[0-9a-f]{1,64}$")
 
     @model_validator(mode="after")
     def _hash(self) -> ApiKeyCredential:
@@ -39,6 +41,8 @@ class ApiKeyCredential(Strict):
 
 
 class JwtCredential(Strict):
+    multiline_fields = Strict.multiline_fields | {"public_key", "private_key"}  # PEM blocks
+
     type: Literal["jwt"]
     issuer: str = Field(min_length=1)
     algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"] = "HS256"
@@ -149,12 +153,18 @@ class ConsumerSpec(Resource):
             seen.add(ident)
         return self
 
+    # key_sha256 and password_hash are never shown either: sealed like the secrets.
+    secret_paths: ClassVar[tuple[str, ...]] = tuple(
+        f"credentials[].{f}" for f in ("key", "key_sha256", "secret", "private_key", "password", "password_hash")
+    )
+
     def masked(self) -> dict[str, Any]:
         out = super().masked()
         creds = []
         for cred in self.credentials:
             if isinstance(cred, ApiKeyCredential):
-                creds.append({"type": "api_key", "key": MASK, "fingerprint": f"sha256:{cred.key_sha256[:12]}"})
+                fingerprint = credential_fingerprint(cred.key_sha256 or "")
+                creds.append({"type": "api_key", "key": MASK, "fingerprint": fingerprint})
             elif isinstance(cred, JwtCredential):
                 d = cred.model_dump(mode="json", exclude_none=True)
                 if cred.secret:
@@ -178,10 +188,15 @@ class ConsumerSpec(Resource):
             if isinstance(cred, ApiKeyCredential) and cred.key == MASK:
                 if not old_keys:
                     raise ValueError("credentials: a masked api_key has no stored key to keep")
-                prefix = (cred.fingerprint or "").removeprefix("sha256:")
-                match = next((k for k in old_keys if (k.key_sha256 or "").startswith(prefix)), None)
+                shown = cred.fingerprint
+                match = next(
+                    (k for k in old_keys if shown is None or fingerprint_matches(shown, k.key_sha256 or "")), None
+                )
                 if match is None:
-                    raise ValueError("credentials: a masked api_key's fingerprint matches no stored key")
+                    raise ValueError(
+                        "credentials: a masked api_key's fingerprint matches no stored key "
+                        "(fingerprints are hmac-sha256:..., as the consumer reads now)"
+                    )
                 old_keys.remove(match)
                 merged.append(match)
             elif isinstance(cred, JwtCredential) and MASK in (cred.secret, cred.private_key):

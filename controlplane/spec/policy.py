@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,6 +36,9 @@ class PolicySpec(Resource):
     description: str = ""
 
     model_config = {**Resource.model_config, "populate_by_name": True}
+    # The type's schema (fluxcommon.policy_config) applies the text rule to every config string,
+    # knowing which may span lines (the circuit breaker's fallback body).
+    text_checked_elsewhere = frozenset({"config"})
 
     @model_validator(mode="after")
     def _config(self) -> PolicySpec:
@@ -43,6 +46,8 @@ class PolicySpec(Resource):
 
         validate_policy_config(self.type, self.config)
         return self
+
+    secret_paths: ClassVar[tuple[str, ...]] = tuple(f"config.{k}" for k in sorted(_SECRET_KEYS))
 
     def masked(self) -> dict[str, Any]:
         out = super().masked()

@@ -3,11 +3,12 @@ services from and, optionally, export this registry's services to."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from controlplane.spec._types import MASK, Duration, Name, Resource
+from fluxcommon.wire import url_problem
 
 _DEFAULT_PREFIX = {
     "etcd": "/services/",  # /services/<service>/<instance id> -> JSON instance
@@ -53,8 +54,12 @@ class RegistrySourceSpec(Resource):
 
     @model_validator(mode="after")
     def _consistent(self) -> RegistrySourceSpec:
-        if self.type in ("consul", "nacos", "eureka") and not self.address.startswith(("http://", "https://")):
-            raise ValueError(f"address: {self.type} is reached over HTTP; give http(s)://host:port")
+        if self.type in ("consul", "nacos", "eureka"):
+            if not self.address.startswith(("http://", "https://")):
+                raise ValueError(f"address: {self.type} is reached over HTTP; give http(s)://host:port")
+            problem = url_problem(self.address)
+            if problem:
+                raise ValueError(f"address: {problem}")
         if not self.import_ and not self.export:
             raise ValueError("import: a source that neither imports nor exports does nothing")
         if self.interval < 500:
@@ -65,9 +70,11 @@ class RegistrySourceSpec(Resource):
     def effective_prefix(self) -> str:
         return self.prefix or _DEFAULT_PREFIX[self.type]
 
+    secret_paths: ClassVar[tuple[str, ...]] = ("password", "token")
+
     def masked(self) -> dict[str, Any]:
         out = super().masked()
-        for secret in ("password", "token"):
+        for secret in self.secret_paths:
             if out.get(secret):
                 out[secret] = MASK
         return out

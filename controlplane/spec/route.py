@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from controlplane.spec._types import Duration, Name, Resource, Strict
 from fluxcommon.netaddr import check_host_pattern
+from fluxcommon.wire import host_problem, path_problem, require, token_problem
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -45,6 +46,10 @@ class GrayRuleSpec(Strict):
         for name in self.headers:
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"headers: bad header name {name!r}")
+        for name in self.cookies:
+            problem = token_problem(name, "cookie name")
+            if problem:
+                raise ValueError(f"cookies: {problem}")
         return self
 
 
@@ -63,7 +68,7 @@ class StickySpec(Strict):
 class GrayscaleSpec(Strict):
     """Split a route's traffic between instance versions of its cluster."""
 
-    versions: dict[str, int] = {}
+    versions: dict[str, Annotated[int, Field(ge=0, le=10_000)]] = {}
     rules: list[GrayRuleSpec] = []
     sticky: StickySpec | None = None
 
@@ -121,6 +126,20 @@ class RouteSpec(Resource):
                 raise ValueError(f"bad header name {name!r}")
         return {k.lower(): val for k, val in v.items()}
 
+    @field_validator("prefix_rewrite")
+    @classmethod
+    def _prefix_rewrite(cls, v: str | None) -> str | None:
+        if v:  # "" is no rewrite
+            require(path_problem(v, query=False))  # goes into the upstream request line
+        return v
+
+    @field_validator("host_rewrite")
+    @classmethod
+    def _host_rewrite(cls, v: str | None) -> str | None:
+        if v:  # "" is no rewrite
+            require(host_problem(v))  # the upstream Host header
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> RouteSpec:
         if self.path_type == "regex":
@@ -130,6 +149,10 @@ class RouteSpec(Resource):
                 raise ValueError(f"path: bad regex {self.path!r}: {exc}") from None
         elif not self.path.startswith("/"):
             raise ValueError("path: must start with '/'")
+        else:
+            problem = path_problem(self.path, query=False)
+            if problem:
+                raise ValueError(f"path: {problem}")
         if bool(self.cluster) == bool(self.clusters):
             raise ValueError("cluster: give exactly one of cluster or clusters (a weighted split)")
         names = [c.name for c in self.clusters]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from controlplane.spec._types import MASK, Address, Duration, Name, Port, Resource, Strict
 from fluxcommon.netaddr import parse_port_ranges, port_in_ranges
+from fluxcommon.wire import host_problem, require
 
 
 class TunnelTlsSpec(Strict):
+    multiline_fields = Strict.multiline_fields | {"client_ca"}  # a PEM block
+
     force: bool = False
     certificate: Name | None = None
     client_ca: str | None = None
@@ -53,6 +56,13 @@ class TunnelSpec(Resource):
         parse_port_ranges(v)
         return v
 
+    @field_validator("subdomain_host")
+    @classmethod
+    def _subdomain_host(cls, v: str) -> str:
+        if v:
+            require(host_problem(v, port=False))  # agents' subdomains become Host names under it
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> TunnelSpec:
         if not self.token and not self.tokens:
@@ -69,6 +79,8 @@ class TunnelSpec(Resource):
 
     def all_tokens(self) -> list[str]:
         return ([self.token] if self.token else []) + list(self.tokens)
+
+    secret_paths: ClassVar[tuple[str, ...]] = ("token", "tokens[]")
 
     def masked(self) -> dict[str, Any]:
         out = super().masked()

@@ -6,6 +6,10 @@ Every committed change, whatever its size, runs in one transaction that
   3. writes the changed rows and the new version's document to `config_history`.
 A write that fails validation changes nothing. Two control planes on one MySQL
 database serialise on the version row, so versions stay monotonic and gap-free.
+
+With a SecretBox (`secrets=`, what the control plane always passes), secret fields of the
+resource rows and every history document are stored sealed (controlplane.secretbox);
+the config in memory, and everything the API and the snapshots see, is plaintext.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, delete, func, select, update
 from sqlmodel import Session
 
+from controlplane.secretbox import SecretBox, is_sealed_blob
 from controlplane.spec import KINDS, ConfigSet, ResourceSpec
 from controlplane.spec.configset import APPLY_ORDER
 from controlplane.store import rows
@@ -98,20 +103,30 @@ def _spec_error(plural: str, name: str, exc: Exception) -> ConfigError:
     return ConfigError([FieldError(where, "", msg)])
 
 
-def encode_document(cfg: ConfigSet) -> bytes:
-    return zlib.compress(cfg.canonical_json(), 6)
+def encode_document(cfg: ConfigSet, box: SecretBox | None = None) -> bytes:
+    """A history document: the config's canonical JSON, zlib-compressed, sealed whole with `box`."""
+    blob = zlib.compress(cfg.canonical_json(), 6)
+    return box.seal_blob(blob) if box is not None else blob
 
 
-def decode_document(blob: bytes) -> ConfigSet:
+def decode_document(blob: bytes, box: SecretBox | None = None) -> ConfigSet:
+    """The config of a history document, sealed (needs `box`) or plaintext (earlier versions)."""
+    if is_sealed_blob(blob):
+        if box is None:
+            raise RuntimeError("the history document is encrypted, but this store has no secret key")
+        blob = box.open_blob(blob)
     return ConfigSet.from_document(json.loads(zlib.decompress(blob)))
 
 
 class ConfigStore:
     """The single writer of config. Thread-safe; blocking (call from a worker thread)."""
 
-    def __init__(self, engine: Engine, *, history_limit: int = 1000) -> None:
+    def __init__(self, engine: Engine, *, history_limit: int = 1000, secrets: SecretBox | None = None) -> None:
+        """`secrets`: the box that seals secret fields and history documents; None stores
+        them in the clear (tests, tools; the control plane always passes its box)."""
         self.engine = engine
         self.history_limit = history_limit
+        self.secrets = secrets
         self._lock = threading.Lock()
         self._cache: tuple[int, ConfigSet] | None = None
         self._listeners: list[Callable[[int], None]] = []
@@ -146,7 +161,7 @@ class ConfigStore:
             row = s.get(ConfigHistoryRow, version)
             if row is None:
                 raise NotFound(f"version {version} is not in the history")
-            return decode_document(row.document)
+            return decode_document(row.document, self.secrets)
 
     def history(self, *, limit: int = 50, offset: int = 0) -> tuple[int, list[HistoryEntry]]:
         with Session(self.engine) as s:
@@ -169,9 +184,9 @@ class ConfigStore:
     def _load_at(self, s: Session, version: int) -> ConfigSet:
         row = s.get(ConfigHistoryRow, version) if version else None
         if row is not None:
-            return decode_document(row.document)
+            return decode_document(row.document, self.secrets)
         # No history row (history pruned or version 0): read the resource tables.
-        return rows.load_config(s)
+        return rows.load_config(s, self.secrets)
 
     # -- writing -----------------------------------------------------------------
 
@@ -219,7 +234,7 @@ class ConfigStore:
             for plural in APPLY_ORDER:
                 for p, spec in stored_puts:
                     if p == plural:
-                        rows.upsert_resource(s, plural, spec)
+                        rows.upsert_resource(s, plural, spec, self.secrets)
             if not summary:
                 summary = ", ".join(f"{c.action} {c.kind}/{c.name}" for c in effective[:20])
                 if len(effective) > 20:
@@ -231,7 +246,7 @@ class ConfigStore:
                     summary=summary[:4000],
                     digest=target.digest(),
                     resources=target.count(),
-                    document=encode_document(target),
+                    document=encode_document(target, self.secrets),
                 )
             )
             s.execute(update(ConfigStateRow).where(ConfigStateRow.id == 1).values(updated_at=utcnow()))

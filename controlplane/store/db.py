@@ -1,4 +1,7 @@
-"""Engine set-up for SQLite (embedded default) and MySQL/MariaDB, and migrations."""
+"""Engine set-up for SQLite (embedded default) and MySQL/MariaDB, and migrations.
+
+A SQLite database and its -wal/-shm files are private to the control plane's user (0600).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from controlplane.filemodes import SQLITE_SUFFIXES, private_dir, private_file, private_sqlite
 
 log = logging.getLogger("flux.store")
 
@@ -27,8 +32,12 @@ def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        db_file: pathlib.Path | None = None
         if parsed.database and parsed.database != ":memory:":
-            pathlib.Path(parsed.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            db_file = pathlib.Path(parsed.database).expanduser().resolve()
+            if not db_file.parent.exists():
+                private_dir(db_file.parent)
+            private_sqlite(db_file)  # 0600 before SQLite opens it, so -wal and -shm are 0600 too
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -38,6 +47,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            if db_file is not None:  # -wal/-shm left open by an earlier version
+                for suffix in SQLITE_SUFFIXES[1:]:
+                    private_file(db_file.with_name(db_file.name + suffix))
 
         return engine
     if parsed.get_backend_name() == "mysql":

@@ -48,6 +48,9 @@ class ListenerRow(_Row, table=True):
     policies: list[str] = _json([])
     certificates: list[str] = _json([])
     cluster: str | None = Field(default=None, max_length=63)
+    timeouts: dict[str, Any] | None = _json_opt()
+    limits: dict[str, Any] | None = _json_opt()
+    path_normalization: dict[str, Any] | None = _json_opt()
 
 
 class ClusterRow(_Row, table=True):
@@ -115,14 +118,15 @@ class CredentialRow(SQLModel, table=True):
     consumer_id: int = Field(foreign_key="consumers.id", index=True, ondelete="CASCADE")
     position: int
     type: str = Field(max_length=16)
-    key_sha256: str | None = Field(default=None, max_length=64, index=True)
+    # Sealed like the secrets below (controlplane.store.sealing), hence wider than a hash.
+    key_sha256: str | None = Field(default=None, max_length=255, index=True)
     issuer: str | None = Field(default=None, max_length=255)
     algorithm: str | None = Field(default=None, max_length=8)
     secret: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     public_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     private_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     username: str | None = Field(default=None, max_length=255)
-    password_hash: str | None = Field(default=None, max_length=255)
+    password_hash: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class CertificateRow(_Row, table=True):
@@ -137,7 +141,7 @@ class TunnelRow(_Row, table=True):
     node_group: str = Field(max_length=63, index=True)
     bind_address: str = Field(max_length=255)
     bind_port: int
-    token: str | None = Field(default=None, max_length=255)
+    token: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     tokens: list[str] = _json([])
     allow_ports: str = Field(max_length=255)
     vhost_http_port: int = 0
@@ -167,6 +171,9 @@ class ConfigStateRow(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow)
+    # This installation's secret for keyed fingerprints (controlplane.fingerprints), sealed
+    # with the secret key; opening it at start proves the key is the one that wrote the database.
+    install_secret: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class ConfigHistoryRow(SQLModel, table=True):

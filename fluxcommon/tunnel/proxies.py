@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fluxcommon.policy_config import checked_headers, host_problem
+from fluxcommon.wire import checked_headers, host_problem
 
 ProxyType = Literal["tcp", "udp", "http", "https", "stcp", "sudp", "xtcp"]
 PUBLIC_PORT_TYPES = frozenset({"tcp", "udp"})

@@ -584,7 +584,7 @@ def test_secrets_read_back_masked_and_round_trip(client: httpx.Client) -> None:
             assert secret not in r.text, (what, secret)
     consumer = reads["consumer"].json()
     assert [c.get("key") or c.get("secret") or c.get("password") for c in consumer["credentials"]] == [MASK] * 3
-    assert consumer["credentials"][0]["fingerprint"].startswith("sha256:")
+    assert consumer["credentials"][0]["fingerprint"].startswith("hmac-sha256:")
     assert reads["tunnel"].json()["token"] == MASK
     assert reads["cert"].json()["key"] == MASK
     assert reads["policy"].json()["config"]["client_secret"] == MASK

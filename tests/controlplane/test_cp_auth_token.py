@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from support.processes import ControlPlaneProcess
+from support.tls import es256_pair
 
 SECRET = "a-long-enough-shared-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
 def cp(module_controlplane: ControlPlaneProcess) -> ControlPlaneProcess:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    private, public = es256_pair()
     consumers = [
         {"name": "alice", "groups": ["partners"], "credentials": [{"type": "jwt", "issuer": "flux", "secret": SECRET}]},
         {

@@ -24,7 +24,7 @@ from controlplane.spec import (
 from controlplane.spec._types import MASK
 from controlplane.spec.consumer import ApiKeyCredential, BasicAuthCredential, JwtCredential
 from controlplane.validation import FieldError, check_config, referrers
-from fluxcommon.durations import format_duration_ms, parse_duration_ms
+from fluxcommon.durations import MAX_DURATION_MS, format_duration_ms, parse_duration_ms
 from fluxcommon.netaddr import check_address, check_host_pattern
 from fluxcommon.secrets import verify_password
 
@@ -375,7 +375,7 @@ def test_bad_durations(bad: object) -> None:
         parse_duration_ms(bad)
 
 
-@given(st.integers(min_value=0, max_value=10**13))
+@given(st.integers(min_value=0, max_value=MAX_DURATION_MS))
 def test_duration_round_trip(ms: int) -> None:
     text = format_duration_ms(ms)
     assert parse_duration_ms(text) == ms
@@ -387,6 +387,10 @@ def test_composite_durations_add_up(parts: list[tuple[int, str]]) -> None:
     unit = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
     text = "".join(f"{n}{u}" for n, u in parts)
     total = sum(n * unit[u] for n, u in parts)
+    if total > MAX_DURATION_MS:
+        with pytest.raises(ValueError, match="at most 365d"):
+            parse_duration_ms(text)
+        return
     assert parse_duration_ms(text) == total
     assert parse_duration_ms(format_duration_ms(total)) == total
 
@@ -453,7 +457,9 @@ def test_api_key_is_stored_hashed_and_masked() -> None:
     assert "alice-key-123456" not in c.model_dump_json()
     masked = c.masked()["credentials"][0]
     assert masked["key"] == MASK
-    assert masked["fingerprint"] == "sha256:" + cred.key_sha256[:12]
+    # A keyed HMAC (controlplane.fingerprints), not a prefix of the unsalted SHA-256.
+    assert re.fullmatch(r"hmac-sha256:[0-9a-f]{16}", masked["fingerprint"])
+    assert masked["fingerprint"].removeprefix("hmac-sha256:") not in cred.key_sha256
     assert "key_sha256" not in masked
 
 

@@ -6,7 +6,9 @@ ports from the block it prints on stdout, and stops it with SIGTERM (kill after 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import pathlib
 import queue
@@ -160,9 +162,23 @@ class ControlPlaneProcess:
             cmd += ["--poll-interval", str(self.poll_interval)]
         return cmd + list(self.extra_args)
 
+    def shared_secret_key(self) -> dict[str, str]:
+        """Control planes sharing a MySQL database must share one secret key (README): the
+        key is derived from the database URL, so every process started on it agrees."""
+        if self.db.startswith("sqlite"):
+            return {}
+        digest = hashlib.sha256(b"flux test secret key\0" + self.db.encode()).digest()
+        return {"FLUX_SECRET_KEY": base64.b64encode(digest).decode()}
+
     def start(self, *, http_port: int = 0, grpc_port: int = 0) -> ControlPlaneProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        env = {**os.environ, "FLUX_ADMIN_TOKEN": self.token, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        env = {
+            **os.environ,
+            "FLUX_ADMIN_TOKEN": self.token,
+            "PYTHONUNBUFFERED": "1",
+            **self.shared_secret_key(),
+            **self.extra_env,
+        }
         if not self.token:
             env.pop("FLUX_ADMIN_TOKEN", None)
         self._starts += 1

@@ -13,6 +13,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
+def es256_pair() -> tuple[str, str]:
+    """(PKCS#8 private key PEM, SubjectPublicKeyInfo public key PEM) of a new P-256 key (ES256 JWTs)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public.decode()
+
+
 def self_signed(common_name: str = "localhost", sans: tuple[str, ...] = ()) -> tuple[str, str]:
     """(certificate PEM, unencrypted PKCS#8 key PEM) for `common_name` and `sans` (names or IPs)."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -48,6 +48,7 @@ from pydantic import ValidationError
 
 from controlplane.registry.types import NAME_PATTERN, Instance, InstanceSpec
 from controlplane.spec.registry_source import RegistrySourceSpec
+from fluxcommon.wire import text_problem
 
 log = logging.getLogger("flux.registry.adapters")
 
@@ -98,10 +99,12 @@ def safe_instance_id(raw: object) -> str | None:
 
 
 def string_map(value: object) -> dict[str, str]:
-    """Metadata from an external registry as str -> str (non-dict: empty; "@class" markers dropped)."""
+    """Metadata from an external registry as str -> str (non-dict: empty; "@class" markers and
+    entries holding control characters, which the registry refuses, dropped)."""
     if not isinstance(value, dict):
         return {}
-    return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items() if k != "@class" and v is not None}
+    out = {str(k): v if isinstance(v, str) else str(v) for k, v in value.items() if k != "@class" and v is not None}
+    return {k: v for k, v in out.items() if not (text_problem(k) or text_problem(v))}
 
 
 def make_instance(**fields: Any) -> InstanceSpec | None:
@@ -110,8 +113,8 @@ def make_instance(**fields: Any) -> InstanceSpec | None:
     meta = fields.get("metadata") or {}
     fields.setdefault("version", meta.get("version", ""))
     fields.setdefault("zone", meta.get("zone", ""))
-    if "weight" not in fields and str(meta.get("weight", "")).isdigit():
-        fields["weight"] = int(meta["weight"])
+    if "weight" not in fields and re.fullmatch(r"[0-9]{1,6}", str(meta.get("weight", ""))):
+        fields["weight"] = int(meta["weight"])  # ASCII digits only ("²".isdigit() is true, int() fails)
     fields["ephemeral"] = False
     try:
         return InstanceSpec(**fields)

@@ -14,8 +14,10 @@ algorithm not allowed, and algorithm confusion (an HMAC alg with a public key, a
 asymmetric alg with a secret, an RSA alg with an EC key...) are refused before any
 signature check: an HMAC verify only ever sees a secret, never a PEM public key.
 
-Claims: exp and nbf (when present, with `leeway`), iss (when `issuer` is configured),
-aud (when `audience` is configured; any one listed audience matches).
+Claims: every claim named in `require` must be present (default `[exp]`: a token that never
+expires is refused; `require: []` accepts one); exp and nbf (when present, with `leeway`), iss
+(when `issuer` is configured), aud (when `audience` is configured; any one listed audience
+matches).
 
 Verified tokens are cached by SHA-256 (bounded LRU) until min(exp, CACHE_SECONDS), so a
 repeated token skips parsing and the signature check; never past its exp.
@@ -70,7 +72,11 @@ CACHE_SIZE = 10_000  # verified tokens kept per policy
 CACHE_SECONDS = 60.0  # longest a verified token is trusted without checking it again
 UNKNOWN_KID_WAIT = 3.0  # longest a request waits for a JWKS refetch
 
-_MESSAGES = {"expired": "token expired", "not_yet_valid": "token not yet valid"}
+_MESSAGES = {
+    "expired": "token expired",
+    "not_yet_valid": "token not yet valid",
+    "missing_claim": "token lacks a required claim",
+}
 
 
 class ParsedToken(NamedTuple):
@@ -185,6 +191,7 @@ class JwtPolicy(AuthPolicy):
         aud = config.audience
         self._audience = frozenset([aud] if isinstance(aud, str) else aud) if aud else None
         self._claim = config.consumer_claim
+        self._require = tuple(config.require)
         self._forward = config.forward_header
         self._cache: TtlCache[bytes, _Accepted] = TtlCache(CACHE_SIZE, clock)
         self._issuer_keys: dict[str, list[tuple[Consumer, str, Any]]] = {}
@@ -308,6 +315,9 @@ class JwtPolicy(AuthPolicy):
         return self._invalid("bad_signature" if usable else "bad_algorithm")
 
     def _claims_problem(self, claims: dict[str, Any], now: float) -> str | None:
+        for claim in self._require:
+            if claims.get(claim) is None:
+                return "missing_claim"
         exp = claims.get("exp")
         if exp is not None:
             if not _number(exp):

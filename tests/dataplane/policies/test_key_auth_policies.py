@@ -300,7 +300,11 @@ def test_basic_auth_without_reactor_checks_inline() -> None:
 
 
 def test_basic_auth_realm_cannot_inject_header_lines() -> None:
-    policy = BasicAuthPolicy("basic", BasicAuthConfig(realm='a"b\r\nSet-Cookie: x=1'), plain_env())
+    with pytest.raises(ValueError, match="control character"):  # refused at write time...
+        BasicAuthConfig(realm='a"b\r\nSet-Cookie: x=1')
+    # ... and quoted safely by the policy all the same (a config that skipped validation)
+    config = BasicAuthConfig.model_construct(**{**BasicAuthConfig().model_dump(), "realm": 'a"b\r\nSet-Cookie: x=1'})
+    policy = BasicAuthPolicy("basic", config, plain_env())
     resp = policy.on_request(make_ctx())
     assert isinstance(resp, LocalResponse)
     assert header(resp, b"www-authenticate") == b'Basic realm="a\\"bSet-Cookie: x=1", charset="UTF-8"'

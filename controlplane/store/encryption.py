@@ -1,0 +1,152 @@
+"""Bringing the database's secrets under the current secret key: at start, and on rotation.
+
+`seal_database(engine, box)` runs in ONE transaction, serialised with config writers (and
+with other control planes starting on the same MySQL database) on the `config_state` row:
+
+  1. The per-install secret (`config_state.install_secret`, controlplane.fingerprints) is
+     created, sealed, on the first start; otherwise it is opened, which proves that the key
+     is the one that wrote the database: a wrong key stops here (SecretKeyError, one line)
+     and nothing is changed.
+  2. Every secret field of every resource row that is not sealed under the box's key is
+     sealed: plaintext written by earlier versions at start, everything during a rotation
+     (the box then opens the old key's values too).
+  3. Every history document not sealed under the box's key is sealed whole. A plaintext
+     document of an earlier version also gets its digest again, keyed now.
+
+On SQLite the file is then vacuumed and its WAL emptied, so the pages that held the old
+values are gone. (MySQL keeps old row images in its undo and binary logs for a while;
+those are the database administrator's to protect.)
+
+A second run finds nothing to do. `start` wraps it for the control plane's start-up and
+finishes (or drops) a key file left by an interrupted `rotate-secret-key`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlmodel import Session
+
+from controlplane import fingerprints
+from controlplane.secretbox import (
+    LoadedKey,
+    SecretBox,
+    SecretKeyError,
+    adopt_pending,
+    drop_pending,
+    is_sealed,
+    is_sealed_blob,
+    key_id_of,
+)
+from controlplane.store import rows
+from controlplane.store.models import ConfigHistoryRow, ConfigStateRow
+
+log = logging.getLogger("flux.store")
+
+_HEAD = 16  # bytes of a history document that say whether, and under which key, it is sealed
+
+
+@dataclass(frozen=True)
+class SealReport:
+    key_id: str
+    fields: int  # secret column values sealed (or re-sealed)
+    documents: int  # history documents sealed (or re-sealed)
+    created: bool  # the per-install secret was created (first start on this database)
+
+    def summary(self) -> str:
+        return f"{self.fields} secret field value(s) and {self.documents} history document(s)"
+
+
+def stored_key_id(engine: Engine) -> str | None:
+    """The id of the key that sealed this database's install secret (None: never sealed)."""
+    with Session(engine) as s:
+        sealed = s.execute(select(ConfigStateRow.install_secret).where(ConfigStateRow.id == 1)).scalar()
+    return key_id_of(sealed) if sealed else None
+
+
+def _install_secret(state: ConfigStateRow, box: SecretBox) -> tuple[bytes, bool]:
+    if not state.install_secret:
+        secret = os.urandom(32)
+        state.install_secret = box.seal(base64.b64encode(secret).decode())
+        return secret, True
+    opened = box.open(state.install_secret, "the database's install secret")
+    if not box.is_current(state.install_secret):
+        state.install_secret = box.seal(opened)
+    return base64.b64decode(opened), False
+
+
+def seal_database(engine: Engine, box: SecretBox) -> SealReport:
+    """Check the key, then seal under `box`'s key everything that is not yet (see above)."""
+
+    def reseal(value: Any, where: str) -> Any:
+        if value is None or value == "" or (is_sealed(value) and box.is_current(value)):
+            return value
+        if is_sealed(value):
+            value = box.open(value, f"the stored {where}")
+        return box.seal(value)
+
+    with Session(engine) as s:
+        # Lock the version row first, as every config write does.
+        s.execute(update(ConfigStateRow).where(ConfigStateRow.id == 1).values(version=ConfigStateRow.version))
+        state = s.get(ConfigStateRow, 1)
+        if state is None:
+            raise RuntimeError("config_state has no row: the schema was not migrated")
+        secret, created = _install_secret(state, box)
+        fingerprints.set_install_secret(secret)
+        fields = rows.map_secrets(s, reseal)
+        documents = 0
+        heads = select(ConfigHistoryRow.version, func.substr(ConfigHistoryRow.document, 1, _HEAD))
+        stale = [v for v, head in s.execute(heads.order_by(ConfigHistoryRow.version)) if not box.is_current_blob(head)]
+        for version in stale:  # read whole only the documents that need work
+            row = s.get(ConfigHistoryRow, version)
+            assert row is not None
+            if is_sealed_blob(row.document):
+                plain = box.open_blob(row.document, f"history document {version}")
+            else:
+                plain = row.document
+                row.digest = fingerprints.config_digest(zlib.decompress(plain))
+            row.document = box.seal_blob(plain)
+            documents += 1
+            s.flush()
+            s.expunge(row)  # one document in memory at a time
+        s.commit()
+    if (fields or documents) and engine.dialect.name == "sqlite":
+        _scrub_sqlite(engine)
+    return SealReport(box.key_id, fields, documents, created)
+
+
+def _scrub_sqlite(engine: Engine) -> None:
+    """Rewrite the SQLite file and empty its WAL, so that the pages that held the values
+    before they were (re-)sealed are gone from both files."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM")
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def settle_pending(engine: Engine, loaded: LoadedKey) -> LoadedKey:
+    """After a rotate-secret-key that stopped between its commit and renaming secret.key.new
+    over secret.key, finish it; after one that stopped before its commit, drop the new key."""
+    if loaded.pending is None:
+        return loaded
+    if stored_key_id(engine) == loaded.pending.id and loaded.key.id != loaded.pending.id:
+        return adopt_pending(loaded)
+    drop_pending(loaded)
+    return LoadedKey(loaded.key, loaded.source, loaded.created)
+
+
+def start(engine: Engine, loaded: LoadedKey) -> tuple[LoadedKey, SealReport]:
+    """The start-up step: settle_pending, then seal_database with the loaded key."""
+    loaded = settle_pending(engine, loaded)
+    try:
+        report = seal_database(engine, SecretBox(loaded.key))
+    except SecretKeyError as exc:
+        raise SecretKeyError(f"secret key {loaded.shown_source}: {exc}") from None
+    if report.fields or report.documents:
+        log.warning("encrypted %s left in plaintext by an earlier version", report.summary())
+    return loaded, report
