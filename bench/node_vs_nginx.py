@@ -203,16 +203,18 @@ def start_nginx(procs: Procs, tmp: pathlib.Path, nginx: str, workers: int, port:
     return proc
 
 
-def compare(args: argparse.Namespace, targets: dict[str, str]) -> dict[str, dict[str, float]]:
+def compare(
+    args: argparse.Namespace, targets: dict[str, str], extra: list[str] | None = None
+) -> dict[str, dict[str, float]]:
     """Medians per target name; the targets take turns, in an order rotated every round."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     for url in targets.values():
-        wrk(url, 2, args.connections)  # warm up pools and caches
+        wrk(url, 2, args.connections, extra)  # warm up pools and caches
     names = list(targets)
     for i in range(args.rounds):
         order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
-            result = wrk(targets[name], args.duration, args.connections)
+            result = wrk(targets[name], args.duration, args.connections, extra)
             runs[name].append(result)
             print(f"   round {i + 1}: {name:9s} {result['rps']:>9,.0f} req/s  p50 {result['p50']:.2f} ms  "
                   f"p99 {result['p99']:.2f} ms", flush=True)  # fmt: skip

@@ -140,6 +140,20 @@ def check_config(cfg: ConfigSet) -> list[FieldError]:
     for cluster in cfg["clusters"].values():
         assert isinstance(cluster, ClusterSpec)
         errors += _missing(cfg, "policies", cluster.policies, f"clusters/{cluster.name}", "policies", "policy")
+        if cluster.tls is not None and cluster.tls.certificate:
+            where = f"clusters/{cluster.name}"
+            errors += _missing(cfg, "certificates", [cluster.tls.certificate], where, "tls.certificate", "certificate")
+    routed = {r.listener for r in cfg["routes"].values() if isinstance(r, RouteSpec) and r.listener}
+    for lst in cfg["listeners"].values():
+        assert isinstance(lst, ListenerSpec)
+        if lst.protocol == "tls" and lst.name not in routed:
+            errors.append(
+                FieldError(
+                    f"listeners/{lst.name}",
+                    "protocol",
+                    "a tls listener picks clusters by SNI from routes naming it (hosts); add such a route",
+                )
+            )
     for route in cfg["routes"].values():
         assert isinstance(route, RouteSpec)
         where = f"routes/{route.name}"
@@ -147,9 +161,11 @@ def check_config(cfg: ConfigSet) -> list[FieldError]:
             lst = cfg.get("listeners", route.listener)
             if lst is None:
                 errors.append(FieldError(where, "listener", f"unknown listener {route.listener!r}"))
-            elif isinstance(lst, ListenerSpec) and lst.protocol not in ("http", "https"):
+            elif isinstance(lst, ListenerSpec) and lst.protocol not in ("http", "https", "tls"):
                 errors.append(
-                    FieldError(where, "listener", f"listener {lst.name!r} is {lst.protocol}; routes need http(s)")
+                    FieldError(
+                        where, "listener", f"listener {lst.name!r} is {lst.protocol}; routes need http(s) or tls"
+                    )
                 )
         field = "cluster" if route.cluster else "clusters"
         errors += _missing(cfg, "clusters", route.cluster_names(), where, field, "cluster")
@@ -187,6 +203,11 @@ def referrers(cfg: ConfigSet, plural: str, name: str) -> list[str]:
             f"tunnels/{t.name}"
             for t in cfg["tunnels"].values()
             if t.tls.certificate == name  # type: ignore[attr-defined]
+        ]
+        out += [
+            f"clusters/{c.name}"
+            for c in cfg["clusters"].values()
+            if c.tls is not None and c.tls.certificate == name  # type: ignore[attr-defined]
         ]
     return sorted(out)
 

@@ -68,6 +68,7 @@ class AccessLog:
         duration: float,
         consumer: str = "",
         error: str = "",
+        client_cert: str = "",
     ) -> None:
         # client, method, route, cluster and upstream are validated tokens (IP, method,
         # resource names, host:port); only client-controlled text goes through _q.
@@ -91,6 +92,8 @@ class AccessLog:
             line += f',"consumer":{_q(consumer)}'
         if error:
             line += f',"error":{_q(error)}'
+        if client_cert:
+            line += f',"client_cert":{_q(client_cert)}'
         self.lines.append(line + "}")
 
     def _write(self, data: bytes) -> None:

@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -23,6 +24,8 @@ from dataplane.http.errors import error_response
 from dataplane.http.proxy import ProxyServices, serve_http
 from dataplane.l4 import serve_tcp, serve_udp
 from dataplane.reactor import RSock
+from dataplane.tls.contexts import ServerTls
+from dataplane.tls.rsock import TlsRSock
 
 log = logging.getLogger("flux.listeners")
 
@@ -70,9 +73,6 @@ class ListenerManager:
         wanted: dict[SocketKey, ListenerRuntime] = {}
         self.unsupported = {}
         for lst in cfg.listeners.values():
-            if lst.protocol == "https":
-                self.unsupported[lst.name] = "TLS termination is not built into this node yet (https listener skipped)"
-                continue
             wanted[_key(lst)] = lst
         opened: list[_Active] = []
         try:
@@ -135,9 +135,10 @@ class ListenerManager:
                 return
             conns = self._connections
             assert conns is not None
+            passthrough = active.key[3] == "tls"
             while True:
                 sock, peer = await net.accept(active.sock)
-                conns.start_soon(serve_tcp, self.svc, sock, peer, active.name)
+                conns.start_soon(partial(serve_tcp, passthrough=passthrough), self.svc, sock, peer, active.name)
 
     async def _accept_http(self, active: _Active) -> None:
         """http listeners: a reactor task accepting, one reactor task per admitted connection."""
@@ -152,6 +153,10 @@ class ListenerManager:
                 cfg = svc.holder.current
                 lst = cfg.listeners.get(name) if cfg is not None else None
                 settings = lst.settings if lst is not None else DEFAULT_LISTENER_SETTINGS
+                tls = lst.tls.current if lst is not None and lst.tls is not None else None
+                if active.key[3] == "https" and tls is None:
+                    sock.close()  # the listener is going away with this config version
+                    continue
                 reason = admission.check(name, ip, settings, fd=sock.fileno(), in_use=reactor.open_sockets)
                 reclaimed = reason == "fd_reserve" and svc.reclaim_idle()
                 if reclaimed:
@@ -161,16 +166,24 @@ class ListenerManager:
                     _refuse(sock, reason)
                     continue
                 admission.admit(name, ip)
-                reactor.spawn(self._serve_http(sock, peer, name), "http")
+                reactor.spawn(self._serve_http(sock, peer, name, tls), "http")
                 if reclaimed:
                     await reactor.sleep(0)  # let the idle connection close before the next accept
         except OSError as exc:
             if active.key in self.active:  # not closed on purpose
                 log.error("listener %s stopped: %s", active.name, exc)
 
-    async def _serve_http(self, sock: socket.socket, peer: tuple[str, int], name: str) -> None:
+    async def _serve_http(self, sock: socket.socket, peer: tuple[str, int], name: str, tls: ServerTls | None) -> None:
         try:
-            await serve_http(self.svc, self.svc.reactor.wrap(sock), peer, name)
+            if tls is None:
+                await serve_http(self.svc, self.svc.reactor.wrap(sock), peer, name)
+            else:
+                try:
+                    rsock = TlsRSock(self.svc.reactor, tls.wrap(sock))
+                except OSError:
+                    sock.close()
+                    return
+                await serve_http(self.svc, rsock, peer, name, b"https")
         finally:
             self.svc.admission.release(name, peer[0])
 

@@ -243,6 +243,12 @@ class RSock(_Park):
         """For an idle pooled connection: no EOF, reset or unexpected bytes arrived."""
         return not self.hup and not self.readable
 
+    def detach(self) -> socket.socket:
+        """Leave the reactor without closing: the socket, to be wrapped (TLS) and registered again."""
+        self.reactor._unregister(self)
+        self.fd = -1
+        return self.sock
+
     def close(self) -> None:
         if self.fd < 0:
             return

@@ -6,10 +6,35 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from controlplane.spec._pem import check_ca_bundle
 from controlplane.spec._types import Address, Duration, Name, Port, Resource, Strict
 from fluxcommon.wire import host_problem, path_problem, require
 
 LbName = Literal["round_robin", "weighted_round_robin", "least_conn", "consistent_hash", "ip_hash"]
+
+
+class UpstreamTlsSpec(Strict):
+    """TLS from the nodes to the endpoints: the name sent and verified (default: the endpoint's
+    address), the CAs trusted (default: the system's), and a client certificate for mutual TLS."""
+
+    multiline_fields = Strict.multiline_fields | {"ca"}  # PEM
+
+    sni: str = ""
+    ca: str = ""
+    verify: bool = True
+    certificate: Name | None = None
+
+    @field_validator("sni")
+    @classmethod
+    def _sni(cls, v: str) -> str:
+        if v:
+            require(host_problem(v, port=False))
+        return v
+
+    @field_validator("ca")
+    @classmethod
+    def _ca(cls, v: str) -> str:
+        return check_ca_bundle(v) if v else v
 
 
 class EndpointSpec(Strict):
@@ -108,6 +133,7 @@ class ClusterSpec(Resource):
     timeouts: TimeoutsSpec = TimeoutsSpec()
     pool: PoolSpec = PoolSpec()
     scheme: Literal["http", "https"] = "http"
+    tls: UpstreamTlsSpec | None = None  # scheme https without tls: verified against the system's CAs
     policies: list[Name] = []
     description: str = ""
 

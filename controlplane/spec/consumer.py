@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from controlplane.fingerprints import credential_fingerprint, fingerprint_matches
+from controlplane.spec._pem import canonical_subject
 from controlplane.spec._types import MASK, Resource, Strict
 from fluxcommon.secrets import hash_password, verify_password
 
@@ -99,7 +100,21 @@ class BasicAuthCredential(Strict):
         return self.model_copy(update={"password": None, "password_hash": hash_password(self.password)})
 
 
-Credential = Annotated[ApiKeyCredential | JwtCredential | BasicAuthCredential, Field(discriminator="type")]
+class MtlsCredential(Strict):
+    """A client certificate (verified by an https listener's client_ca) whose subject names the consumer."""
+
+    type: Literal["mtls"]
+    subject: str = Field(min_length=3, max_length=1024)
+
+    @model_validator(mode="after")
+    def _canonical(self) -> MtlsCredential:
+        object.__setattr__(self, "subject", canonical_subject(self.subject))
+        return self
+
+
+Credential = Annotated[
+    ApiKeyCredential | JwtCredential | BasicAuthCredential | MtlsCredential, Field(discriminator="type")
+]
 
 
 def _check_public_key(pem: str) -> None:
@@ -134,6 +149,8 @@ def _identity(cred: Any) -> tuple[str, str]:
         return ("jwt", cred.issuer)
     if isinstance(cred, BasicAuthCredential):
         return ("basic_auth", cred.username)
+    if isinstance(cred, MtlsCredential):
+        return ("mtls", cred.subject)
     return (cred.type, "")
 
 
@@ -172,6 +189,8 @@ class ConsumerSpec(Resource):
                 if cred.private_key:
                     d["private_key"] = MASK
                 creds.append(d)
+            elif isinstance(cred, MtlsCredential):
+                creds.append({"type": "mtls", "subject": cred.subject})
             else:
                 creds.append({"type": "basic_auth", "username": cred.username, "password": MASK})
         out["credentials"] = creds

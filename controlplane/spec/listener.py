@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from controlplane.spec._pem import check_ca_bundle
 from controlplane.spec._types import Address, Duration, Name, Port, Resource, Strict
+from fluxcommon.netaddr import check_host_pattern, parse_port_ranges
 
 
 class ListenerTimeoutsSpec(Strict):
@@ -40,8 +43,53 @@ class PathNormalizationSpec(Strict):
     escaped_slashes: Literal["reject", "keep", "unescape"] = "reject"
 
 
+class ListenerTlsSpec(Strict):
+    """TLS of an https listener: versions, TLS 1.2 ciphers, client certificates."""
+
+    multiline_fields = Strict.multiline_fields | {"client_ca"}  # PEM
+
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: str = ""
+    client_ca: str = ""
+    client_auth: Literal["required", "optional"] = "required"
+
+    @field_validator("ciphers")
+    @classmethod
+    def _ciphers(cls, v: str) -> str:
+        if v:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
+            except ssl.SSLError:
+                raise ValueError(f"{v!r} names no cipher OpenSSL knows") from None
+        return v
+
+    @field_validator("client_ca")
+    @classmethod
+    def _client_ca(cls, v: str) -> str:
+        return check_ca_bundle(v) if v else v
+
+
+class ForwardSpec(Strict):
+    """Where a forward-proxy listener lets clients go (CONNECT and absolute-form requests)."""
+
+    allow_hosts: list[str] = Field(min_length=1)
+    allow_ports: str = "80,443"
+    deny_private: bool = False
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return [h if h == "*" else check_host_pattern(h) for h in v]
+
+    @field_validator("allow_ports")
+    @classmethod
+    def _ports(cls, v: str) -> str:
+        parse_port_ranges(v)
+        return v
+
+
 class ListenerSpec(Resource):
-    protocol: Literal["http", "https", "tcp", "udp"] = "http"
+    protocol: Literal["http", "https", "tcp", "udp", "tls"] = "http"
     address: Address = "0.0.0.0"
     port: Port
     node_group: Name = "default"
@@ -51,6 +99,9 @@ class ListenerSpec(Resource):
     timeouts: ListenerTimeoutsSpec | None = None
     limits: ListenerLimitsSpec | None = None
     path_normalization: PathNormalizationSpec | None = None
+    tls: ListenerTlsSpec | None = None
+    mode: Literal["reverse", "forward"] = "reverse"
+    forward: ForwardSpec | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -61,6 +112,17 @@ class ListenerSpec(Resource):
             raise ValueError("cluster: http listeners pick clusters by route; remove 'cluster'")
         if self.protocol == "https" and not self.certificates:
             raise ValueError("certificates: an https listener needs at least one certificate")
+        if self.tls is not None and self.protocol != "https":
+            raise ValueError("tls: only https listeners terminate TLS")
+        if self.certificates and self.protocol != "https":
+            raise ValueError("certificates: only https listeners present certificates")
+        if self.mode == "forward":
+            if self.protocol not in ("http", "https"):
+                raise ValueError("mode: a forward proxy listener is http or https")
+            if self.forward is None:
+                raise ValueError("forward: a forward proxy needs forward.allow_hosts (the destinations it may reach)")
+        elif self.forward is not None:
+            raise ValueError("forward: only with mode: forward")
         return self
 
     @property

@@ -22,14 +22,17 @@ from dataplane.config.runtime import (
     ListenerSettings,
     RouteRuntime,
     RuntimeConfig,
+    TlsHolder,
 )
 from dataplane.config.wirecheck import check_snapshot
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.http.forward import ForwardRules
 from dataplane.http.target import PathRules, TargetError, canonical_route_path
 from dataplane.policies.base import ConsumerIndex, Policy, PolicyEnv
 from dataplane.policies.chain import EMPTY_CHAIN, PolicyBuildError, PolicyChain, build_policies
 from dataplane.routing import RouteMatcher, RouteRule
 from dataplane.routing.grayscale import GrayRule, GrayscalePlan
+from dataplane.tls.contexts import ServerTls, TlsConfigError, UpstreamTls
 from dataplane.upstream.pool import EndpointPool, PoolLimits
 from flux.v1 import config_pb2 as pb
 
@@ -41,7 +44,13 @@ _LB = {
     pb.LB_POLICY_CONSISTENT_HASH: "consistent_hash",
     pb.LB_POLICY_IP_HASH: "ip_hash",
 }
-_PROTOCOL = {pb.PROTOCOL_HTTP: "http", pb.PROTOCOL_HTTPS: "https", pb.PROTOCOL_TCP: "tcp", pb.PROTOCOL_UDP: "udp"}
+_PROTOCOL = {
+    pb.PROTOCOL_HTTP: "http",
+    pb.PROTOCOL_HTTPS: "https",
+    pb.PROTOCOL_TCP: "tcp",
+    pb.PROTOCOL_UDP: "udp",
+    pb.PROTOCOL_TLS: "tls",
+}
 _PATH_TYPE = {
     pb.PATH_TYPE_UNSPECIFIED: "prefix",
     pb.PATH_TYPE_PREFIX: "prefix",
@@ -122,7 +131,12 @@ def _ms(value: int, default_ms: int) -> float:
 
 
 def _cluster(
-    spec: pb.Cluster, registry: EndpointRegistry, pools: PoolFactory, out: Compiled, zone: str = ""
+    spec: pb.Cluster,
+    registry: EndpointRegistry,
+    pools: PoolFactory,
+    out: Compiled,
+    zone: str = "",
+    certificates: dict[str, pb.Certificate] | None = None,
 ) -> ClusterRuntime:
     if spec.lb not in _LB:
         raise CompileError(f"cluster {spec.name!r}: unknown lb {spec.lb}")
@@ -199,11 +213,25 @@ def _cluster(
         local = [ep for ep, e in pushed if e.zone == zone]
         if local and len(local) < len(endpoints):
             zone_balancer = make_balancer(_LB[spec.lb], local, [e.weight or 1 for _, e in pushed if e.zone == zone])
+    upstream_tls = None
+    if spec.HasField("tls") or spec.scheme == "https":
+        try:
+            upstream_tls = UpstreamTls.build(spec, certificates or {})
+        except TlsConfigError as exc:
+            raise CompileError(str(exc)) from None
     return ClusterRuntime(
+        tls=upstream_tls,
         name=spec.name,
         endpoints=tuple(endpoints),
         balancer=balancer,
-        pools={ep.key: pools(spec.name, ep.address, ep.port, limits) for ep in endpoints},
+        pools={
+            ep.key: (
+                pools(spec.name, ep.address, ep.port, limits)
+                if upstream_tls is None
+                else pools(spec.name, ep.address, ep.port, limits, upstream_tls)  # type: ignore[call-arg]
+            )
+            for ep in endpoints
+        },
         hash_on=_hash_key(spec),
         affinity=affinity,
         connect_timeout=_ms(spec.timeouts.connect_ms, 2_000),
@@ -320,11 +348,12 @@ def compile_snapshot(
     except PolicyBuildError as exc:
         raise CompileError(str(exc)) from None
     global_names = sorted(p.name for p in snap.policies if p.is_global)
+    certificates = {c.name: c for c in snap.certificates}
     clusters: dict[str, ClusterRuntime] = {}
     for c in snap.clusters:
         if c.name in clusters:
             raise CompileError(f"cluster {c.name!r} defined twice")
-        runtime = _cluster(c, registry, pools, out, zone)
+        runtime = _cluster(c, registry, pools, out, zone, certificates)
         if c.policies:
             runtime = replace(runtime, chain=_chain(c.policies, policies, f"cluster {c.name!r}", f"cluster:{c.name}"))
         clusters[c.name] = runtime
@@ -355,20 +384,57 @@ def compile_snapshot(
                 priority=r.priority,
                 target=_with_chain(runtime, r, lst, global_names, policies),
             )
+            if protocol != "tls"
+            else RouteRule(
+                name=r.name,
+                hosts=tuple(h.lower() for h in r.hosts),
+                path="/",
+                path_type="prefix",
+                priority=r.priority,
+                target=runtime,
+            )
             for r, runtime in routes.values()
-            if protocol in ("http", "https") and (r.listener == lst.name or (not r.listener and not node_made))
+            if (protocol in ("http", "https") and (r.listener == lst.name or (not r.listener and not node_made)))
+            or (protocol == "tls" and r.listener == lst.name)  # by SNI: routes that name the listener
         ]
         try:
             matcher = RouteMatcher(rules)
         except ValueError as exc:
             raise CompileError(f"listener {lst.name!r}: {exc}") from None
         cluster = None
-        if protocol in ("tcp", "udp"):
+        if protocol in ("tcp", "udp") or (protocol == "tls" and lst.cluster):
             cluster = clusters.get(lst.cluster)
             if cluster is None:
                 raise CompileError(f"listener {lst.name!r}: unknown cluster {lst.cluster!r}")
+        tls = None
+        if protocol == "https":
+            try:
+                tls = TlsHolder(ServerTls.build(lst, certificates))
+            except TlsConfigError as exc:
+                raise CompileError(str(exc)) from None
+        forward = None
+        chain = EMPTY_CHAIN
+        if lst.mode == pb.LISTENER_MODE_FORWARD:
+            if protocol not in ("http", "https"):
+                raise CompileError(f"listener {lst.name!r}: a forward proxy listener is http or https")
+            try:
+                forward = ForwardRules.build(lst.forward)
+            except ValueError as exc:
+                raise CompileError(f"listener {lst.name!r}: forward: {exc}") from None
+            scope = f"listener:{lst.name}"
+            chain = _chain(global_names, policies, "global policies", scope)
+            chain = _chain(lst.policies, policies, f"listener {lst.name!r}", scope, chain)
         runtime = ListenerRuntime(
-            lst.name, protocol, lst.address or "0.0.0.0", lst.port, matcher, cluster, _listener_settings(lst)
+            lst.name,
+            protocol,
+            lst.address or "0.0.0.0",
+            lst.port,
+            matcher,
+            cluster,
+            _listener_settings(lst),
+            tls,
+            forward,
+            chain,
         )
         if runtime.socket_key in sockets:
             raise CompileError(
@@ -387,6 +453,7 @@ def compile_snapshot(
         listeners=listeners,
         clusters=clusters,
         policies=policies,
+        consumers=env.consumers,
     )
     return out
 

@@ -17,10 +17,13 @@ from typing import Any
 
 from dataplane.balancing import AffinityIndex, Balancer, EndpointState
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
+from dataplane.http.forward import ForwardRules
 from dataplane.http.target import DEFAULT_RULES, PathRules
+from dataplane.policies.base import ConsumerIndex
 from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.routing import RouteMatcher
 from dataplane.routing.grayscale import GrayscalePlan
+from dataplane.tls.contexts import ServerTls, UpstreamTls
 from dataplane.upstream.pool import EndpointPool, PoolLimits
 from flux.v1 import config_pb2 as pb
 
@@ -71,6 +74,7 @@ class ClusterRuntime:
     zone_balancer: Balancer | None = None  # prefer_zone: the endpoints in this node's zone
     max_requests: int = 0  # concurrent requests allowed to the cluster (0: no limit)
     state: ClusterState = field(default_factory=lambda: ClusterState())
+    tls: UpstreamTls | None = None  # TLS to the endpoints
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -112,6 +116,16 @@ class ListenerSettings:
 DEFAULT_LISTENER_SETTINGS = ListenerSettings()
 
 
+class TlsHolder:
+    """An https listener's current `ServerTls`; the worker swaps in new contexts (new
+    session-ticket keys) every few hours without a new config version."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, tls: ServerTls) -> None:
+        self.current = tls
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ListenerRuntime:
     name: str
@@ -121,6 +135,9 @@ class ListenerRuntime:
     matcher: RouteMatcher
     cluster: ClusterRuntime | None = None
     settings: ListenerSettings = DEFAULT_LISTENER_SETTINGS
+    tls: TlsHolder | None = None  # https listeners
+    forward: ForwardRules | None = None  # mode: forward
+    chain: PolicyChain = EMPTY_CHAIN  # forward mode: global and listener policies (no routes)
 
     @property
     def socket_key(self) -> tuple[str, str, int]:
@@ -135,6 +152,7 @@ class RuntimeConfig:
     listeners: dict[str, ListenerRuntime] = field(default_factory=dict)
     clusters: dict[str, ClusterRuntime] = field(default_factory=dict)
     policies: dict[str, Any] = field(default_factory=dict)  # built policies by name (for metrics)
+    consumers: ConsumerIndex | None = None  # for identities the policies do not establish (mtls)
 
 
 class ConfigHolder:

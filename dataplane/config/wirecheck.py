@@ -43,6 +43,8 @@ _MULTILINE = frozenset(
         "flux.v1.Certificate.key_pem",
         "flux.v1.Credential.public_key",
         "flux.v1.Tunnel.tls_client_ca_pem",
+        "flux.v1.ListenerTls.client_ca",  # PEM CA bundles
+        "flux.v1.UpstreamTls.ca",
     }
 )
 _MULTILINE_NAMES = frozenset({"description", "public_key", "private_key"})

@@ -29,14 +29,17 @@ from dataplane.health.state import (
     reset_checks,
 )
 from dataplane.http.response import ResponseReader, UpstreamProtocolError
+from dataplane.tls.contexts import UpstreamTls
 from flux.v1 import config_pb2 as pb
 
 log = logging.getLogger("flux.health")
 
 
-async def probe(ep: EndpointState, hc: pb.HealthCheck) -> tuple[bool, str]:
-    """One check of `ep`: (healthy, what was seen)."""
+async def probe(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None = None) -> tuple[bool, str]:
+    """One check of `ep`: (healthy, what was seen); over TLS when the cluster speaks it."""
     timeout = (hc.timeout_ms or 2000) / 1000
+    if tls is not None:
+        return await _probe_tls(ep, hc, tls, limit=timeout)
     try:
         with trio.fail_after(timeout):
             sock = await net.connect(ep.address, ep.port, timeout)
@@ -67,6 +70,42 @@ async def probe(ep: EndpointState, hc: pb.HealthCheck) -> tuple[bool, str]:
         return False, f"timed out after {timeout:g}s"
     except net.ConnectError as exc:
         return False, str(exc.strerror or exc)
+    except (OSError, UpstreamProtocolError) as exc:
+        return False, f"error: {exc}"
+
+
+async def _probe_tls(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *, limit: float) -> tuple[bool, str]:
+    """The same check over TLS, with the cluster's context (CA, verification, client certificate, SNI)."""
+    timeout = limit
+    try:
+        with trio.fail_after(limit):
+            stream = trio.SSLStream(
+                await trio.open_tcp_stream(ep.address, ep.port), tls.context, server_hostname=tls.sni or ep.address
+            )
+            async with stream:
+                await stream.do_handshake()
+                if hc.type == "tcp":
+                    return True, "tls handshake ok"
+                request = (
+                    f"GET {hc.path or '/'} HTTP/1.1\r\nHost: {hc.host or ep.key}\r\nUser-Agent: flux-health-check\r\n"
+                    "Connection: close\r\nAccept: */*\r\n\r\n"
+                ).encode()
+                await stream.send_all(request)
+                reader = ResponseReader()
+                while reader.head is None:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return False, "connection closed before a response"
+                    reader.feed(data)
+                status = reader.head.status
+                expected = hc.expected_statuses
+                ok = status in expected if expected else 200 <= status < 400
+                return ok, f"https {status}"
+    except trio.TooSlowError:
+        return False, f"timed out after {timeout:g}s"
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        return False, f"tls: {getattr(cause, 'reason', None) or cause or exc}"
     except (OSError, UpstreamProtocolError) as exc:
         return False, f"error: {exc}"
 
@@ -119,7 +158,9 @@ class HealthService:
             hc = cluster.health_check
             if hc is None:
                 continue
-            fingerprint = hc.SerializeToString(deterministic=True)
+            fingerprint = hc.SerializeToString(deterministic=True) + (
+                b"|tls:" + repr(cluster.tls.key).encode() if cluster.tls is not None else b""
+            )
             for ep in cluster.endpoints:
                 if ep.address.startswith("tunnel:"):
                     continue  # agents check their local services themselves and withdraw failing proxies
@@ -137,7 +178,7 @@ class HealthService:
             self._checks[key] = (fingerprint, scope)
             assert self._nursery is not None, "start() first"
             self._nursery.start_soon(
-                self._check_loop, cluster.name, ep, cluster.health_check, cluster.check_policy, scope
+                self._check_loop, cluster.name, ep, cluster.health_check, cluster.check_policy, scope, cluster.tls
             )
         # endpoints without checks any more are healthy by definition
         checked = set(wanted)
@@ -153,12 +194,13 @@ class HealthService:
         hc: pb.HealthCheck,
         policy: ActiveCheckPolicy,
         scope: trio.CancelScope,
+        tls: UpstreamTls | None = None,
     ) -> None:
         interval = (hc.interval_ms or 5000) / 1000
         with scope:
             await trio.sleep(random.uniform(0, min(interval, 1.0) * 0.2))  # spread the first probes
             while True:
-                ok, detail = await probe(ep, hc)
+                ok, detail = await probe(ep, hc, tls)
                 self.checks_run += 1
                 if record_check(ep, ok, policy, detail):
                     state = "healthy" if ep.healthy else "UNHEALTHY"

@@ -8,6 +8,7 @@ from dataplane.http.headers import reason
 
 CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "no_route", 405: "method_not_allowed",
+    407: "proxy_auth_required",
     408: "request_timeout", 413: "body_too_large", 414: "uri_too_long", 417: "expectation_failed", 429: "rate_limited",
     431: "headers_too_large", 500: "internal_error", 501: "not_implemented", 502: "bad_gateway",
     503: "unavailable", 504: "upstream_timeout",

@@ -32,6 +32,7 @@ _SET_UPSTREAM = frozenset(
         b"x-consumer-name",
         b"x-consumer-groups",  # only the node's auth policies may claim an identity
         b"proxy-authorization",  # credentials for this proxy, never for the upstream
+        b"x-forwarded-client-cert",  # only the node vouches for a client certificate
     }
 )
 _SKIP_UP = HOP_BY_HOP | _SET_UPSTREAM
@@ -40,7 +41,8 @@ _REASONS = {
     100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content",
     301: b"Moved Permanently", 302: b"Found", 303: b"See Other", 304: b"Not Modified",
     307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request", 401: b"Unauthorized",
-    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 407: b"Proxy Authentication Required",
+    408: b"Request Timeout",
     413: b"Content Too Large", 414: b"URI Too Long", 417: b"Expectation Failed", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",

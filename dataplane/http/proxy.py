@@ -43,6 +43,7 @@ from dataplane.admission import Admission
 from dataplane.balancing import EndpointState
 from dataplane.config.runtime import DEFAULT_LISTENER_SETTINGS, ClusterRuntime, ConfigHolder, RouteRuntime
 from dataplane.http.errors import error_response
+from dataplane.http.forward_proxy import serve_forward
 from dataplane.http.headers import LAST_CHUNK, chunk, client_response_head, reason, upstream_request_head
 from dataplane.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
 from dataplane.http.response import ResponseHead, ResponseReader, UpstreamProtocolError
@@ -50,7 +51,9 @@ from dataplane.metrics import Metrics
 from dataplane.policies.base import LocalResponse, RequestContext
 from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.reactor import ConnectError, Reactor, RSock, Task
-from dataplane.upstream.pool import PoolOverflow, UpstreamConn
+from dataplane.tls.identity import ClientIdentity
+from dataplane.tls.rsock import TlsRSock
+from dataplane.upstream.pool import PoolOverflow, UpstreamConn, UpstreamTlsError
 
 log = logging.getLogger("flux.proxy")
 
@@ -187,12 +190,13 @@ class _Exchange:
     """What is known of the request in progress (for logs after a timeout)."""
 
     __slots__ = (
-        "chain", "cluster", "ctx", "deadline", "head", "listener", "response_started", "rid", "route", "started",
-        "upstream",
+        "chain", "client_cert", "cluster", "ctx", "deadline", "head", "listener", "response_started", "rid", "route",
+        "started", "upstream",
     )  # fmt: skip
 
-    def __init__(self, head: RequestHead, rid: bytes, listener: str, started: float) -> None:
+    def __init__(self, head: RequestHead, rid: bytes, listener: str, started: float, client_cert: str = "") -> None:
         self.head = head
+        self.client_cert = client_cert  # the verified client certificate's subject (https)
         self.rid = rid
         self.listener = listener
         self.started = started
@@ -246,8 +250,8 @@ class HttpConnection:
     """Serves one client connection: `await HttpConnection(...).serve()`."""
 
     __slots__ = (
-        "body_idle", "client_ip", "conn", "ex", "header_timeout", "idle_timeout", "listener", "proto", "reader",
-        "sock", "svc",
+        "body_idle", "client_ip", "conn", "ex", "header_timeout", "identity", "idle_timeout", "listener", "proto",
+        "reader", "sock", "svc",
     )  # fmt: skip
 
     def __init__(self, svc: ProxyServices, sock: RSock, peer: tuple[str, int], listener: str, proto: bytes) -> None:
@@ -265,9 +269,30 @@ class HttpConnection:
         self.body_idle = ls.body_idle_timeout or settings.body_idle_timeout
         self.idle_timeout = ls.idle_timeout or settings.idle_timeout
         self.reader = RequestReader(
-            max_header_bytes=settings.max_header_bytes, body_limit=settings.max_body_bytes, path_rules=ls.path_rules
+            max_header_bytes=settings.max_header_bytes,
+            body_limit=settings.max_body_bytes,
+            path_rules=ls.path_rules,
+            forward=lst is not None and lst.forward is not None,
         )
         self.ex: _Exchange | None = None
+        self.identity: ClientIdentity | None = None  # from a verified client certificate
+
+    async def _handshake(self, sock: TlsRSock) -> bool:
+        """TLS handshake within the header timeout; the client's certificate identity, if any."""
+        self.conn.deadline = _now() + self.header_timeout
+        try:
+            await sock.handshake()
+        except OSError as exc:  # ssl.SSLError included: a bad client hello, no or a bad certificate
+            self.svc.metrics.count("tls_handshake_failed")
+            log.debug("TLS handshake with %s failed: %s", self.client_ip, exc)
+            return False
+        der = sock.peer_der()
+        if der:
+            try:
+                self.identity = ClientIdentity.from_der(der)
+            except ValueError:
+                self.identity = None
+        return True
 
     async def serve(self) -> None:
         svc, conn, sock = self.svc, self.conn, self.sock
@@ -280,6 +305,8 @@ class HttpConnection:
         feed = self.reader.feed
         served = 0
         try:
+            if type(sock) is TlsRSock and not await self._handshake(sock):
+                return
             while not svc.draining or events:
                 if not events:
                     now = _now()
@@ -379,7 +406,7 @@ class HttpConnection:
         self.svc.metrics.request(ex.listener, ex.route, ex.cluster, status, elapsed, 0, len(data))
         self.svc.access_log.log(
             ex.rid, self.client_ip, head.method, head.host, head.path, ex.route, ex.cluster, ex.upstream, status,
-            0, len(data), elapsed, consumer=ex.consumer, error=message,
+            0, len(data), elapsed, consumer=ex.consumer, client_cert=ex.client_cert, error=message,
         )  # fmt: skip
         return keep
 
@@ -411,7 +438,7 @@ class HttpConnection:
         self.svc.metrics.request(ex.listener, ex.route, ex.cluster, answer.status, elapsed, 0, len(data))
         self.svc.access_log.log(
             ex.rid, self.client_ip, head.method, head.host, head.path, ex.route, ex.cluster, "", answer.status,
-            0, len(data), elapsed, consumer=ex.consumer, error=answer.reason,
+            0, len(data), elapsed, consumer=ex.consumer, client_cert=ex.client_cert, error=answer.reason,
         )  # fmt: skip
         return keep
 
@@ -419,11 +446,20 @@ class HttpConnection:
 
     async def exchange(self, head: RequestHead) -> bool:
         svc = self.svc
-        ex = self.ex = _Exchange(head, head.request_id or svc.request_ids.next(), self.listener, time.perf_counter())
+        identity = self.identity
+        ex = self.ex = _Exchange(
+            head,
+            head.request_id or svc.request_ids.next(),
+            self.listener,
+            time.perf_counter(),
+            identity.subject if identity is not None else "",
+        )
         cfg = svc.holder.current
         listener = cfg.listeners.get(self.listener) if cfg is not None else None
         if listener is None:
             return await self._reply_error(503, "listener is not configured")
+        if listener.forward is not None:
+            return await serve_forward(self, head, listener)
         host = head.hostname
         rule = listener.matcher.match(host, head.path, head.method, head)
         if rule is None:
@@ -436,6 +472,11 @@ class HttpConnection:
         if chain.policies:
             ctx = ex.ctx = RequestContext(head, self.client_ip, self.listener, route.name, _now())
             ex.chain = chain
+            if identity is not None:  # a consumer's mtls credential names this certificate's subject
+                consumer = cfg.consumers.by_subject.get(identity.key) if cfg.consumers is not None else None
+                if consumer is not None:
+                    ctx.consumer = consumer
+                    ctx.add_upstream_header("X-Consumer-Name", consumer.name)
             answer = chain.run(ctx, svc.metrics.policy)
             if answer is not None and type(answer) is not LocalResponse:
                 answer = await answer
@@ -651,12 +692,12 @@ class HttpConnection:
                 ex.rid,
                 framing,
                 route.host_rewrite if route.host_rewrite is not None or head.host else ep.key.encode(),
-                ((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))) if upgrade else (),
+                _extra_up(upgrade, self.identity),
             )
         else:
             add = ctx.upstream_add
-            if upgrade:
-                add = [*add, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1"))]
+            if upgrade or self.identity is not None:
+                add = [*add, *_extra_up(upgrade, self.identity)]
             head_bytes = upstream_request_head(
                 head,
                 self._target(head, route, ctx),
@@ -697,6 +738,8 @@ class HttpConnection:
                     reused = True
             except PoolOverflow as exc:
                 raise _UpstreamFailed("overflow", 503, str(exc), retryable=True) from None
+            except UpstreamTlsError as exc:
+                raise _UpstreamFailed("tls", 502, str(exc.strerror or exc), retryable=True) from None
             except ConnectError as exc:
                 raise _UpstreamFailed(
                     "connect_failure", 502, f"upstream {ep.key} unreachable: {exc.strerror or exc}", retryable=True
@@ -830,7 +873,8 @@ class HttpConnection:
             elapsed = time.perf_counter() - ex.started
             svc.metrics.request(ex.listener, route.name, cluster.name, status, elapsed, body_sent, bytes_out)
             svc.access_log.log(ex.rid, self.client_ip, head.method, head.host, head.path, route.name, cluster.name,
-                               ep.key, status, body_sent, bytes_out, elapsed, consumer=ex.consumer)  # fmt: skip
+                               ep.key, status, body_sent, bytes_out, elapsed, consumer=ex.consumer,
+                               client_cert=ex.client_cert)  # fmt: skip
             return not close_client
         except _Timeout:
             # A per-try timeout (the route's total deadline not reached yet) is a failed attempt;
@@ -848,7 +892,8 @@ class HttpConnection:
             status = resp.status if resp is not None else 499
             svc.metrics.request(ex.listener, route.name, cluster.name, status, elapsed, body_sent, 0)
             svc.access_log.log(ex.rid, self.client_ip, head.method, head.host, head.path, route.name, cluster.name,
-                               ep.key, status, body_sent, 0, elapsed, error=f"aborted: {exc}")  # fmt: skip
+                               ep.key, status, body_sent, 0, elapsed, error=f"aborted: {exc}",
+                               client_cert=ex.client_cert)  # fmt: skip
             return False
         finally:
             ep.active -= 1
@@ -873,46 +918,66 @@ class HttpConnection:
             parts += (resp.block, b"\r\n")
         parts += (b"Connection: Upgrade\r\nUpgrade: ", resp.upgrade or b"websocket", b"\r\n\r\n", tail)
         await self.sock.send_all(b"".join(parts))
-        counts = [0, 0]
-        reactor = self.svc.reactor
-        done = reactor.event()
-        running = [2]
-        client, upstream = self.sock, conn.sock
-
-        async def pipe(src: RSock, dst: RSock, i: int) -> None:
-            try:
-                while True:
-                    data = await src.recv()
-                    if not data:
-                        break
-                    counts[i] += len(data)
-                    await dst.send_all(data)
-            except OSError:
-                pass
-            try:
-                dst.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            running[0] -= 1
-            if running[0] == 0 or i == 1:  # both directions done, or the upstream closed
-                done.set()
-
         self.conn.deadline = math.inf
-        reactor.spawn(pipe(client, upstream, 0), "tunnel-up")
-        reactor.spawn(pipe(upstream, client, 1), "tunnel-down")
-        try:
-            await done
-        finally:
-            upstream.close()  # ends the other pipe if it still runs
+        counts = await splice(self.svc.reactor, self.sock, conn.sock)
         elapsed = time.perf_counter() - ex.started
         self.svc.metrics.request(ex.listener, route.name, cluster.name, 101, elapsed, counts[0], counts[1])
         self.svc.access_log.log(ex.rid, self.client_ip, ex.head.method, ex.head.host, ex.head.path, route.name,
-                                cluster.name, ep.key, 101, counts[0], counts[1], elapsed)  # fmt: skip
+                                cluster.name, ep.key, 101, counts[0], counts[1], elapsed,
+                                client_cert=ex.client_cert)  # fmt: skip
         return False
 
 
 class _ClientGone(ConnectionResetError):
     pass
+
+
+async def splice(reactor: Reactor, client: RSock, upstream: RSock, first: bytes = b"") -> list[int]:
+    """Pipe bytes both ways (an upgraded connection, a CONNECT tunnel) until the upstream closes
+    or both sides did; half-closes are passed on. `first` goes upstream before anything else.
+    Returns [bytes client->upstream, bytes upstream->client]; the upstream socket is closed."""
+    counts = [0, 0]
+    done = reactor.event()
+    running = [2]
+
+    async def pipe(src: RSock, dst: RSock, i: int) -> None:
+        try:
+            while True:
+                data = await src.recv()
+                if not data:
+                    break
+                counts[i] += len(data)
+                await dst.send_all(data)
+        except OSError:
+            pass
+        try:
+            dst.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        running[0] -= 1
+        if running[0] == 0 or i == 1:  # both directions done, or the upstream closed
+            done.set()
+
+    try:
+        if first:
+            counts[0] += len(first)
+            await upstream.send_all(first)
+        reactor.spawn(pipe(client, upstream, 0), "splice-up")
+        reactor.spawn(pipe(upstream, client, 1), "splice-down")
+        await done
+    finally:
+        upstream.close()  # ends the other pipe if it still runs
+    return counts
+
+
+def _extra_up(upgrade: str | None, identity: ClientIdentity | None) -> tuple[tuple[bytes, bytes], ...]:
+    """Headers the node adds upstream for a protocol upgrade and a verified client certificate."""
+    extra: tuple[tuple[bytes, bytes], ...] = ()
+    if upgrade:
+        extra = ((b"Connection", b"Upgrade"), (b"Upgrade", upgrade.encode("latin-1")))
+    if identity is not None:
+        extra = (*extra, (b"X-Forwarded-Client-Cert", identity.xfcc()))
+    return extra
 
 
 def _upstream_host(head: RequestHead, route: RouteRuntime, ep: EndpointState) -> bytes | None:

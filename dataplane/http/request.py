@@ -7,7 +7,10 @@ raises `HttpError` with the status the client should get: 400 for a bad
 request line or headers (llhttp refuses conflicting Content-Length /
 Transfer-Encoding and other smuggling vectors), 431 for oversized headers,
 413 for a body over the limit, 501 for an unknown transfer coding, 405 for
-CONNECT (this is a reverse proxy).
+CONNECT on a reverse-proxy listener. A forward-proxy reader (`forward=True`)
+takes `CONNECT host:port` (authority-form: `target` is the authority, `path`
+empty) and absolute-form `http://` requests (`absolute` set), and refuses
+origin-form ones.
 
 The head is normalised before anyone sees it (`dataplane.http.target`): the
 path in its canonical spelling (the listener's `PathRules`), the Host checked
@@ -53,6 +56,7 @@ class HttpError(Exception):
 class RequestHead:
     __slots__ = (
         "_index",
+        "absolute",
         "chunked",
         "connection",
         "content_length",
@@ -87,6 +91,7 @@ class RequestHead:
         self.upgrade = False
         self.request_id: bytes | None = None
         self.connection = b""
+        self.absolute = False  # the target was absolute-form (http://authority/...)
 
     @property
     def has_body(self) -> bool:
@@ -111,6 +116,7 @@ class RequestReader:
     __slots__ = (
         "_body_limit",
         "_body_seen",
+        "_forward",
         "_head",
         "_head_size",
         "_header_bytes",
@@ -120,10 +126,16 @@ class RequestReader:
         "_rules",
         "_url",
         "events",
+        "tail",
     )
 
     def __init__(
-        self, *, max_header_bytes: int = MAX_HEADER_BYTES, body_limit: int = 0, path_rules: PathRules = DEFAULT_RULES
+        self,
+        *,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        body_limit: int = 0,
+        path_rules: PathRules = DEFAULT_RULES,
+        forward: bool = False,
     ) -> None:
         self.events: deque[object] = deque()
         self._parser = httptools.HttpRequestParser(self)
@@ -136,14 +148,18 @@ class RequestReader:
         self._body_limit = body_limit
         self._body_seen = 0
         self._rules = path_rules
+        self._forward = forward
+        self.tail = b""  # after an upgrade or CONNECT: bytes of the new protocol that came with the head
 
     def feed(self, data: bytes) -> None:
         if not self._in_body:
             self._header_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # the head is queued; upgraded bytes are handled by the caller (not proxied yet)
+        except httptools.HttpParserUpgrade as exc:
+            # The head is queued; what follows it belongs to the new protocol (a CONNECT tunnel).
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.tail = data[offset:]
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HttpError):
@@ -216,13 +232,19 @@ class RequestReader:
         head.keep_alive = parser.should_keep_alive()
         head.upgrade = parser.should_upgrade()
         if head.method == "CONNECT":
-            raise HttpError(405, "CONNECT is not served here (this listener is a reverse proxy)")
+            if not self._forward:
+                raise HttpError(405, "CONNECT is not served here (this listener is a reverse proxy)")
+            self._connect_target(head)
+            return
         url = self._url
         if not url or url[0] != 47:  # 47 == "/"
-            if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+            if url[:7].lower() == b"http://" or (url[:8].lower() == b"https://" and not self._forward):
                 url = self._absolute_form(head, url)
+                head.absolute = True
             elif head.method != "OPTIONS" or url != b"*":
                 raise HttpError(400, "bad request target")
+        elif self._forward:
+            raise HttpError(400, "this listener is a forward proxy: send http://host/path or CONNECT host:port")
         path, _, query = url.partition(b"?")
         if b"#" in query:
             raise HttpError(400, "a fragment ('#') in the request target")
@@ -241,6 +263,22 @@ class RequestReader:
         self._in_body = True
         self._header_bytes = 0
         self.events.append(head)
+
+    def _connect_target(self, head: RequestHead) -> None:
+        """CONNECT host:port (authority-form, RFC 9110 9.3.6) on a forward-proxy listener."""
+        authority = self._url.decode("latin-1")
+        host, sep, port = authority.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "@" in authority:
+            raise HttpError(400, "CONNECT needs host:port")
+        try:
+            head.hostname = host_key(authority)
+        except TargetError as exc:
+            raise HttpError(400, str(exc)) from None
+        head.host = authority
+        head.target = self._url
+        head.path = ""
+        head.upgrade = True
+        self.events.append(head)  # what follows is tunnel data, not a body
 
     @staticmethod
     def _absolute_form(head: RequestHead, url: bytes) -> bytes:

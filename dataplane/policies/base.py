@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import trio
 
 from dataplane.http.request import RequestHead
+from dataplane.tls.identity import subject_key
 from flux.v1 import config_pb2 as pb
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class RequestContext:
     __slots__ = (
         "client_ip",
         "consumer",
+        "forward",
         "head",
         "host",
         "listener",
@@ -107,6 +109,7 @@ class RequestContext:
         self.route = route
         self.now = now
         self.consumer: Consumer | None = None
+        self.forward = False  # a forward-proxy request: proxy credentials (Proxy-Authorization), 407
         self.path: str | None = None  # rewritten path (None: unchanged)
         self.query: bytes | None = None  # rewritten query (None: unchanged)
         self.host: bytes | None = None  # rewritten Host (None: unchanged)
@@ -166,13 +169,14 @@ class Policy:
 class ConsumerIndex:
     """Consumers of a snapshot and their credentials, indexed for authentication."""
 
-    __slots__ = ("by_api_key", "by_basic_user", "by_issuer", "consumers")
+    __slots__ = ("by_api_key", "by_basic_user", "by_issuer", "by_subject", "consumers")
 
     def __init__(self, consumers: Iterable[pb.Consumer] = ()) -> None:
         self.consumers: dict[str, Consumer] = {}
         self.by_api_key: dict[str, Consumer] = {}  # hex sha256 of the key -> consumer
         self.by_issuer: dict[str, list[tuple[Consumer, pb.Credential]]] = {}  # jwt issuer -> (consumer, credential)
         self.by_basic_user: dict[str, tuple[Consumer, str]] = {}  # username -> (consumer, password hash)
+        self.by_subject: dict[str, Consumer] = {}  # client certificate subject (its subject_key) -> consumer
         for spec in consumers:
             consumer = Consumer(spec.name, frozenset(spec.groups), dict(spec.metadata))
             self.consumers[spec.name] = consumer
@@ -183,6 +187,8 @@ class ConsumerIndex:
                     self.by_issuer.setdefault(cred.issuer, []).append((consumer, cred))
                 elif cred.type == "basic_auth" and cred.username:
                     self.by_basic_user[cred.username] = (consumer, cred.password_hash)
+                elif cred.type == "mtls" and cred.subject:
+                    self.by_subject[subject_key(cred.subject)] = consumer
 
 
 class SharedServices:

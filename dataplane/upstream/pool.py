@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 import trio
 
 from dataplane.reactor import ConnectError, Reactor, REvent, RSock, connect
+from dataplane.tls.contexts import UpstreamTls
+from dataplane.tls.rsock import TlsRSock
 
 log = logging.getLogger("flux.upstream")
 
@@ -36,6 +39,10 @@ class PoolOverflow(Exception):
 
 
 class _PoolWaitTimeout(Exception):
+    pass
+
+
+class _HandshakeTimeout(Exception):
     pass
 
 
@@ -57,13 +64,21 @@ class UpstreamConn:
         self.requests = 0
 
 
+class UpstreamTlsError(ConnectError):
+    """The TLS handshake with the endpoint failed (certificate not verified, no common protocol...)."""
+
+
 class EndpointPool:
     __slots__ = (
-        "address", "closed", "connecting", "idle", "in_use", "limits", "port", "reactor", "stats_reused", "waiters",
+        "address", "closed", "connecting", "idle", "in_use", "limits", "port", "reactor", "stats_reused", "tls",
+        "waiters",
     )  # fmt: skip
 
-    def __init__(self, reactor: Reactor, address: str, port: int, limits: PoolLimits) -> None:
+    def __init__(
+        self, reactor: Reactor, address: str, port: int, limits: PoolLimits, tls: UpstreamTls | None = None
+    ) -> None:
         self.reactor = reactor
+        self.tls = tls  # connections are TLS with this cluster's context
         self.address = address
         self.port = port
         self.limits = limits
@@ -103,6 +118,8 @@ class EndpointPool:
                     opener = special_opener(self.address)
                     if opener is None:
                         sock = await connect(self.reactor, self.address, self.port, connect_timeout)
+                        if self.tls is not None:
+                            sock = await self._start_tls(sock, connect_timeout)
                     else:
                         try:
                             sock = self.reactor.wrap(opener(self.address))
@@ -133,6 +150,36 @@ class EndpointPool:
                         self.waiters.remove(event)
                     except ValueError:
                         pass
+
+    async def _start_tls(self, sock: RSock, connect_timeout: float) -> TlsRSock:
+        """Wrap a connected socket in TLS and shake hands within the connect timeout."""
+        assert self.tls is not None
+        raw = sock.detach()
+        try:
+            tls_sock = TlsRSock(self.reactor, self.tls.wrap(raw, self.address))
+        except (OSError, ValueError) as exc:
+            raw.close()
+            raise UpstreamTlsError(errno.EPROTO, f"TLS to {self.address}:{self.port}: {exc}") from None
+        task = self.reactor.current
+        assert task is not None
+        timer = self.reactor.call_later(connect_timeout, self.reactor.throw, task, _HandshakeTimeout())
+        try:
+            await tls_sock.handshake()
+        except _HandshakeTimeout:
+            tls_sock.close()
+            raise UpstreamTlsError(
+                errno.ETIMEDOUT, f"TLS handshake with {self.address}:{self.port} took over {connect_timeout:g}s"
+            ) from None
+        except ssl.SSLError as exc:
+            tls_sock.close()
+            why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise UpstreamTlsError(errno.EPROTO, f"TLS to {self.address}:{self.port}: {why}") from None
+        except BaseException:
+            tls_sock.close()
+            raise
+        finally:
+            timer.cancel()
+        return tls_sock
 
     def release(self, conn: UpstreamConn, reusable: bool) -> None:
         """Give a connection back after a request; closes it unless `reusable`."""
@@ -180,6 +227,8 @@ def _quiet(sock: RSock) -> bool:
     events: when none came since the last recv that returned data, nothing can wait (a recv
     takes all there is), so the usual case costs no system call.
     """
+    if type(sock) is TlsRSock:
+        return sock.quiet()  # a TLS record may wait in OpenSSL's buffer; the kernel's is polled
     if not sock.readable or sock.edges == sock.recv_edges:
         return True
     try:
@@ -210,13 +259,19 @@ class PoolRegistry:
         self.reactor = reactor
         self.pools: dict[PoolKey, EndpointPool] = {}
 
-    def get(self, cluster: str, address: str, port: int, limits: PoolLimits) -> EndpointPool:
+    def get(
+        self, cluster: str, address: str, port: int, limits: PoolLimits, tls: UpstreamTls | None = None
+    ) -> EndpointPool:
+        """The pool of an endpoint; a new one (the old closes) when its limits or TLS settings change."""
         key = (cluster, address, port)
         pool = self.pools.get(key)
-        if pool is None or pool.limits != limits:
+        tls_key = tls.key if tls is not None else None
+        if pool is None or pool.limits != limits or (pool.tls.key if pool.tls is not None else None) != tls_key:
             if pool is not None:
                 pool.close()
-            pool = self.pools[key] = EndpointPool(self.reactor, address, port, limits)
+            pool = self.pools[key] = EndpointPool(self.reactor, address, port, limits, tls)
+        elif tls is not None:
+            pool.tls = tls  # the same settings, the contexts of this version
         return pool
 
     def reconcile(self, wanted: set[PoolKey]) -> None:

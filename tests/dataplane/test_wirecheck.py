@@ -21,6 +21,8 @@ MULTILINE = {
     "flux.v1.Certificate.key_pem",
     "flux.v1.Credential.public_key",
     "flux.v1.Tunnel.tls_client_ca_pem",
+    "flux.v1.ListenerTls.client_ca",
+    "flux.v1.UpstreamTls.ca",
 }
 
 

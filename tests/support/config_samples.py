@@ -45,6 +45,7 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
                 {"type": "jwt", "issuer": "inj-rs", "algorithm": "RS256", "public_key": RSA_PUBLIC,
                  "private_key": RSA_PRIVATE},
                 {"type": "basic_auth", "username": "u", "password": "p"},
+                {"type": "mtls", "subject": "CN=inj,O=Example"},
             ],
         }
     ],
@@ -64,11 +65,16 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
         },
         {"name": "inj-svc", "service": {"name": "svc", "namespace": "ns", "tags": ["t"], "version": "v1", "zone": "z"}},
         {"name": "inj-tun", "tunnel": "inj-proxy"},
+        {"name": "inj-up-tls", "endpoints": [{"address": "10.0.0.2", "port": 443}],
+         "tls": {"sni": "inj.internal", "ca": CERT, "certificate": "inj"}},
     ],
     "listeners": [
         {"name": "inj", "protocol": "http", "port": 18081, "node_group": "inj", "policies": ["inj-rl"],
          "description": "d"},
-        {"name": "inj-tls", "protocol": "https", "port": 18443, "node_group": "inj", "certificates": ["inj"]},
+        {"name": "inj-tls", "protocol": "https", "port": 18443, "node_group": "inj", "certificates": ["inj"],
+         "tls": {"min_version": "1.2", "ciphers": "ECDHE+AESGCM", "client_ca": CERT, "client_auth": "optional"}},
+        {"name": "inj-fwd", "protocol": "http", "port": 13128, "node_group": "inj", "mode": "forward",
+         "forward": {"allow_hosts": ["inj.example.com"], "allow_ports": "443"}},
     ],
     "routes": [
         {
@@ -104,6 +110,9 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
             "subdomain_host": "tunnel.example.com",
             "tls": {"certificate": "inj", "client_ca": CERT},
             "mappings": [{"name": "m", "agent": "a", "remote_port": 6001, "local_port": 22}],
+            "users": [{"name": "office", "token": "office-token-1", "allow_ports": "6100-6199",
+                       "domains": ["*.office.example.com"], "max_proxies": 4, "bandwidth_limit": "1MB",
+                       "description": "d"}],
             "description": "d",
         }
     ],

@@ -198,8 +198,8 @@ def unbounded_ints(model: type[BaseModel], label: str = "", depth: int = 0) -> l
     for name, info in model.model_fields.items():
         here = f"{label}.{name}" if label else name
         members = _members(info.annotation)
-        if int in members and not upper_bounded(info):
-            out.append(here)
+        if int in members and not (upper_bounded(info) or upper_bounded(_annotated_of(info.annotation))):
+            out.append(here)  # (a bound may sit on the int member of a union: Annotated[int, Field(le=..)] | str)
         for m in members:
             if _is_model(m) and depth < 6:
                 out += unbounded_ints(m, here, depth + 1)

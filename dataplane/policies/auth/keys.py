@@ -147,7 +147,7 @@ class BasicAuthPolicy(AuthPolicy):
         self.verifier = env.services.get(("basic_auth", "verified"), _BasicVerifier)
 
     def on_request(self, ctx: RequestContext) -> PolicyResult:
-        value = ctx.header("authorization")
+        value = ctx.header("proxy-authorization" if ctx.forward else "authorization")
         if value is None:
             return self._deny("missing", self._challenge("missing credentials"))
         scheme, _, encoded = value.strip().partition(" ")
