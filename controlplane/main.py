@@ -15,20 +15,25 @@ import pathlib
 import signal
 import socket
 import sys
+from datetime import timedelta
 
 import grpc
 import uvicorn
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from controlplane.api.app import create_app
 from controlplane.api.state import ControlPlane
 from controlplane.auth import load_admin_token
+from controlplane.discovery.authn import NodeAuthenticator, ServerTLS
 from controlplane.discovery.cache import SnapshotCache
+from controlplane.discovery.enrolment import EnrolmentServicer
 from controlplane.discovery.nodes import NodeRegistry
 from controlplane.discovery.server import DiscoveryServicer
 from controlplane.discovery.watcher import ConfigWatcher
 from controlplane.filemodes import private_dir
+from controlplane.pki import CertificateAuthority, CertificateError
 from controlplane.registry.adapters.manager import RegistrySourceManager
 from controlplane.registry.alerts import AlertManager, alert_rules
 from controlplane.registry.health import HealthProber
@@ -37,10 +42,13 @@ from controlplane.secretbox import SecretBox, SecretKeyError, load_secret_key
 from controlplane.store import encryption
 from controlplane.store.config_store import ConfigStore
 from controlplane.store.db import make_engine, migrate, normalize_url
+from controlplane.store.trust import TrustStore, load_or_create_ca
 from controlplane.tunnel_sessions import TunnelSessions
-from flux.v1 import discovery_pb2_grpc
+from flux.v1 import discovery_pb2_grpc, enrolment_pb2_grpc
+from fluxcommon.durations import parse_duration_ms
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
+from fluxcommon.trust import pin_hex
 
 log = logging.getLogger("flux.controlplane")
 
@@ -82,7 +90,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default=os.environ.get("FLUX_LOG_LEVEL", "info"))
     p.add_argument("--log-format", choices=["text", "json"], default="text")
+    tls = p.add_argument_group(
+        "node trust",
+        "The config stream is mutual TLS, always. By default the node CA is made on the first start and kept in "
+        "the database (its key encrypted with the secret key), shared by every control plane of the database.",
+    )
+    tls.add_argument("--tls-cert", default=None, help="your CA (or intermediate CA) certificate to sign nodes with")
+    tls.add_argument("--tls-key", default=None, help="the private key of --tls-cert")
+    tls.add_argument("--tls-ca", default=None, help="the trust root nodes pin (default: --tls-cert)")
+    tls.add_argument(
+        "--node-cert-ttl",
+        type=_duration_s,
+        default=86400.0,
+        help="lifetime of node certificates (default 24h); nodes renew at two thirds of it",
+    )
     return p.parse_args(argv)
+
+
+def _duration_s(text: str) -> float:
+    try:
+        seconds = parse_duration_ms(text) / 1000
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 10:
+        raise argparse.ArgumentTypeError("at least 10s")
+    return seconds
+
+
+def _node_ca(args: argparse.Namespace, engine: Engine, box: SecretBox) -> tuple[CertificateAuthority, str]:
+    """The node CA from --tls-* files, or the database's (made now if it has none); (ca, how)."""
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise CertificateError("--tls-cert and --tls-key go together (--tls-ca is optional)")
+        return CertificateAuthority.from_files(args.tls_ca, args.tls_cert, args.tls_key), "files"
+    ca, created = load_or_create_ca(engine, box)
+    return ca, "database, new" if created else "database"
 
 
 def _data_dir(args: argparse.Namespace) -> pathlib.Path:
@@ -117,12 +159,15 @@ async def serve(args: argparse.Namespace) -> int:
     token = load_admin_token(data_dir)
     secret_key, _ = await asyncio.to_thread(encryption.start, engine, load_secret_key(data_dir))
     store = ConfigStore(engine, history_limit=args.history_limit, secrets=SecretBox(secret_key.key))
+    node_ca, ca_source = await asyncio.to_thread(_node_ca, args, engine, SecretBox(secret_key.key))
+    trust = TrustStore(engine, node_ca, timedelta(seconds=args.node_cert_ttl))
+    authenticator = NodeAuthenticator(node_ca, trust)
     registry = RegistryStore(engine, cp_id)
     await asyncio.to_thread(registry.load)
     cache = SnapshotCache(registry=registry)
     nodes = NodeRegistry(engine, cp_id)
     tunnels = TunnelSessions()
-    servicer = DiscoveryServicer(cache, nodes, cp_id, tunnels)
+    servicer = DiscoveryServicer(cache, nodes, cp_id, tunnels, auth=authenticator)
     cp = ControlPlane(
         store=store,
         token=token,
@@ -142,7 +187,10 @@ async def serve(args: argparse.Namespace) -> int:
 
     grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(servicer, grpc_server)
-    grpc_port = grpc_server.add_insecure_port(args.grpc)
+    enrolment = EnrolmentServicer(trust, authenticator)
+    enrolment_pb2_grpc.add_EnrolmentServiceServicer_to_server(enrolment, grpc_server)
+    server_tls = ServerTLS.issue(node_ca, split_host_port(args.grpc)[0])
+    grpc_port = grpc_server.add_secure_port(args.grpc, server_tls.credentials())
     if not grpc_port:
         log.error("cannot listen for gRPC on %s", args.grpc)
         return 2
@@ -156,6 +204,7 @@ async def serve(args: argparse.Namespace) -> int:
     app.state.health_prober, app.state.alerts = prober, alerts
     sources = RegistrySourceManager(registry)  # external registries (etcd, ZooKeeper, ...): leader only
     app.state.registry_sources = sources
+    app.state.node_trust = trust
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     grpc_host = split_host_port(args.grpc)[0]
@@ -163,7 +212,8 @@ async def serve(args: argparse.Namespace) -> int:
     print(
         f"FLUX control plane {cp_id} ready\n"
         f"  REST API     http://{shown_host}:{http_port}/api/v1  (docs: http://{shown_host}:{http_port}/docs)\n"
-        f"  config gRPC  {grpc_host}:{grpc_port}\n"
+        f"  config gRPC  {grpc_host}:{grpc_port} (mutual TLS)\n"
+        f"  node CA      {pin_hex(node_ca.pin)} ({ca_source}); join tokens: fluxctl nodes join-token --group G\n"
         f"  database     {make_url(normalize_url(args.db)).render_as_string(hide_password=True)}"
         f" (config version {cache.version})\n"
         f"  secret key   {secret_key.shown_source} (id {secret_key.key.id}{', new' if secret_key.created else ''})\n"
@@ -187,6 +237,8 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.create_task(prober.run(), name="registry-health-checks"),
         asyncio.create_task(alerts.run(), name="registry-alerts"),
         asyncio.create_task(sources.run(store, cache), name="registry-sources"),
+        asyncio.create_task(servicer.watch_revocations(), name="node-revocations"),
+        asyncio.create_task(_prune_trust(trust), name="node-trust-prune"),
     ]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -215,6 +267,16 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _prune_trust(trust: TrustStore, interval: float = 3600.0) -> None:
+    """Forget long-expired node certificates and join tokens, hourly."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(trust.prune)
+        except Exception:
+            log.exception("could not prune expired node certificates; will retry")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["rotate-secret-key"]:
@@ -228,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 0
     except SecretKeyError as exc:  # no key, a bad key, or not the key of this database
+        log.error("%s", exc)
+        code = 2
+    except CertificateError as exc:  # unusable --tls-* files
         log.error("%s", exc)
         code = 2
     except OSError as exc:

@@ -27,7 +27,8 @@ from controlplane.spec import (
     TunnelSpec,
 )
 from controlplane.spec.cluster import ServiceSelectorSpec
-from controlplane.spec.consumer import ApiKeyCredential, BasicAuthCredential, JwtCredential
+from controlplane.spec.consumer import ApiKeyCredential, BasicAuthCredential, JwtCredential, MtlsCredential
+from controlplane.spec.tunnel import parse_rate
 from flux.v1 import config_pb2 as pb
 
 SNAPSHOT_TYPE_URL = "type.googleapis.com/flux.v1.Snapshot"
@@ -100,6 +101,26 @@ def _listener(spec: ListenerSpec) -> pb.Listener:
             if spec.path_normalization is not None
             else None
         ),
+        tls=(
+            pb.ListenerTls(
+                min_version=spec.tls.min_version,
+                ciphers=spec.tls.ciphers,
+                client_ca=spec.tls.client_ca,
+                client_auth=pb.ClientAuth.Value(f"CLIENT_AUTH_{spec.tls.client_auth.upper()}"),
+            )
+            if spec.tls is not None
+            else None
+        ),
+        mode=pb.ListenerMode.Value(f"LISTENER_MODE_{spec.mode.upper()}"),
+        forward=(
+            pb.ForwardProxy(
+                allow_hosts=spec.forward.allow_hosts,
+                allow_ports=spec.forward.allow_ports,
+                deny_private=spec.forward.deny_private,
+            )
+            if spec.forward is not None
+            else None
+        ),
     )
 
 
@@ -138,6 +159,9 @@ def _cluster(spec: ClusterSpec, registry: RegistryView) -> pb.Cluster:
         scheme=spec.scheme,
         tunnel=spec.tunnel or "",
     )
+    if spec.tls is not None:
+        t = spec.tls
+        msg.tls.CopyFrom(pb.UpstreamTls(sni=t.sni, ca=t.ca, verify=t.verify, certificate=t.certificate or ""))
     if spec.session_affinity:
         sa = spec.session_affinity
         msg.session_affinity.CopyFrom(pb.SessionAffinity(cookie=sa.cookie, ttl_ms=sa.ttl, path=sa.path))
@@ -242,6 +266,8 @@ def _consumer(spec: ConsumerSpec) -> pb.Consumer:
             )
         elif isinstance(c, BasicAuthCredential):
             creds.append(pb.Credential(type="basic_auth", username=c.username, password_hash=c.password_hash or ""))
+        elif isinstance(c, MtlsCredential):
+            creds.append(pb.Credential(type="mtls", subject=c.subject))
     return pb.Consumer(name=spec.name, groups=spec.groups, credentials=creds, metadata=spec.metadata)
 
 
@@ -275,6 +301,19 @@ def _tunnel(spec: TunnelSpec) -> pb.Tunnel:
             for m in spec.mappings
         ],
         heartbeat_timeout_ms=spec.heartbeat_timeout,
+        users=[
+            pb.TunnelUser(
+                name=u.name,
+                token=u.token,
+                allow_ports=u.allow_ports,
+                domains=u.domains,
+                max_proxies=u.max_proxies,
+                bandwidth_limit=parse_rate(u.bandwidth_limit),
+            )
+            for u in spec.users
+        ],
+        domains=spec.domains,
+        vhost_overrides_routes=spec.vhost_overrides_routes,
     )
 
 
@@ -326,9 +365,11 @@ def select(cfg: ConfigSet, group: str) -> GroupView:
                     cluster_names.add(str(fallback["cluster"]))
     policies = [p for p in _sorted(cfg["policies"].values()) if p.name in policy_names or p.global_]
     clusters = [c for c in _sorted(cfg["clusters"].values()) if c.name in cluster_names]
-    cert_names = {c for x in listeners for c in x.certificates} | {
-        t.tls.certificate for t in tunnels if t.tls.certificate
-    }
+    cert_names = (
+        {c for x in listeners for c in x.certificates}
+        | {t.tls.certificate for t in tunnels if t.tls.certificate}
+        | {c.tls.certificate for c in clusters if c.tls is not None and c.tls.certificate}
+    )
     return GroupView(listeners, routes, clusters, policies, tunnels, cert_names)
 
 

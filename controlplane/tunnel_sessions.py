@@ -90,7 +90,7 @@ class TunnelSessions:
                         "node_group": req.node.group,
                         "tunnel": s.tunnel,
                         "agent": s.agent,
-                        "run_id": s.run_id,
+                        "session": s.run_id,  # nodes report a short hash of the run id, never the run id
                         "version": s.version,
                         "address": s.address,
                         "tls": s.tls,

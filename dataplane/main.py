@@ -12,6 +12,7 @@ import sys
 
 import trio
 
+from dataplane.discovery import startup
 from dataplane.http.proxy import ProxySettings
 from dataplane.worker import NodeOptions, NodeWorker
 from fluxcommon.durations import parse_duration_ms
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         default=None,
         help="keep the last good snapshot here and start from it when no control plane answers",
+    )
+    p.add_argument(
+        "--join-token",
+        default=os.environ.get("FLUX_JOIN_TOKEN", ""),
+        help="enrol with this join token (`fluxctl nodes join-token`); needed once, the key and certificate "
+        "are kept in --cache-dir (env FLUX_JOIN_TOKEN)",
     )
     p.add_argument("--workers", type=_workers, default=1, help="worker processes sharing the listeners, or 'auto'")
     p.add_argument("--drain-timeout", type=_duration_s, default=10.0, help="graceful shutdown deadline (default 10s)")
@@ -129,6 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"flux-node: --admin: {exc}", file=sys.stderr)
         sys.exit(2)
+    control_planes = [a.strip() for a in args.control_plane.split(",") if a.strip()]
+    if not control_planes:
+        print("flux-node: --control-plane needs at least one address", file=sys.stderr)
+        sys.exit(2)
+    try:
+        startup.prepare(args, control_planes)
+    except startup.StartRefused as exc:
+        print(f"flux-node: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(0)
     if args.workers > 1 and args.worker_index is None:
         from dataplane.supervisor import run_supervisor
 

@@ -50,7 +50,7 @@ def _worker_argv(args: argparse.Namespace, index: int, report: pathlib.Path) -> 
             skip_next = False
             continue
         name = token.split("=", 1)[0]
-        if name in ("--admin", "--worker-index", "--report-file"):
+        if name in ("--admin", "--worker-index", "--report-file", "--join-token"):  # workers never enrol
             skip_next = "=" not in token and i + 1 < len(raw)
             continue
         argv.append(token)

@@ -31,6 +31,7 @@ from dataplane.config.compiler import CompileError, EndpointRegistry, compile_sn
 from dataplane.config.runtime import ConfigHolder
 from dataplane.discovery.cache import SnapshotFile
 from dataplane.discovery.client import DiscoveryClient
+from dataplane.discovery.credentials import CredentialSource, CredentialStore, Renewer
 from dataplane.health.checker import HealthService
 from dataplane.http.proxy import ProxyServices, ProxySettings
 from dataplane.http.request import RequestHead
@@ -38,6 +39,7 @@ from dataplane.listeners import ListenerManager, ListenError
 from dataplane.metrics import Metrics
 from dataplane.policies.base import PolicyEnv, SharedServices
 from dataplane.reactor import Reactor
+from dataplane.tls.contexts import TICKET_KEY_LIFETIME
 from dataplane.tunnel.manager import TunnelConfigError, TunnelManager
 from dataplane.tunnel.reporter import TunnelReporter
 from dataplane.tunnel.vhost import PREFIX as TUNNEL_PREFIX
@@ -113,6 +115,8 @@ class NodeWorker:
         self._reapply_pending = False
         self.cache = SnapshotFile(opts.cache_dir, opts.group)
         self.discovery: DiscoveryClient | None = None
+        self.credentials = CredentialSource(CredentialStore(opts.cache_dir) if opts.cache_dir else None)
+        self.renewer: Renewer | None = None
         self.ready = False
         self.draining = False
         self.last_error: str | None = None
@@ -283,9 +287,22 @@ class NodeWorker:
                 "streams_opened": d.streams_opened if d else 0,
                 "snapshots_received": d.snapshots_received if d else 0,
                 "nacks_sent": d.nacks_sent if d else 0,
+                "certificate": self._certificate(),
             },
         }
         return 200, "application/json", json_body(body)
+
+    def _certificate(self) -> dict[str, Any] | None:
+        creds = self.credentials.current()
+        if creds is None:
+            return None
+        return {
+            "node_id": creds.node_id,
+            "group": creds.group,
+            "serial": creds.serial,
+            "not_after": creds.not_after.isoformat(timespec="seconds"),
+            "renewed": self.renewer.renewed if self.renewer else 0,
+        }
 
     def _count_other_fds(self) -> None:
         """Descriptors open outside the proxy's sockets (see FdBudget)."""
@@ -318,6 +335,30 @@ class NodeWorker:
             "flux_open_sockets", "Sockets of the HTTP proxy open now (clients, upstreams, listeners)",
             value=self.reactor.open_sockets,
         )  # fmt: skip
+        expiry = GaugeMetricFamily(
+            "flux_certificate_expiry_seconds", "Seconds until a served certificate expires", labels=["name"]
+        )
+        cfg = self.holder.current
+        seen: set[str] = set()
+        for lst in cfg.listeners.values() if cfg is not None else ():
+            if lst.tls is not None:
+                for info in lst.tls.current.certs:
+                    if info.name not in seen:
+                        seen.add(info.name)
+                        expiry.add_metric([info.name], info.expires_in)
+        yield expiry
+
+    async def _rotate_ticket_keys(self) -> None:
+        """New TLS contexts (new session-ticket keys) for every https listener, every few hours."""
+        while True:
+            await trio.sleep(TICKET_KEY_LIFETIME)
+            cfg = self.holder.current
+            for lst in cfg.listeners.values() if cfg is not None else ():
+                if lst.tls is not None:
+                    try:
+                        lst.tls.current = lst.tls.current.rotated()
+                    except Exception:  # the same settings built fine an hour ago; keep serving the old ones
+                        log.exception("listener %s: could not renew its TLS contexts", lst.name)
 
     def _pool_gauges(self) -> Iterator[Any]:
         cfg = self.holder.current
@@ -397,6 +438,7 @@ class NodeWorker:
             async with trio.open_nursery() as connections:
                 await services.start(self.reactor.run)
                 services.start_soon(self._watch_fds)
+                services.start_soon(self._rotate_ticket_keys)
                 self.services.nursery = services
                 self.listeners.bind(services, connections)
                 self.tunnels.bind(services)
@@ -409,12 +451,22 @@ class NodeWorker:
                     log.info("starting from cached config version %s (%s)", cached.version, self.cache.path)
                     if await self.apply(cached) is None:
                         version = cached.version
-                self.discovery = DiscoveryClient(opts.control_planes, node, self.apply, version=version)
-                services.start_soon(self.discovery.run)
+                discovery = self.discovery = DiscoveryClient(
+                    opts.control_planes, node, self.apply, version=version, credentials=self.credentials.current
+                )
+                services.start_soon(discovery.run)
+                self.renewer = Renewer(
+                    self.credentials,
+                    lambda: [discovery.connected_to] if discovery.connected_to else discovery.addresses,
+                    discovery.reconnect,
+                )
+                services.start_soon(self.renewer.run)
                 if self.tunnels.enabled:
-                    discovery = self.discovery
                     reporter = TunnelReporter(
-                        self.tunnels, node, lambda: discovery.connected_to or discovery.addresses[0]
+                        self.tunnels,
+                        node,
+                        lambda: discovery.connected_to or discovery.addresses[0],
+                        credentials=self.credentials.current,
                     )
                     services.start_soon(reporter.run)
                 services.start_soon(self.pools.run_sweeper)

@@ -7,7 +7,9 @@ Register an instance for as long as the application runs::
 
     from fluxcommon.registry_client import RegistryClient
 
-    client = RegistryClient("http://127.0.0.1:9080", token=os.environ["FLUX_ADMIN_TOKEN"])
+    # every call needs a token: a registry token of the services it registers will do
+    # (fluxctl tokens create orders-app --role registry --services orders)
+    client = RegistryClient("http://127.0.0.1:9080", token=os.environ["FLUX_TOKEN"])
     with client.register("orders", "10.0.0.5", 8080, version="v2", zone="eu-1", ttl="10s") as reg:
         serve_forever()          # reg.id == "10.0.0.5:8080"
     # deregistered here (also on close(), and at interpreter exit if never closed)
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import re
 import threading
 import time
@@ -151,8 +154,10 @@ class RegistryClient:
     """REST client of the registry API of one control plane (thread-safe)."""
 
     def __init__(self, server: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+        """`token`: the API token every call sends (reads included); None: FLUX_TOKEN, if set."""
         self.server = server.rstrip("/")
         self.timeout = timeout
+        token = os.environ.get("FLUX_TOKEN") if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
 

@@ -3,7 +3,9 @@
     python scripts/dev_stack.py [--dir .flux-dev] [--port 8080]
 
 Everything runs in the foreground; Ctrl-C stops it all. State (database, admin
-token, node cache, logs) lives under --dir, so a second start keeps the config.
+token, node cache and credentials, logs) lives under --dir, so a second start keeps
+the config. On the first start the node enrols with a one-use join token made here;
+later starts use the credentials it keeps.
 """
 
 from __future__ import annotations
@@ -108,8 +110,18 @@ def main() -> int:
         )
         r.raise_for_status()
         version = r.json()["version"]
-        spawn("node", [str(BIN / "flux-node"), "--node-id", "dev-node", "--cache-dir", str(state / "cache"),
-                       "--access-log", str(state / "logs" / "access.log")])  # fmt: skip
+        node = [str(BIN / "flux-node"), "--node-id", "dev-node", "--cache-dir", str(state / "cache"),
+                "--access-log", str(state / "logs" / "access.log")]  # fmt: skip
+        if not (state / "cache" / "node.crt").exists():  # first start: enrol with a one-use join token
+            r = httpx.post(
+                "http://127.0.0.1:9080/api/v1/nodes/join-tokens",
+                json={"group": "default", "ttl": "10m", "uses": 1},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            r.raise_for_status()
+            node += ["--join-token", r.json()["token"]]
+        spawn("node", node)
         _wait("http://127.0.0.1:9901/ready")
         answer = _wait(f"http://127.0.0.1:{args.port}/")
         print(
@@ -118,6 +130,7 @@ FLUX Gateway is running (config version {version}).
 
   gateway (demo route)   http://127.0.0.1:{args.port}/         -> {answer.text.strip()!r}
   control plane REST     http://127.0.0.1:9080/api/v1   (OpenAPI: http://127.0.0.1:9080/docs)
+  config stream (mTLS)   127.0.0.1:18000   node credentials in {state / "cache"}/
   node admin             http://127.0.0.1:9901/ready  /metrics  /clusters  /config_dump
   admin token            {token_file}
   logs                   {state / "logs"}/
@@ -126,6 +139,8 @@ Try:
   export FLUX_ADMIN_TOKEN=$(cat {token_file})
   .venv/bin/fluxctl get routes
   .venv/bin/fluxctl nodes
+  curl -s -H "Authorization: Bearer $FLUX_ADMIN_TOKEN" http://127.0.0.1:9080/api/v1/routes
+  .venv/bin/fluxctl tokens create dashboards --role read    # a token that may only read
   curl -s http://127.0.0.1:{args.port}/echo
 
 Ctrl-C stops everything.""",

@@ -1,10 +1,13 @@
 """The `flux-tunnel` agent: one control connection to a node carrying every proxy's traffic.
 
-Life cycle: dial the node (TLS by default), log in with the token digest, register every
-proxy and visitor, then serve work streams until the connection ends; reconnect with
-exponential back-off and jitter (1 s doubling to 30 s) forever, unless `loginFailExit` is
-set and the very first login is refused. A reconnect presents the previous run id, so the
-node replaces the old session at once instead of refusing a duplicate.
+Life cycle: dial the node (TLS by default), log in with the token digest (the token of
+``user``'s tunnel user, or a shared one) bound to the TLS connection, check the node's proof
+that it holds the same token (a relay or fake node without it is refused before anything else
+is sent, see fluxcommon.tunnel.binding), register every proxy and visitor, then serve work
+streams until the connection ends; reconnect with exponential back-off and jitter (1 s
+doubling to 30 s) forever, unless `loginFailExit` is set and the very first login is refused.
+A reconnect presents the previous run id, so the node replaces the old session (of the same
+credential) at once instead of keeping a duplicate.
 
 Per work stream the agent dials the proxy's local service and only then accepts the stream
 (OPEN_ACK), so the node can try another agent of a load-balancing group when this one's
@@ -24,6 +27,7 @@ from typing import Any
 import trio
 
 from fluxcommon.proxy_protocol import encode_v1, encode_v2
+from fluxcommon.tunnel.binding import NO_BINDING, peer_end_point
 from fluxcommon.tunnel.control import (
     PROTOCOL_VERSION,
     ClientSession,
@@ -195,7 +199,7 @@ class Agent:
                 logged_in = await self._connect_once()
             except LoginRefused as exc:
                 self.last_error = str(exc)
-                log.error("login refused by the node: %s", exc)
+                log.error("login failed: %s", exc)
                 if first and self.config.login_fail_exit:
                     return 1
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
@@ -213,20 +217,23 @@ class Agent:
             await trio.sleep(delay)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _dial(self) -> trio.abc.Stream:
+    async def _dial(self) -> tuple[trio.abc.Stream, str]:
+        """The connection to the node and its channel binding ("" without TLS)."""
         cfg = self.config
         with trio.fail_after(cfg.dial_timeout):
             sock = BulkSocketStream.adopt(await trio.open_tcp_stream(cfg.server_addr, cfg.server_port))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             stream: trio.abc.Stream = sock
+            binding = NO_BINDING
             if cfg.tls.enable:
                 ctx = self._tls_context()
                 server_name = cfg.tls.server_name or cfg.server_addr
                 tls = TLSStream(stream, ctx, server_hostname=server_name)
                 await tls.do_handshake()
+                binding = peer_end_point(tls.ssl_object)
                 stream = tls
-        return stream
+        return stream, binding
 
     def _tls_context(self) -> ssl.SSLContext:
         t = self.config.tls
@@ -234,6 +241,8 @@ class Agent:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if t.trusted_ca_file and not t.insecure_skip_verify:
             ctx.load_verify_locations(cafile=t.trusted_ca_file)
+            # the file may hold the node's own certificate rather than its CA's (pinning it)
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         else:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -250,12 +259,13 @@ class Agent:
     async def _connect_once(self) -> bool:
         cfg = self.config
         self.state = "connecting"
-        stream = await self._dial()
+        stream, binding = await self._dial()
         mux = Mux("client", max_frame_data=MAX_FRAME_DATA)
         metas = {"version": AGENT_VERSION, "hostname": socket.gethostname(), **cfg.metadatas}
         session = ClientSession(
             mux, name=self.name, token=cfg.token, run_id=self.run_id, metas=metas,
             heartbeat_interval=cfg.heartbeat_interval, heartbeat_timeout=cfg.heartbeat_timeout,
+            channel_binding=binding,
         )  # fmt: skip
         link = TunnelLink(stream, mux, session, self._on_event)
         self.session, self.link = session, link
@@ -306,7 +316,7 @@ class Agent:
         elif isinstance(event, LoginFailed):
             self._login_error = event.message
             assert self.link is not None
-            self.link.close("login refused")
+            self.link.close("login failed")
         elif isinstance(event, ProxyAccepted):
             state = self.proxies.get(event.name)
             if state is not None:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from controlplane.api import config, registry, registry_health, registry_sources, status, tokens, tunnel_sessions
+from controlplane.api import (
+    api_tokens,
+    config,
+    nodes,
+    registry,
+    registry_health,
+    registry_sources,
+    status,
+    tokens,
+    tunnel_agent_config,
+    tunnel_sessions,
+)
+from controlplane.api.access import AccessGuard, authorize
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.heartbeats import HeartbeatFastPath
 from controlplane.api.json_default import JsonByDefault
@@ -21,20 +33,26 @@ def create_app(cp: ControlPlane) -> FastAPI:
         title="FLUX Gateway control plane",
         version="0.1.0",
         description="Config of the FLUX Gateway nodes: listeners, routes, clusters, policies, consumers, "
-        "certificates and tunnels. Writes need `Authorization: Bearer <admin token>`.",
+        "certificates and tunnels. Every `/api/v1` call needs `Authorization: Bearer <token>`: the admin "
+        "token, or an API token with the role `read`, `registry` or `admin` (`POST /api/v1/tokens`).",
+        dependencies=[Depends(authorize)],  # every route: 401 without a token, 403 without the role
     )
     app.state.flux = cp
     install_error_handlers(app)
     app.include_router(registry_health.router)  # before the resource routers: /api/v1/alerts/status
     app.include_router(tunnel_sessions.router)  # before the resource routers: /api/v1/tunnels/sessions
+    app.include_router(tunnel_agent_config.router)  # POST /api/v1/tunnels/{name}/agent-config (admin)
     app.include_router(registry_sources.router)  # before the resource routers: /api/v1/registries/status
     for kind in KINDS.values():
         app.include_router(resource_router(kind))
     app.include_router(config.router)
+    app.include_router(nodes.router)  # before status: /api/v1/nodes/join-tokens is no node id
     app.include_router(status.router)
     app.include_router(tokens.router)
+    app.include_router(api_tokens.router)
     app.include_router(registry.router)
     app.add_middleware(JsonByDefault)  # `curl -d '{...}'` works without -H 'content-type: ...'
     app.add_middleware(BodySizeLimit, limit=MAX_BODY)
-    app.add_middleware(HeartbeatFastPath)  # outermost: heartbeats skip FastAPI's routing
+    app.add_middleware(HeartbeatFastPath)  # heartbeats skip FastAPI's routing
+    app.add_middleware(AccessGuard)  # outermost: no /api/v1 request goes on without a valid token
     return app

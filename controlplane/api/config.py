@@ -8,8 +8,11 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controlplane.api import access
+from controlplane.api.access import authorize
 from controlplane.api.errors import validation_errors
 from controlplane.api.state import ControlPlane, get_cp, require_admin
+from controlplane.api_tokens import Principal
 from controlplane.spec import KINDS, ResourceSpec
 from controlplane.spec._types import MAX_INT64
 from controlplane.validation import ConfigError, FieldError
@@ -106,10 +109,15 @@ async def apply(
         ..., description="{listeners: [...], clusters: [...], routes: [...], ...}: the contract's YAML shape"
     ),
     prune: bool = Query(False, description="delete resources of the named kinds that the body does not name"),
-    dry_run: bool = Query(False, description="validate and report the changes, commit nothing"),
+    dry_run: bool = Query(
+        False, description="validate and report the changes, commit nothing (the read role may; it compares no secret)"
+    ),
     cp: ControlPlane = Depends(get_cp),
-    author: str = Depends(require_admin),
+    principal: Principal | None = Depends(authorize),  # admin, or read for a dry run (controlplane.api.access)
+    author: str = Depends(access.author),
 ) -> dict[str, Any]:
+    if not dry_run and principal is not None:
+        access.check_need(access.Need("admin"), principal)  # again, on the value FastAPI parsed
     resources.pop("version", None)
     puts, kinds_named = _parse_apply(resources)
 
@@ -143,8 +151,37 @@ async def apply(
             for c in result.changes
             if c.action != "unchanged"
         }
+        if principal is None or principal.role != "admin":
+            _blind_to_secrets(answer)
     return answer
 
 
 def _masked(spec: ResourceSpec | None) -> dict[str, Any] | None:
     return spec.masked() if spec is not None else None
+
+
+def _unkeyed(doc: Any) -> Any:
+    """A masked form without fingerprints (keyed hashes of secret values)."""
+    if isinstance(doc, dict):
+        return {k: _unkeyed(v) for k, v in doc.items() if k != "fingerprint"}
+    if isinstance(doc, list):
+        return [_unkeyed(v) for v in doc]
+    return doc
+
+
+def _blind_to_secrets(answer: dict[str, Any]) -> None:
+    """A dry run of a non-admin compares no secret: were a change of a secret value (or
+    the fingerprint of a submitted key) shown, a reader could test guesses of the stored
+    secrets. A resource whose masked form is unchanged reads `unchanged`."""
+    diff: dict[str, Any] = answer["diff"]
+    for change in answer["changes"]:
+        key = f"{change['kind']}/{change['name']}"
+        if key not in diff:
+            continue
+        before, after = _unkeyed(diff[key]["before"]), _unkeyed(diff[key]["after"])
+        if change["action"] == "update" and before == after:
+            change["action"] = "unchanged"
+            del diff[key]
+        else:
+            diff[key] = {"before": before, "after": after}
+    answer["secrets_compared"] = False

@@ -4,10 +4,11 @@ Heartbeats are by far the most frequent request the control plane serves (10,000
 instances at ttl/3 = a few thousand a second) and the cheapest to answer: one dict
 update under a short lock. FastAPI's routing, dependency solving (sync dependencies go
 through a thread pool) and response models cost several times that, so this middleware
-answers heartbeats before the application sees them: same path, same admin-token check
-(`controlplane.api.state.require_admin`'s rules and messages), same JSON answers and
-errors. Everything else passes through untouched; the FastAPI route of the same path
-stays for the OpenAPI document (and answers if this middleware is not installed).
+answers heartbeats before the application sees them: same path, same token and role
+checks (`controlplane.api.access`: the admin role, or the registry role for the service),
+same JSON answers and errors. Everything else passes through untouched; the FastAPI
+route of the same path stays for the OpenAPI document (and answers if this middleware is
+not installed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import re
 from typing import Any
 
+from controlplane.api import access
 from controlplane.store.config_store import NotFound
 
 _PATH = re.compile(r"^/api/v1/services/([^/]+)/instances/([^/]+)/heartbeat$")
@@ -42,29 +44,17 @@ class HeartbeatFastPath:
         if match is None or registry is None:
             await self.app(scope, receive, send)
             return
-        authorization = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-                break
-        scheme, _, presented = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            await _answer(
-                send,
-                401,
-                {"error": "unauthorized", "message": "missing admin token: send 'Authorization: Bearer <token>'"},
-                ((b"www-authenticate", b"Bearer"),),
-            )
-            return
-        if not cp.token.matches(presented.strip()):
-            await _answer(
-                send,
-                401,
-                {"error": "unauthorized", "message": "wrong admin token"},
-                ((b"www-authenticate", b'Bearer error="invalid_token"'),),
-            )
+        try:
+            principal = await access.scope_principal(scope, cp)  # AccessGuard found it already
+        except access.Refusal as refusal:
+            challenge = ((b"www-authenticate", refusal.challenge.encode()),)
+            await _answer(send, 401, {"error": "unauthorized", "message": refusal.message}, challenge)
             return
         service, iid = match.group(1), match.group(2)
+        need = access.need_for("PUT", access.HEARTBEAT_PATH, {"name": service, "iid": iid}, {})
+        if not need.allows(principal):
+            await _answer(send, 403, {"error": "forbidden", "message": need.refusal(principal)})
+            return
         try:
             inst = registry.heartbeat(service, iid)
         except NotFound as exc:

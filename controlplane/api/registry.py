@@ -16,7 +16,9 @@
 
 Discovery answers carry `X-Flux-Index`, the service's modify index; with `?index=N` the
 request waits (up to `wait`, default 30s, at most 5m) until that index passes N, then
-answers the current result. Writes need the admin token; reads do not. Indexes, offsets and
+answers the current result. Every call needs a token (controlplane.api.access): reads the
+read role; instance writes (register, heartbeat, patch, deregister) the admin role or a
+registry token of the service; the rest the admin role. Indexes, offsets and
 event ids are at most 2**63-1 (422 beyond); YAML bodies may not use anchors or aliases.
 """
 
@@ -35,6 +37,7 @@ from fastapi.responses import StreamingResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import ConfigDict, Field, ValidationError
 
+from controlplane.api import access
 from controlplane.api.state import get_cp, require_admin
 from controlplane.registry.store import RegistryStore
 from controlplane.registry.types import Instance, InstanceSpec, ServiceSpec, Status
@@ -62,6 +65,14 @@ async def get_registry(request: Request) -> RegistryStore:
 async def admin(request: Request) -> str:
     """`require_admin` without the thread-pool hop FastAPI makes for sync dependencies."""
     return require_admin(request, get_cp(request))
+
+
+async def instance_writer(request: Request) -> str:
+    """Who writes an instance: the admin, or a registry token of the service (checked for
+    every route by controlplane.api.access.authorize, and stated here as well)."""
+    principal = await access.principal_of(request)
+    access.check_need(access.Need("registry", str(request.path_params.get("name", ""))), principal)
+    return access.author_of(request, principal)
 
 
 def _index_header(response: Response, index: int) -> None:
@@ -144,7 +155,7 @@ async def register_instance(
     body: InstanceSpec,
     response: Response,
     reg: RegistryStore = Depends(get_registry),
-    _author: str = Depends(admin),
+    _author: str = Depends(instance_writer),
 ) -> dict[str, Any]:
     inst, created = await run_in_threadpool(reg.register, name, body)
     if not created:
@@ -196,7 +207,7 @@ async def deregister_instance(
     iid: str,
     response: Response,
     reg: RegistryStore = Depends(get_registry),
-    _author: str = Depends(admin),
+    _author: str = Depends(instance_writer),
 ) -> dict[str, Any]:
     index = await run_in_threadpool(reg.deregister, name, iid)
     _index_header(response, index)
@@ -208,7 +219,7 @@ async def heartbeat(
     name: str,
     iid: str,
     reg: RegistryStore = Depends(get_registry),
-    _author: str = Depends(admin),
+    _author: str = Depends(instance_writer),
 ) -> dict[str, Any]:
     inst = reg.heartbeat(name, iid)  # memory only: safe on the event loop
     return {"id": inst.id, "service": name, "status": inst.status, "last_heartbeat": inst.last_heartbeat}
@@ -231,7 +242,7 @@ async def patch_instance(
     body: InstancePatch,
     response: Response,
     reg: RegistryStore = Depends(get_registry),
-    _author: str = Depends(admin),
+    _author: str = Depends(instance_writer),
 ) -> dict[str, Any]:
     inst = await run_in_threadpool(
         lambda: reg.update_instance(

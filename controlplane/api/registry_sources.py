@@ -9,7 +9,7 @@ Included before the resource routers, so `/api/v1/registries/status` is not read
 resource named "status". States: `running` (connected, in sync), `connecting`, `error` (the
 last attempt failed, retrying; see `last_error`), `failed` (the adapter cannot start),
 `standby` (another control plane holds the registry leader lease and runs the adapters),
-`starting`. Reads need no token.
+`starting`. Reads need a token with the read role (controlplane.api.access).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the parameter types at runtime.

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
+from controlplane.api import access
+from controlplane.api_tokens import ApiTokens
 from controlplane.auth import AdminToken
 from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry
@@ -29,6 +31,11 @@ class ControlPlane:
     registry: RegistryStore | None = None
     counters: dict[str, int] = field(default_factory=dict)
     tunnel_sessions: TunnelSessions = field(default_factory=TunnelSessions)
+    api_tokens: ApiTokens | None = None  # None: made on the store's database
+
+    def __post_init__(self) -> None:
+        if self.api_tokens is None:
+            self.api_tokens = ApiTokens(self.store.engine)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -39,17 +46,9 @@ def get_cp(request: Request) -> ControlPlane:
 
 
 def require_admin(request: Request, cp: ControlPlane = Depends(get_cp)) -> str:
-    """Bearer-token check of every write; returns who made the write."""
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        raise HTTPException(
-            401,
-            "missing admin token: send 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not cp.token.matches(presented.strip()):
-        raise HTTPException(401, "wrong admin token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    author = request.headers.get("x-flux-author", "").strip()[:100]
-    client = request.client.host if request.client else "?"
-    return f"{author or 'admin'}@{client}"
+    """The admin role, stated at the route (the bootstrap admin token or an admin API
+    token; every route is also checked by controlplane.api.access.authorize); returns who
+    made the write."""
+    principal = access.principal_now(request, cp)
+    access.check_need(access.Need("admin"), principal)
+    return access.author_of(request, principal)

@@ -4,11 +4,18 @@
     fluxctl get routes [NAME] [-o table|yaml|json]
     fluxctl delete route orders-api
     fluxctl nodes
+    fluxctl nodes join-token --group edge [--ttl 1h] [--uses 10]
+    fluxctl nodes revoke edge-1
     fluxctl history
     fluxctl rollback 12
+    fluxctl tokens create ci --role read [--services a,b] [--ttl 90d]
+    fluxctl tokens list
+    fluxctl tokens delete ci
+    fluxctl tunnels agent-config edge --user office [--server-addr gw.example.com] [-f frpc.toml]
 
-Reads FLUX_SERVER (default http://127.0.0.1:9080) and FLUX_ADMIN_TOKEN, or
---server / --token.
+Reads FLUX_SERVER (default http://127.0.0.1:9080) and FLUX_TOKEN or FLUX_ADMIN_TOKEN
+(the admin token or an API token), or --server / --token. Reads (get, nodes, history,
+version, apply --diff/--dry-run) work with a read token.
 """
 
 from __future__ import annotations
@@ -52,6 +59,17 @@ def _route_clusters(r: Row) -> str:
     return r.get("cluster") or _join([f"{c['name']}:{c['weight']}" for c in r.get("clusters", [])])
 
 
+def _expiry(r: Row) -> str:
+    """When a certificate expires, with a warning under 14 days (and once expired)."""
+    days = r.get("expires_in_days")
+    if days is None:
+        return "-"
+    when = str(r.get("not_after", ""))[:10]
+    if days < 0:
+        return f"{when} EXPIRED"
+    return f"{when} ({days:.0f}d){' WARNING: under 14 days' if days < 14 else ''}"
+
+
 COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
     "listeners": [
         ("NAME", lambda r: r["name"]), ("PROTOCOL", lambda r: r["protocol"]),
@@ -78,7 +96,10 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
         ("NAME", lambda r: r["name"]), ("GROUPS", lambda r: _join(r.get("groups"))),
         ("CREDENTIALS", lambda r: _join([c["type"] for c in r.get("credentials", [])])),
     ],
-    "certificates": [("NAME", lambda r: r["name"]), ("SNIS", lambda r: _join(r.get("snis")))],
+    "certificates": [
+        ("NAME", lambda r: r["name"]), ("SNIS", lambda r: _join(r.get("snis") or r.get("names"))),
+        ("EXPIRES", _expiry),
+    ],
     "tunnels": [
         ("NAME", lambda r: r["name"]), ("GROUP", lambda r: r["node_group"]),
         ("BIND", lambda r: f"{r['bind_address']}:{r['bind_port']}"),
@@ -105,6 +126,12 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
         ("VERSION", lambda r: r["version"]), ("CREATED", lambda r: r["created_at"][:19]),
         ("AUTHOR", lambda r: r["author"]), ("RESOURCES", lambda r: r["resources"]),
         ("SUMMARY", lambda r: r["summary"][:70]),
+    ],
+    "tokens": [
+        ("NAME", lambda r: r["name"]), ("ROLE", lambda r: r["role"]), ("SERVICES", lambda r: _join(r.get("services"))),
+        ("CREATED", lambda r: r["created_at"][:19]),
+        ("EXPIRES", lambda r: (r.get("expires_at") or "never")[:19] + (" (expired)" if r.get("expired") else "")),
+        ("LAST USED", lambda r: (r.get("last_used_at") or "-")[:19]),
     ],
 }  # fmt: skip
 
@@ -141,7 +168,10 @@ class Client:
                 where = ": ".join(x for x in (e.get("resource"), e.get("field")) if x)
                 lines.append(f"  {where}: {e.get('message')}")
             if resp.status_code == 401:
-                lines.append("  (set FLUX_ADMIN_TOKEN or pass --token; the control plane printed where the token is)")
+                lines.append(
+                    "  (set FLUX_TOKEN or FLUX_ADMIN_TOKEN, or pass --token: the admin token, which the control"
+                    " plane printed where it is, or an API token)"
+                )
             raise CliError("\n".join(lines))
         return resp.json()
 
@@ -245,6 +275,21 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
+    if args.nodes_action == "join-token":
+        body = {"group": args.group, "ttl": args.ttl, "uses": args.uses}
+        made = client.call("POST", "/api/v1/nodes/join-tokens", json=body)
+        if args.output == "json":
+            print(json.dumps(made, indent=2))
+            return 0
+        print(made["token"])
+        print(f"join token {made['id']} for group {made['group']}: {made['uses']} use(s) until "
+              f"{made['expires_at']}; CA {made['ca_pin']}. Shown this once:\n  {made['usage']}",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    if args.nodes_action == "revoke":
+        gone = client.call("DELETE", f"/api/v1/nodes/{args.node_id}")
+        print(f"revoked node {gone['revoked']}: {gone['certificates']} certificate(s); its streams are cut")
+        return 0
     result = client.call("GET", "/api/v1/nodes")
     if args.output == "json":
         print(json.dumps(result, indent=2))
@@ -284,6 +329,58 @@ def cmd_version(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokens(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        body: Row = {"name": args.name, "role": args.role}
+        if args.services:
+            body["services"] = [s.strip() for s in args.services.split(",") if s.strip()]
+        if args.ttl:
+            body["ttl"] = args.ttl
+        result = client.call("POST", "/api/v1/tokens", json=body)
+        if args.output == "json":
+            print(json.dumps(result, indent=2))
+            return 0
+        print(result["token"])
+        expires = f"expires {result['expires_at'][:19]}" if result.get("expires_at") else "no expiry"
+        note = f"token {result['name']!r} (role {result['role']}, {expires}): shown this once, keep it now"
+        print(note, file=sys.stderr)
+    elif args.action == "delete":
+        client.call("DELETE", f"/api/v1/tokens/{args.name}")
+        print(f"revoked token {args.name}")
+    else:
+        result = client.call("GET", "/api/v1/tokens")
+        if args.output == "json":
+            print(json.dumps(result["items"], indent=2))
+        elif args.output == "yaml":
+            print(_dump({"tokens": result["items"]}), end="")
+        else:
+            print(table(result["items"], COLUMNS["tokens"]) if result["items"] else "no API tokens")
+    return 0
+
+
+def cmd_tunnels(client: Client, args: argparse.Namespace) -> int:
+    """`tunnels agent-config`: a ready flux-tunnel config for one tunnel user (admin: it holds the token)."""
+    body = {"user": args.user, "server": args.server_addr}
+    result = client.call("POST", f"/api/v1/tunnels/{args.name}/agent-config", json=body)
+    config: str = result["config"]
+    directory = os.path.dirname(os.path.abspath(args.file)) if args.file else os.getcwd()
+    if result["ca_pem"]:
+        ca = os.path.join(directory, result["ca_file"])
+        with open(ca, "w", encoding="utf-8") as f:
+            f.write(result["ca_pem"])
+        print(f"wrote the node's CA to {ca}", file=sys.stderr)
+        if not args.file:  # printed: point at the CA wherever the config is saved
+            config = config.replace(json.dumps(result["ca_file"]), json.dumps(ca), 1)
+    if not args.file:
+        sys.stdout.write(config)
+        return 0
+    fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the user's token
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(config)
+    print(f"wrote {args.file}; start the agent with: flux-tunnel -c {args.file}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fluxctl", description="Manage FLUX Gateway through its control plane.")
     p.add_argument(
@@ -293,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("FLUX_ADMIN_TOKEN"),
-        help="admin token for writes (FLUX_ADMIN_TOKEN)",
+        default=os.environ.get("FLUX_TOKEN") or os.environ.get("FLUX_ADMIN_TOKEN"),
+        help="the admin token or an API token (FLUX_TOKEN, else FLUX_ADMIN_TOKEN); reads need a read token at least",
     )
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     out = argparse.ArgumentParser(add_help=False)
@@ -325,9 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.set_defaults(func=cmd_delete)
 
-    sub.add_parser("nodes", parents=[out], help="connected data-plane nodes and their config state").set_defaults(
-        func=cmd_nodes
-    )
+    n = sub.add_parser("nodes", parents=[out], help="connected data-plane nodes and their config state")
+    nsub = n.add_subparsers(dest="nodes_action", metavar="[ACTION]")
+    nj = nsub.add_parser("join-token", parents=[out], help="a join token nodes enrol with (admin; printed once)")
+    nj.add_argument("--group", default="default", help="the node group it enrols nodes in (default: default)")
+    nj.add_argument("--ttl", default="1h", help="how long it allows enrolment (default 1h)")
+    nj.add_argument("--uses", type=int, default=1, help="how many nodes may enrol with it (default 1)")
+    nr = nsub.add_parser("revoke", parents=[out], help="revoke a node: its certificate is refused, its stream cut")
+    nr.add_argument("node_id")
+    n.set_defaults(func=cmd_nodes)
     h = sub.add_parser("history", parents=[out], help="committed config versions")
     h.add_argument("--limit", type=int, default=20)
     h.set_defaults(func=cmd_history)
@@ -337,6 +440,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", parents=[out], help="current config version and resource counts").set_defaults(
         func=cmd_version
     )
+
+    t = sub.add_parser("tokens", help="API tokens with roles (admin token needed)")
+    tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tc = tsub.add_parser("create", parents=[out], help="create a token; it is printed once")
+    tc.add_argument("name")
+    tc.add_argument("--role", choices=["read", "registry", "admin"], required=True)
+    tc.add_argument("--services", default="", help="registry role: the services it may register (a,b)")
+    tc.add_argument("--ttl", default="", help="lifetime, e.g. 90d (default: until deleted)")
+    tsub.add_parser("list", parents=[out], help="tokens: name, role, services, expiry, last use")
+    td = tsub.add_parser("delete", parents=[out], help="revoke a token at once")
+    td.add_argument("name")
+    t.set_defaults(func=cmd_tokens)
+
+    tu = sub.add_parser("tunnels", help="tunnel helpers")
+    tusub = tu.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ac = tusub.add_parser(
+        "agent-config", help="a ready flux-tunnel config (frpc.toml) for a tunnel user, its CA beside it (admin)"
+    )
+    ac.add_argument("name", help="the tunnel")
+    ac.add_argument("--user", required=True, help="the tunnel user (tunnels[].users[].name)")
+    ac.add_argument("--server-addr", default="", help="HOST or HOST:PORT agents dial (default: the nodes' address)")
+    ac.add_argument("-f", "--file", default="", help="write the config here (mode 0600) instead of printing it")
+    tu.set_defaults(func=cmd_tunnels)
     return p
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlmodel import Session
 
 from controlplane.store.models import NodeRow
@@ -87,6 +87,7 @@ class NodeRegistry:
         self.control_plane_id = control_plane_id
         self._nodes: dict[str, NodeState] = {}
         self._dirty: set[str] = set()
+        self._forgotten: set[str] = set()  # revoked: their rows are deleted at the next flush
         self._lock = threading.Lock()
         self._streams = 0
 
@@ -144,6 +145,14 @@ class NodeRegistry:
     def get(self, node_id: str) -> NodeState | None:
         return self._nodes.get(node_id)
 
+    def forget(self, node_id: str) -> None:
+        """A revoked node: drop it and its workers (`ID/wK`) here and, at the next flush, from the table."""
+        with self._lock:
+            for known in [k for k in self._nodes if k == node_id or k.startswith(node_id + "/w")]:
+                del self._nodes[known]
+                self._dirty.discard(known)
+                self._forgotten.add(known)
+
     # -- persistence -----------------------------------------------------------------
 
     def flush(self, *, touch: bool = False) -> int:
@@ -159,10 +168,13 @@ class NodeRegistry:
                         self._dirty.add(node_id)
             batch = [self._nodes[n] for n in self._dirty]
             self._dirty.clear()
-        if not batch:
+            forgotten, self._forgotten = self._forgotten, set()
+        if not batch and not forgotten:
             return 0
         try:
             with Session(self.engine) as s:
+                if forgotten:
+                    s.execute(delete(NodeRow).where(NodeRow.node_id.in_(sorted(forgotten))))  # type: ignore[attr-defined]
                 existing = {
                     r.node_id: r
                     for r in s.execute(select(NodeRow).where(NodeRow.node_id.in_([b.node_id for b in batch])))  # type: ignore[attr-defined]
@@ -183,6 +195,7 @@ class NodeRegistry:
             log.exception("could not save node status; will retry")
             with self._lock:
                 self._dirty.update(b.node_id for b in batch)
+                self._forgotten.update(forgotten)
             return 0
         return len(batch)
 

@@ -6,6 +6,13 @@ response unanswered: while a node has not ACKed or NACKed, newer versions wait
 and only the newest is sent after the answer. Together with the watcher's
 coalescing this bounds the pushes per node by its round trips, whatever the
 write rate. A NACKed version is not sent again; the next version is.
+
+Every call is authenticated first (controlplane.discovery.authn): nothing is sent to a
+peer without a node certificate of this control plane's CA, or to one claiming another
+node's id. A stream serves the group of the node's certificate, whatever the node asks
+for, and is cut when its certificate expires or is revoked (`watch_revocations` asks the
+database every second, so a `DELETE /api/v1/nodes/{id}` on any control plane of the
+database cuts it).
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc
 
+from controlplane.discovery.authn import NodeAuthenticator, PeerNode, Refused
 from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry, NodeState
 from controlplane.snapshot import SNAPSHOT_TYPE_URL
@@ -27,13 +36,16 @@ from flux.v1 import discovery_pb2, discovery_pb2_grpc
 log = logging.getLogger("flux.discovery")
 
 ACK_TIMEOUT = 10.0  # a node silent this long after a push is sent newer versions anyway
+REVOCATION_POLL = 1.0  # seconds between the database checks of the streams' certificates
 
 
 class _Stream:
     """Per-stream state shared by the reader task and the writer loop."""
 
-    def __init__(self, state: NodeState, held_version: str) -> None:
+    def __init__(self, state: NodeState, held_version: str, peer: PeerNode) -> None:
         self.state = state
+        self.peer = peer
+        self.cut: tuple[grpc.StatusCode, str] | None = None  # why the control plane ends it
         self.wake = asyncio.Event()
         self.held_version = held_version  # what the node says it runs
         self.sent_seq = -1  # the cache's sequence number for the group when we last sent (or skipped)
@@ -45,8 +57,16 @@ class _Stream:
 
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     def __init__(
-        self, cache: SnapshotCache, nodes: NodeRegistry, control_plane_id: str, tunnels: TunnelSessions | None = None
+        self,
+        cache: SnapshotCache,
+        nodes: NodeRegistry,
+        control_plane_id: str,
+        tunnels: TunnelSessions | None = None,
+        *,
+        auth: NodeAuthenticator,
     ) -> None:
+        self.auth = auth
+        self.live: dict[str, set[_Stream]] = {}  # certificate serial -> its open streams
         self.tunnels = tunnels or TunnelSessions()
         self.cache = cache
         self.nodes = nodes
@@ -59,6 +79,11 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     ) -> discovery_pb2.ReportTunnelsResponse:
         if not request.node.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node.id is required")
+        try:
+            peer = await self.auth.authenticate(context, request.node.id, "tunnel report")
+        except Refused as exc:
+            await context.abort(exc.code, exc.reason)
+        request.node.group = peer.group
         self.tunnels.report(request)
         return discovery_pb2.ReportTunnelsResponse()
 
@@ -79,7 +104,13 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unsupported type_url {first.type_url!r}; this control plane serves {SNAPSHOT_TYPE_URL}",
             )
-        group = node.group or "default"
+        try:
+            peer = await self.auth.authenticate(context, node.id, "config stream")
+        except Refused as exc:
+            await context.abort(exc.code, exc.reason)
+        group = peer.group
+        if node.group and node.group != group:
+            log.warning("node %s asked for group %r; serving its certificate's group %r", node.id, node.group, group)
         state = self.nodes.connect(
             node.id,
             group,
@@ -89,18 +120,76 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
         )
         if first.version_info:
             self.nodes.ack(state, first.version_info)  # it resumes on what it already runs
-        stream = _Stream(state, first.version_info)
+        stream = _Stream(state, first.version_info, peer)
         self.cache.subscribe(stream.wake)
+        self.live.setdefault(peer.serial, set()).add(stream)
         self.active_streams += 1
         reader = asyncio.create_task(self._read(stream, request_iterator))
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, (peer.not_after - datetime.now(UTC)).total_seconds()),
+            self._cut, stream, grpc.StatusCode.UNAUTHENTICATED, "the node certificate expired",
+        )  # fmt: skip
         try:
             await self._write(stream, context, group)
         finally:
             stream.closed = True
+            expiry.cancel()
             reader.cancel()
             self.cache.unsubscribe(stream.wake)
+            streams = self.live.get(peer.serial)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    del self.live[peer.serial]
             self.active_streams -= 1
             self.nodes.disconnect(state)
+        if stream.cut is not None:
+            log.warning("config stream of node %s cut: %s", node.id, stream.cut[1])
+            await context.abort(*stream.cut)
+
+    # -- cutting streams -------------------------------------------------------------------
+
+    def _cut(self, stream: _Stream, code: grpc.StatusCode, reason: str) -> None:
+        if stream.cut is None:
+            stream.cut = (code, reason)
+        stream.closed = True
+        stream.wake.set()
+
+    def cut_serials(self, serials: set[str], reason: str) -> set[str]:
+        """End the streams of these certificates (PERMISSION_DENIED); the node ids they were of."""
+        nodes: set[str] = set()
+        for serial in serials:
+            for stream in list(self.live.get(serial, ())):
+                self._cut(stream, grpc.StatusCode.PERMISSION_DENIED, reason)
+                nodes.add(stream.peer.node_id)
+        return nodes
+
+    def revoke_node(self, node_id: str) -> int:
+        """A revoked node: end its streams (and its workers') served here, forget its status; how many."""
+        serials = {s for s, streams in self.live.items() if any(x.peer.node_id == node_id for x in streams)}
+        cut = sum(len(self.live.get(s, ())) for s in serials)
+        self.cut_serials(serials, "the node certificate was revoked")
+        self.nodes.forget(node_id)
+        return cut
+
+    async def watch_revocations(self, interval: float = REVOCATION_POLL) -> None:
+        """Cut the streams whose certificates got revoked (by any control plane of the database)."""
+        while True:
+            await asyncio.sleep(interval)
+            serials = list(self.live)
+            if not serials:
+                continue
+            try:
+                revoked = await asyncio.to_thread(self.auth.trust.revoked_among, serials)
+            except Exception:
+                log.exception("could not check the streams' certificates for revocation; will retry")
+                continue
+            if revoked:
+                for node_id in self.cut_serials(revoked, "the node certificate was revoked"):
+                    # A node enrolled again is revoked in its earlier certificates only: keep its
+                    # status while a stream of its new one is open here.
+                    if not any(x.peer.node_id == node_id and x.cut is None for xs in self.live.values() for x in xs):
+                        self.nodes.forget(node_id)
 
     async def _read(self, stream: _Stream, requests: AsyncIterator[discovery_pb2.StreamConfigRequest]) -> None:
         try:

@@ -53,10 +53,10 @@ class AlertSpec(Resource):
     secret_paths: ClassVar[tuple[str, ...]] = ("headers.*",)
 
     def masked(self) -> dict[str, Any]:
+        """Every header value masked: any header (X-Token, X-Auth, Cookie, ...) may be the
+        webhook's credential, and readers (the read role) must see none."""
         out = super().masked()
-        out["headers"] = {
-            k: (MASK if k.lower() in ("authorization", "x-api-key") else v) for k, v in self.headers.items()
-        }
+        out["headers"] = {k: MASK for k in self.headers}
         return out
 
     def keep_secrets_from(self, old: Resource | None) -> AlertSpec:

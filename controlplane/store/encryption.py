@@ -44,7 +44,7 @@ from controlplane.secretbox import (
     is_sealed_blob,
     key_id_of,
 )
-from controlplane.store import rows
+from controlplane.store import rows, trust
 from controlplane.store.models import ConfigHistoryRow, ConfigStateRow
 
 log = logging.getLogger("flux.store")
@@ -100,6 +100,7 @@ def seal_database(engine: Engine, box: SecretBox) -> SealReport:
         secret, created = _install_secret(state, box)
         fingerprints.set_install_secret(secret)
         fields = rows.map_secrets(s, reseal)
+        fields += trust.reseal_ca_key(s, reseal)  # the node CA's private key
         documents = 0
         heads = select(ConfigHistoryRow.version, func.substr(ConfigHistoryRow.document, 1, _HEAD))
         stale = [v for v, head in s.execute(heads.order_by(ConfigHistoryRow.version)) if not box.is_current_blob(head)]

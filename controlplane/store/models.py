@@ -51,6 +51,9 @@ class ListenerRow(_Row, table=True):
     timeouts: dict[str, Any] | None = _json_opt()
     limits: dict[str, Any] | None = _json_opt()
     path_normalization: dict[str, Any] | None = _json_opt()
+    tls: dict[str, Any] | None = _json_opt()
+    mode: str = Field(default="reverse", max_length=8)
+    forward: dict[str, Any] | None = _json_opt()
 
 
 class ClusterRow(_Row, table=True):
@@ -64,6 +67,7 @@ class ClusterRow(_Row, table=True):
     timeouts: dict[str, Any] = _json({})
     pool: dict[str, Any] = _json({})
     scheme: str = Field(default="http", max_length=8)
+    tls: dict[str, Any] | None = _json_opt()
     policies: list[str] = _json([])
 
 
@@ -127,6 +131,7 @@ class CredentialRow(SQLModel, table=True):
     private_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     username: str | None = Field(default=None, max_length=255)
     password_hash: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    subject: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # mtls
 
 
 class CertificateRow(_Row, table=True):
@@ -149,6 +154,9 @@ class TunnelRow(_Row, table=True):
     subdomain_host: str = Field(default="", max_length=255)
     tls: dict[str, Any] = _json({})
     heartbeat_timeout: int = 90_000
+    users: list[dict[str, Any]] = _json([])  # tunnel users; their tokens sealed (TunnelSpec.secret_paths)
+    domains: list[str] = _json([])
+    vhost_overrides_routes: bool = False
 
 
 class TunnelMappingRow(SQLModel, table=True):
@@ -237,3 +245,61 @@ class AlertRow(_Row, table=True):
     webhook: str = Field(sa_column=Column(Text, nullable=False))
     headers: dict[str, str] = _json({})
     cooldown: int = 300_000
+
+
+class ApiTokenRow(SQLModel, table=True):
+    """An API token (controlplane.api_tokens): found by `token_id`, checked against `sha256`,
+    the hash of the whole token; the token itself is never stored."""
+
+    __tablename__ = "api_tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=63, unique=True, index=True)
+    token_id: str = Field(max_length=32, unique=True, index=True)
+    sha256: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    services: list[str] = _json([])
+    created_by: str = Field(default="", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class NodeCaRow(SQLModel, table=True):
+    """The CA that signs nodes' client certificates (controlplane.store.trust): one row (id=1),
+    shared by every control plane on the database; the private key is sealed with the secret key."""
+
+    __tablename__ = "node_ca"
+    id: int = Field(default=1, primary_key=True)
+    cert_pem: str = Field(sa_column=Column(Text, nullable=False))
+    key_sealed: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class JoinTokenRow(SQLModel, table=True):
+    """A node join token: found by `token_id`, checked against `secret_sha256`; the secret
+    itself is never stored."""
+
+    __tablename__ = "join_tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    token_id: str = Field(max_length=32, unique=True, index=True)
+    secret_sha256: str = Field(max_length=64)
+    node_group: str = Field(max_length=63)
+    uses: int = 1  # enrolments it allows
+    used: int = 0
+    expires_at: datetime
+    created_by: str = Field(default="", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class NodeCertificateRow(SQLModel, table=True):
+    """A client certificate issued to a node (enrolment or renewal); `revoked_at` set by
+    `DELETE /api/v1/nodes/{id}` or by a later enrolment of the same node id."""
+
+    __tablename__ = "node_certificates"
+    serial: str = Field(max_length=40, primary_key=True)  # hex
+    node_id: str = Field(max_length=255, index=True)
+    node_group: str = Field(max_length=63)
+    issued_at: datetime = Field(default_factory=utcnow)
+    not_after: datetime
+    join_token: str = Field(default="", max_length=32)  # the token of the enrolment it comes from
+    revoked_at: datetime | None = None

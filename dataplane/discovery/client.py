@@ -9,6 +9,11 @@ iterator. Cancelling the trio side cancels the call, which ends the thread.
 On any stream failure the client moves to the next control-plane address and
 retries with exponential back-off and jitter, forever. It always reports the
 version it runs, so a control plane that already sent it does not resend.
+
+The stream runs over mutual TLS with the node's credentials
+(dataplane.discovery.credentials), asked for at every connection attempt: a node
+without any keeps serving what it has, says so, and looks again every few seconds.
+`reconnect(serial)` reopens the stream at once when the certificate changed (renewal).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import grpc
 import trio
 
+from dataplane.discovery.credentials import NodeCredentials, channel_options
 from flux.v1 import config_pb2, discovery_pb2, discovery_pb2_grpc
 
 log = logging.getLogger("flux.node.discovery")
@@ -29,6 +35,10 @@ SNAPSHOT_TYPE_URL = "type.googleapis.com/flux.v1.Snapshot"
 
 ApplyFn = Callable[[config_pb2.Snapshot], Awaitable[str | None]]
 """Applies a snapshot; returns None on success or the reason it was refused."""
+
+CredentialsFn = Callable[[], NodeCredentials | None]
+NO_CREDENTIALS_RETRY = 5.0
+_TRUST_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 << 20),
@@ -52,6 +62,7 @@ class DiscoveryClient:
         apply: ApplyFn,
         *,
         version: str = "",
+        credentials: CredentialsFn = lambda: None,
         backoff_base: float = 0.25,
         backoff_max: float = 10.0,
     ) -> None:
@@ -67,23 +78,68 @@ class DiscoveryClient:
         self.streams_opened = 0
         self.snapshots_received = 0
         self.nacks_sent = 0
+        self.credentials = credentials
+        self.serial_in_use: str | None = None  # the certificate of the stream open now
+        self._calls: list[grpc.Future] = []
+        self._quick_retry = False
+        self._said_no_credentials = False
+        self._said_expired = ""
         self._limiter = trio.CapacityLimiter(2)
+
+    def reconnect(self, serial: str) -> None:
+        """Reopen the stream now if it runs on another certificate than `serial` (renewed)."""
+        if self.serial_in_use is None or self.serial_in_use == serial:
+            return
+        log.info("reopening the config stream with the renewed certificate")
+        self._quick_retry = True
+        for call in self._calls:
+            call.cancel()
 
     async def run(self) -> None:
         attempt = 0
         index = 0
         while True:
+            creds = self.credentials()
+            if creds is None:
+                if not self._said_no_credentials:
+                    log.error(
+                        "node %s has no credentials for the config stream (never enrolled): serving what it has; "
+                        "start it with --join-token TOKEN (from `fluxctl nodes join-token`) to connect",
+                        self.node.id,
+                    )  # fmt: skip
+                    self._said_no_credentials = True
+                await trio.sleep(NO_CREDENTIALS_RETRY)
+                continue
+            self._said_no_credentials = False
+            if creds.expired() and self._said_expired != creds.serial:
+                self._said_expired = creds.serial
+                log.error(
+                    "node %s: its certificate expired at %s, control planes refuse it: enrol again "
+                    "(--join-token with a new token from `fluxctl nodes join-token`)",
+                    self.node.id, creds.not_after.isoformat(timespec="seconds"),
+                )  # fmt: skip
             address = self.addresses[index % len(self.addresses)]
             received_before = self.snapshots_received
             try:
-                await self._stream(address)
-                log.warning("config stream from %s ended; reconnecting", address)
+                await self._stream(address, creds)
+                if not self._quick_retry:
+                    log.warning("config stream from %s ended; reconnecting", address)
             except _StreamEnded as exc:
-                log.warning("config stream from %s failed: %s", address, exc)
+                if self._quick_retry:
+                    pass
+                elif str(exc).startswith(_TRUST_CODES):
+                    log.error("control plane at %s refused node %s: %s", address, self.node.id, exc)
+                else:
+                    log.warning("config stream from %s failed: %s", address, exc)
             except Exception:  # never let the config stream take the node down
                 log.exception("config stream from %s broke; reconnecting", address)
             finally:
                 self.connected_to = None
+                self.serial_in_use = None
+            if self._quick_retry:  # reopened on purpose: at once, same control plane
+                self._quick_retry = False
+                attempt = 0
+                continue
             if self.snapshots_received > received_before:
                 attempt = 0  # the stream worked: start back-off afresh
             index += 1
@@ -101,12 +157,14 @@ class DiscoveryClient:
             req.error_detail.message = error
         return req
 
-    async def _stream(self, address: str) -> None:
+    async def _stream(self, address: str, creds: NodeCredentials) -> None:
         outbox: queue.SimpleQueue[discovery_pb2.StreamConfigRequest | None] = queue.SimpleQueue()
         outbox.put(self._request())
         send, receive = trio.open_memory_channel[object](8)
         token = trio.lowlevel.current_trio_token()
         calls: list[grpc.Future] = []  # the live call, so the trio side can cancel it
+        self._calls = calls
+        self.serial_in_use = creds.serial
 
         def requests() -> Iterator[discovery_pb2.StreamConfigRequest]:
             while True:
@@ -122,7 +180,9 @@ class DiscoveryClient:
         def pump() -> None:
             # Everything grpc does, including creating and closing the channel (which can take
             # a long time when the address refuses), happens in this thread, never in trio's.
-            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.secure_channel(
+                address, creds.channel_credentials(), options=CHANNEL_OPTIONS + channel_options()
+            )
             channel.subscribe(watch, try_to_connect=True)
             try:
                 call = discovery_pb2_grpc.DiscoveryServiceStub(channel).StreamConfig(requests())

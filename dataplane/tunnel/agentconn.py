@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dataplane.tunnel.registry import ClaimError, ProxyRef
+from fluxcommon.tunnel.binding import session_tag
 from fluxcommon.tunnel.control import (
     LoginAccepted,
     LoginRefused,
@@ -46,6 +47,8 @@ class AgentConn:
             server.verifier,
             heartbeat_interval=server.heartbeat_timeout / 3,
             heartbeat_timeout=server.heartbeat_timeout,
+            channel_binding=server.binding if tls else "",
+            may_resume=lambda run_id: server.may_resume(run_id, self),
         )
         self.link = TunnelLink(transport, self.mux, self.session, self._on_event)
         self.name = ""
@@ -63,10 +66,16 @@ class AgentConn:
     def token(self) -> str:
         return self.session.token
 
+    @property
+    def user(self) -> str:
+        """The tunnel user it logged in as ("" for a shared token)."""
+        return self.session.user
+
     def describe(self) -> dict[str, Any]:
         return {
             "agent": self.name,
-            "run_id": self.run_id,
+            "user": self.user,
+            "session": session_tag(self.run_id),  # the run id itself is never shown
             "version": self.version,
             "address": self.peer,
             "tls": self.tls,
@@ -102,8 +111,9 @@ class AgentConn:
             self.logged_in = True
             server.attach(self, reconnect=event.reconnect)
             log.info(
-                "tunnel agent %r logged in from %s (run id %s%s)",
-                self.name, self.peer, self.run_id, ", reconnect" if event.reconnect else "",
+                "tunnel agent %r logged in from %s (%s, session %s%s)",
+                self.name, self.peer, f"user {self.user!r}" if self.user else "shared token",
+                session_tag(self.run_id), ", reconnect" if event.reconnect else "",
             )  # fmt: skip
         elif isinstance(event, LoginRefused):
             server.metrics.login_failures += 1
@@ -145,7 +155,7 @@ class AgentConn:
         except ProxyOptionsError as exc:
             self._answer(event.name, error=str(exc))
             return
-        ref = ProxyRef(self, request.name, request.proxy_type, request.options, since=time.time())
+        ref = ProxyRef(self, request.name, request.proxy_type, request.options, since=time.time(), owner=self.user)
         try:
             remote = await self.server.claim(ref)
         except ClaimError as exc:

@@ -2,8 +2,10 @@
 
 `prepare(snapshot)` binds the control ports of new or rebound servers before the swap (a
 port conflict refuses the snapshot, like a listener's); `commit()` starts them, stops the
-servers the snapshot dropped and updates the rest in place (tokens, allowed ports,
-mappings, heartbeats need no restart; agents stay connected).
+servers the snapshot dropped and updates the rest in place (tokens, users, allowed ports,
+mappings, heartbeats need no restart; agents stay connected). Each server also learns the
+hosts of the gateway routes on an http listener its vhost port shares (`gateway_hosts`), so
+agents' domains do not shadow them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from dataplane.tunnel.ownership import gateway_hosts
 from dataplane.tunnel.server import TunnelMetrics, TunnelServer
 from dataplane.tunnel.vhost import TunnelEndpoints
 from flux.v1 import config_pb2 as pb
 from fluxcommon.tlsutil import self_signed, server_context
+from fluxcommon.tunnel.binding import own_end_point
 
 log = logging.getLogger("flux.tunnel")
 
@@ -44,6 +48,7 @@ class TunnelPlan:
     stop: list[TunnelServer] = field(default_factory=list)
     update: list[tuple[TunnelServer, pb.Tunnel]] = field(default_factory=list)
     keys: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    gateway_hosts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 class TunnelManager:
@@ -60,7 +65,8 @@ class TunnelManager:
     def bind(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
-    def _tls(self, spec: pb.Tunnel, certs: dict[str, pb.Certificate]) -> ssl.SSLContext:
+    def _tls(self, spec: pb.Tunnel, certs: dict[str, pb.Certificate]) -> tuple[ssl.SSLContext, str]:
+        """The server's TLS context and its channel binding (see fluxcommon.tunnel.binding)."""
         if spec.tls_certificate:
             cert = certs.get(spec.tls_certificate)
             if cert is None:
@@ -72,7 +78,7 @@ class TunnelManager:
                 log.info("tunnel TLS: no certificate configured, using a self-signed one")
             pem, key = self._self_signed
         try:
-            return server_context(pem, key, spec.tls_client_ca_pem)
+            return server_context(pem, key, spec.tls_client_ca_pem), own_end_point(pem)
         except (ssl.SSLError, ValueError, OSError) as exc:
             raise TunnelConfigError(f"tunnel {spec.name!r}: bad TLS settings: {exc}") from None
 
@@ -87,6 +93,7 @@ class TunnelManager:
             for name, spec in wanted.items():
                 key = _rebind_key(spec, certs)
                 plan.keys[name] = key
+                plan.gateway_hosts[name] = gateway_hosts(snap, spec.vhost_http_port)
                 current = self.servers.get(name)
                 if current is not None and self._keys.get(name) == key:
                     plan.update.append((current, spec))
@@ -94,7 +101,8 @@ class TunnelManager:
                 if current is not None:
                     plan.stop.append(current)
                     current.stop()  # free its port before the new one binds
-                server = TunnelServer(spec, self._tls(spec, certs), self.metrics, self.on_http_change)
+                ctx, binding = self._tls(spec, certs)
+                server = TunnelServer(spec, ctx, self.metrics, self.on_http_change, binding=binding)
                 try:
                     server.bind()
                 except OSError as exc:
@@ -119,6 +127,8 @@ class TunnelManager:
             log.info("tunnel server %r stopped", server.name)
         for server, spec in plan.update:
             server.update(spec)
+        for server in [s for s, _ in plan.update] + plan.start:
+            server.gateway_hosts = plan.gateway_hosts.get(server.name, [])
         for server in plan.start:
             self.servers[server.name] = server
             self.endpoints.servers[server.name] = server

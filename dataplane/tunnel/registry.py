@@ -10,6 +10,10 @@ connection. Rules (frp's, made explicit):
 - Members of a group must be of one type; connections go round robin among them.
 - Virtual hosts match the exact domain first, then the longest wildcard (`*.example.com`
   matches `a.example.com` and `a.b.example.com`), then the longest location prefix.
+- Owners (tunnel users, "" for shared-token agents; see `ownership.py`): a group has one
+  owner, and an http/https domain belongs to one owner whatever the location: a claim is
+  refused when another owner's domain covers it (same name, or a wildcard over it), so a
+  domain or location is never shared with nor taken over by another user.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataplane.tunnel.ownership import covers
 from fluxcommon.netaddr import port_in_ranges
 from fluxcommon.tunnel.proxies import ProxyOptions
 
@@ -43,6 +48,7 @@ class ProxyRef:
     since: float = 0.0
     static: bool = False
     local_addr: str = ""  # static mappings: the agent's local address
+    owner: str = ""  # the tunnel user of its agent ("" for a shared token)
 
     @property
     def group(self) -> str:
@@ -84,6 +90,7 @@ class Group:
     group_key: str
     members: list[ProxyRef] = field(default_factory=list)
     _next: int = 0
+    owner: str = ""
 
     def pick(self) -> ProxyRef | None:
         """The next member, round robin (None when empty)."""
@@ -143,10 +150,14 @@ class ProxyRegistry:
     def _ranges(self) -> str:
         return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in self.allow_ports)
 
-    def free_port_candidates(self, proto: str, count: int = 64, rng: random.Random | None = None) -> list[int]:
-        """Random allowed ports not claimed yet (the server then tries to bind them)."""
+    def free_port_candidates(
+        self, proto: str, count: int = 64, rng: random.Random | None = None, ranges: list[tuple[int, int]] | None = None
+    ) -> list[int]:
+        """Random allowed ports not claimed yet (the server then tries to bind them); `ranges`
+        narrows `allow_ports` (a tunnel user's own ports)."""
         rng = rng or random.Random()
-        total = sum(b - a + 1 for a, b in self.allow_ports)
+        allowed = self.allow_ports if ranges is None else ranges
+        total = sum(b - a + 1 for a, b in allowed)
         if total <= 0:
             return []
         out: list[int] = []
@@ -155,7 +166,7 @@ class ProxyRegistry:
             if len(out) >= count or len(seen) >= total:
                 break
             n = rng.randrange(total)
-            for a, b in self.allow_ports:
+            for a, b in allowed:
                 if n <= b - a:
                     port = a + n
                     break
@@ -170,9 +181,15 @@ class ProxyRegistry:
     def can_claim(self, ref: ProxyRef, keys: Iterable[tuple[str, ...]]) -> None:
         """Raise `ClaimError` if any key is held by someone `ref` may not join."""
         for key in keys:
+            if key[0] in ("http", "https"):
+                self._check_domain_owner(ref, key)
             group = self.groups.get(key)
             if group is None or not group.members:
                 continue
+            if group.owner != ref.owner:
+                raise ClaimError(
+                    f"{_describe(key)} is already served by another tunnel user; it is not shared or taken over"
+                )
             if not ref.group or ref.group != group.group:
                 raise ClaimError(f"{_describe(key)} is already served by {group.holder()}")
             if group.type != ref.type:
@@ -187,11 +204,25 @@ class ProxyRegistry:
         for key in keys:
             group = self.groups.get(key)
             if group is None or not group.members:
-                group = self.groups[key] = Group(key, ref.type, ref.group, ref.options.group_key)
+                group = self.groups[key] = Group(key, ref.type, ref.group, ref.options.group_key, owner=ref.owner)
                 created.append(group)
             group.members.append(ref)
         self._claims[id(ref)] = list(keys)
         return created
+
+    def _check_domain_owner(self, ref: ProxyRef, key: tuple[str, ...]) -> None:
+        """A domain (http or https, any location) another owner holds, or covers, is refused;
+        a name `ref`'s owner already holds stays its own (a broader wildcard came later)."""
+        domain = key[1]
+        vhosts = [(k, g) for k, g in self.groups.items() if k[0] in ("http", "https") and g.members]
+        if any(k[1] == domain and g.owner == ref.owner for k, g in vhosts):
+            return
+        for other, group in vhosts:
+            if group.owner != ref.owner and covers(other[1], domain):
+                raise ClaimError(
+                    f"custom_domains: {domain} is already served by another tunnel user; a domain and its "
+                    "locations belong to one user and are not shared or taken over"
+                )
 
     def release(self, ref: ProxyRef) -> list[Group]:
         """Forget `ref`; returns the groups now empty (their ports/routes should close)."""

@@ -12,8 +12,10 @@ from collections.abc import Callable
 import grpc
 import trio
 
+from dataplane.discovery.credentials import NodeCredentials, channel_options
 from dataplane.tunnel.manager import TunnelManager
 from flux.v1 import discovery_pb2, discovery_pb2_grpc
+from fluxcommon.tunnel.binding import session_tag
 
 log = logging.getLogger("flux.tunnel.report")
 
@@ -28,7 +30,7 @@ def build_report(manager: TunnelManager, node: discovery_pb2.Node) -> discovery_
             s = req.sessions.add(
                 tunnel=server.name,
                 agent=conn.name,
-                run_id=conn.run_id,
+                run_id=session_tag(conn.run_id),  # a short hash: the run id never leaves the node
                 version=conn.version,
                 address=conn.peer,
                 tls=conn.tls,
@@ -59,22 +61,35 @@ def build_report(manager: TunnelManager, node: discovery_pb2.Node) -> discovery_
 
 
 class TunnelReporter:
-    def __init__(self, manager: TunnelManager, node: discovery_pb2.Node, target: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        manager: TunnelManager,
+        node: discovery_pb2.Node,
+        target: Callable[[], str],
+        *,
+        credentials: Callable[[], NodeCredentials | None] = lambda: None,
+    ) -> None:
         self.manager = manager
+        self.credentials = credentials  # the node's, as the config stream's (mutual TLS)
         self.node = node
         self.target = target
         self.sent = 0
         self.failed = 0
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._limiter = trio.CapacityLimiter(1)
 
     def _send(self, address: str, req: discovery_pb2.ReportTunnelsRequest) -> None:
-        channel = self._channels.get(address)
+        creds = self.credentials()
+        if creds is None:
+            return  # not enrolled: the config stream says so
+        key = (address, creds.serial)
+        channel = self._channels.get(key)
         if channel is None:
             for old in self._channels.values():
                 old.close()
-            self._channels = {address: grpc.insecure_channel(address)}
-            channel = self._channels[address]
+            options = channel_options()
+            self._channels = {key: grpc.secure_channel(address, creds.channel_credentials(), options=options)}
+            channel = self._channels[key]
         discovery_pb2_grpc.DiscoveryServiceStub(channel).ReportTunnels(req, timeout=CALL_TIMEOUT)
 
     async def run(self) -> None:

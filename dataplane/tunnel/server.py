@@ -2,8 +2,11 @@
 
 One `TunnelServer` per `tunnels` resource of the node's group. It listens on `bind_port`
 for agents (TLS or plain, told apart by the first byte; `tls_force` refuses plain ones),
-authenticates them (`LoginVerifier`: token digest, timestamp window, nonce replay cache),
-and serves their proxies:
+authenticates them (`LoginVerifier`: a tunnel user's own token or a shared one, bound to the
+TLS connection by the SHA-256 of this server's certificate, timestamp window, nonce replay
+cache; the node proves the token back), and serves their proxies within their user's
+allowances (`ownership.py`: names, ports, domains, max_proxies, bandwidth, one owner per
+domain and group, gateway routes not shadowed):
 
 - tcp / udp: a public port (fixed, or any free one from `allow_ports` for 0);
 - http: virtual hosts on `vhost_http_port`, served by the gateway's own HTTP proxy as
@@ -17,7 +20,9 @@ for the agent's OPEN_ACK (the agent has dialled its local service) and moves on 
 member of the group if the agent could not connect, so a dead local service costs a retry,
 not a failed connection. Static mappings from the control plane are assigned to the named
 agent whenever it logs in. A new login carrying a run id that is still connected replaces
-the old connection at once.
+the old connection at once, when it comes with the same credential (user and token; name and
+token for a shared token); a run id alone replaces nothing. A settings change that removes a
+user or changes a token closes the sessions that logged in with the old credential.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import trio
 
 from dataplane.tunnel.agentconn import AgentConn
 from dataplane.tunnel.nathole import NatHoleCoordinator
+from dataplane.tunnel.ownership import Tenancy, shadowing_route
 from dataplane.tunnel.ports import HttpsVhostPort, TcpPort, UdpPort, _Port
 from dataplane.tunnel.registry import ClaimError, Group, ProxyRef, ProxyRegistry
 from dataplane.tunnel.streams import PrefixedStream, local_of, peer_of
@@ -43,7 +49,7 @@ from fluxcommon.tunnel.control import VisitorRequested
 from fluxcommon.tunnel.link import SEND_BUFFER, error_text
 from fluxcommon.tunnel.messages import LoginVerifier, ReplayCache, check_visitor
 from fluxcommon.tunnel.mux import Mux, ResetCode, UdpPacket
-from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
+from fluxcommon.tunnel.pipe import Bandwidth, bandwidth, combined, pipe, transformed
 from fluxcommon.tunnel.proxies import ProxyOptions
 from fluxcommon.tunnel.sockstream import BulkSocketStream
 from fluxcommon.tunnel.tlsstream import TLSStream
@@ -75,15 +81,22 @@ class TunnelServer:
         tls: ssl.SSLContext | None,
         metrics: TunnelMetrics,
         on_http_change: Callable[[], None] = lambda: None,
+        *,
+        binding: str = "",
     ) -> None:
+        """`binding`: the channel binding of `tls` (`binding.own_end_point` of its certificate)."""
         self.spec = spec
         self.name = spec.name
         self.bind_address = spec.bind_address or "0.0.0.0"
         self.tls = tls
+        self.binding = binding
         self.metrics = metrics
         self.on_http_change = on_http_change
         self.registry = ProxyRegistry(parse_port_ranges(spec.allow_ports or "1024-65535"), spec.subdomain_host)
-        self.verifier = LoginVerifier(list(spec.tokens))
+        self.tenancy = Tenancy(spec)
+        self.verifier = LoginVerifier(list(spec.tokens), users={u.name: u.token for u in spec.users})
+        self.gateway_hosts: list[tuple[str, str]] = []  # (host pattern, route) on a shared http listener
+        self._user_limits: dict[str, tuple[Bandwidth, Bandwidth]] = {}
         self.visitor_replay = ReplayCache()
         self.heartbeat_timeout = (spec.heartbeat_timeout_ms or 90_000) / 1000
         self.conns: set[AgentConn] = set()
@@ -169,12 +182,25 @@ class TunnelServer:
             self.nursery.cancel_scope.deadline = trio.current_time() + 2.0
 
     def update(self, spec: pb.Tunnel) -> None:
-        """Apply settings that need no rebinding: tokens, allowed ports, heartbeats, mappings."""
+        """Apply settings that need no rebinding: tokens, users, allowed ports, heartbeats, mappings."""
         old = self.spec
         self.spec = spec
-        self.verifier = LoginVerifier(list(spec.tokens), replay_cache=self.verifier.replay_cache)
+        users = {u.name: u.token for u in spec.users}
+        self.verifier = LoginVerifier(list(spec.tokens), users=users, replay_cache=self.verifier.replay_cache)
         for conn in self.conns:
             conn.session.verifier = self.verifier
+        for conn in self.agents():  # a removed user or a changed token ends the sessions it opened
+            if conn.user:
+                valid = users.get(conn.user) == conn.token
+            else:  # a shared token, for a name that is not (now) a user's
+                valid = conn.token in spec.tokens and conn.name not in users
+            if not valid:
+                log.info("tunnel %r: agent %r's credential was revoked: closing its session", self.name, conn.name)
+                conn.logged_in = False
+                self._release_all(conn)
+                conn.link.close("the agent's credential was revoked", ResetCode.REFUSED)
+        self.tenancy = Tenancy(spec)
+        self._user_limits.clear()
         self.registry.allow_ports = parse_port_ranges(spec.allow_ports or "1024-65535")
         self.heartbeat_timeout = (spec.heartbeat_timeout_ms or 90_000) / 1000
         if list(old.mappings) != list(spec.mappings):
@@ -218,11 +244,17 @@ class TunnelServer:
         self.conns.add(conn)
         await conn.run()
 
+    def may_resume(self, run_id: str, conn: AgentConn) -> bool:
+        """Whether `conn`, just authenticated, may take over `run_id`: no session holds it, or the
+        one that does logged in with the same credential (so a run id alone replaces nothing)."""
+        old = self.sessions.get(run_id)
+        return old is None or old is conn or _credential(old) == _credential(conn)
+
     def attach(self, conn: AgentConn, *, reconnect: bool) -> None:
         """A login was accepted: replace an older connection of the same run id, assign mappings."""
         self.metrics.logins += 1
         old = self.sessions.get(conn.run_id)
-        if old is not None and old is not conn:
+        if old is not None and old is not conn and _credential(old) == _credential(conn):  # see may_resume
             log.info("tunnel agent %r: new login replaces its connection from %s", conn.name, old.peer)
             old.logged_in = False  # no longer listed (sessions, endpoints) while its link winds down
             self._release_all(old)
@@ -254,7 +286,8 @@ class TunnelServer:
                 self._assign_one(conn, m)
 
     def _assign_one(self, conn: AgentConn, m: pb.TunnelMapping) -> None:
-        ref = ProxyRef(conn, m.name, m.type or "tcp", ProxyOptions(remote_port=m.remote_port), since=time.time())
+        options = ProxyOptions(remote_port=m.remote_port)
+        ref = ProxyRef(conn, m.name, m.type or "tcp", options, since=time.time(), owner=conn.user)
         ref.static, ref.remote_port = True, m.remote_port
         ref.local_addr = f"{m.local_ip}:{m.local_port}"
         try:
@@ -287,17 +320,20 @@ class TunnelServer:
     async def claim(self, ref: ProxyRef) -> str:
         """Serve `ref`; returns the address users reach it at. ClaimError says why not."""
         await trio.lowlevel.checkpoint()
+        self._check_allowed(ref)  # no await from here on: the counts it reads stay true
         t = ref.type
         if t in ("tcp", "udp"):
             port = ref.options.remote_port
             if port:
                 return self._claim_port_now(ref, port)
-            for candidate in self.registry.free_port_candidates(t):
+            ranges = self.tenancy.allowance(ref.owner).ports if ref.owner else None
+            for candidate in self.registry.free_port_candidates(t, ranges=ranges):
                 try:
                     return self._claim_port_now(ref, candidate)
                 except ClaimError:
                     continue
-            raise ClaimError(f"remote_port: no free port left in allow_ports ({self.spec.allow_ports})")
+            whose = f"the allow_ports of user {ref.owner!r}" if ref.owner else "allow_ports"
+            raise ClaimError(f"remote_port: no free port left in {whose} ({self.spec.allow_ports})")
         if t == "http":
             if not self.spec.vhost_http_port:
                 raise ClaimError("custom_domains: this node serves no http tunnels (its vhost_http_port is 0)")
@@ -313,6 +349,40 @@ class TunnelServer:
             return ",".join(f"https://{d}:{self.spec.vhost_https_port}" for d in self.registry.domains_of(ref))
         self.registry.claim(ref, self.registry.keys_for(ref))
         return ""
+
+    def _check_allowed(self, ref: ProxyRef) -> None:
+        """The allowances of `ref`'s owner (see ownership.py): name, port, max_proxies, domains, routes."""
+        owner = ref.owner
+        _refuse(self.tenancy.check_name(owner, ref.name))
+        if ref.type in ("tcp", "udp") and ref.options.remote_port:
+            _refuse(self.tenancy.check_port(owner, ref.options.remote_port))
+        limit = self.tenancy.allowance(owner).max_proxies if owner else 0
+        if limit:
+            held = sum(1 for c in self.agents() if c.user == owner for r in c.refs.values() if not r.static)
+            if held >= limit:
+                raise ClaimError(f"max_proxies: user {owner!r} already has {held} proxies on this node (its limit)")
+        if ref.type not in ("http", "https"):
+            return
+        for domain in self.registry.domains_of(ref):
+            _refuse(self.tenancy.check_domain(owner, domain))
+            if ref.type == "http" and not self.spec.vhost_overrides_routes:
+                route = shadowing_route(domain, self.gateway_hosts)
+                if route is not None:
+                    raise ClaimError(
+                        f"custom_domains: {domain} belongs to gateway route {route!r} on the http listener this "
+                        "tunnel shares (the tunnel's vhost_overrides_routes is false)"
+                    )
+
+    def user_limits(self, owner: str) -> tuple[Bandwidth, Bandwidth] | None:
+        """The shared (up, down) limiters of a tunnel user with a bandwidth_limit, else None."""
+        rate = self.tenancy.allowance(owner).bandwidth_limit if owner else 0
+        if not rate:
+            return None
+        limits = self._user_limits.get(owner)
+        if limits is None:
+            now = trio.current_time()
+            limits = self._user_limits[owner] = (Bandwidth(rate, now=now), Bandwidth(rate, now=now))
+        return limits
 
     def _claim_port_now(self, ref: ProxyRef, port: int) -> str:
         self.registry.check_port(port)
@@ -390,7 +460,10 @@ class TunnelServer:
         o = ref.options
         conn: AgentConn = ref.session
         inner = transformed(work, conn.token, encrypt=o.use_encryption, compress=o.use_compression)
-        limit = o.bandwidth_limit
+        shared = self.user_limits(ref.owner)  # the user's rate over all its connections, on top of the proxy's
+        up_limit, down_limit = bandwidth(o.bandwidth_limit), bandwidth(o.bandwidth_limit)
+        if shared is not None:
+            up_limit, down_limit = combined(up_limit, shared[0]), combined(down_limit, shared[1])
         ref.connections += 1
         ref.total_connections += 1
         self.metrics.connections += 1
@@ -400,7 +473,7 @@ class TunnelServer:
             ref.bytes_out += down
 
         try:
-            await pipe(user, inner, up_limit=bandwidth(limit), down_limit=bandwidth(limit), on_bytes=count)
+            await pipe(user, inner, up_limit=up_limit, down_limit=down_limit, on_bytes=count)
         finally:
             ref.connections -= 1
 
@@ -504,6 +577,16 @@ class TunnelServer:
             "error": self.error,
             "sessions": [c.describe() for c in sorted(self.agents(), key=lambda c: (c.name, c.since))],
         }
+
+
+def _credential(conn: AgentConn) -> tuple[str, str, str]:
+    """Whom a connection authenticated as (its session's: set before `may_resume` is asked)."""
+    return (conn.session.name, conn.session.user, conn.session.token)
+
+
+def _refuse(error: str | None) -> None:
+    if error is not None:
+        raise ClaimError(error)
 
 
 async def _aclose(stream: trio.abc.AsyncResource) -> None:

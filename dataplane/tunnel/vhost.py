@@ -14,6 +14,11 @@ returns the snapshot plus, for each tunnel server with `vhost_http_port`:
 and fills in every cluster with `tunnel: NAME` (see `serves`; a gateway route whose backend is an
 intranet service, so the route's JWT, rate limits, ACLs and CORS apply to it).
 
+On a shared listener, a tunnel without `vhost_overrides_routes` adds no route for a domain a
+gateway route's host pattern covers (`ownership.shadowing_route`): agents are refused such
+domains when they claim them, and a gateway route added later takes its host back. With
+`vhost_overrides_routes` the agents' routes win ties with gateway routes (`OVERRIDE_PRIORITY`).
+
 Endpoint addresses are `tunnel:SERVER/SERIAL/PROXY`; the upstream pool opens them with
 `open_tunnel_endpoint`, which hands back one end of a socket pair whose other end the tunnel
 server pipes into a work stream.
@@ -23,17 +28,19 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from google.protobuf.struct_pb2 import Struct
 
 from dataplane.config.compiler import NODE_LISTENER_PREFIX
 from dataplane.tunnel.http_auth import TYPE as AUTH_TYPE
+from dataplane.tunnel.ownership import gateway_hosts, shadowing_route
 from dataplane.tunnel.registry import Group, ProxyRef
 from dataplane.tunnel.server import TunnelServer
 from flux.v1 import config_pb2 as pb
 
 PREFIX = "tunnel:"
+OVERRIDE_PRIORITY = 1_000_000
 
 
 def endpoint_address(server: TunnelServer, ref: ProxyRef) -> str:
@@ -44,9 +51,17 @@ def _endpoints(server: TunnelServer, refs: Iterable[ProxyRef]) -> list[pb.Endpoi
     return [pb.Endpoint(address=endpoint_address(server, r), port=1, weight=1) for r in refs]
 
 
-def serves(ref: ProxyRef, name: str) -> bool:
+def serves(ref: ProxyRef, name: str, users: Container[str] = ()) -> bool:
     """Whether `ref` backs `tunnel: name`: its full name (``user.proxy``), its name without the
-    agent's user prefix (any agent's), or its load-balancing group."""
+    agent's user prefix (any agent's), or its load-balancing group. A tunnel user's proxy
+    answers to names in its user's namespace only (``office.crm`` or group ``office.GROUP``),
+    and a name in a user's namespace (`users`) is served by that user's proxies only, so
+    neither another user's ``lab.crm`` nor a shared-token agent ever joins ``tunnel: office.crm``."""
+    if ref.owner:
+        return name == ref.name or (bool(ref.group) and name == f"{ref.owner}.{ref.group}")
+    owner, dot, _ = name.partition(".")
+    if dot and owner in users:
+        return False
     return name in (ref.name, ref.group) or ref.name.endswith("." + name)
 
 
@@ -89,6 +104,8 @@ def _route_for(server: TunnelServer, listener: str, group: Group) -> tuple[pb.Ro
         path_type=pb.PATH_TYPE_PREFIX,
         cluster=base,
         policies=[p.name for p in policies],
+        # vhost_overrides_routes: a tie with a gateway route (same host and path) goes to the agent
+        priority=OVERRIDE_PRIORITY if server.spec.vhost_overrides_routes else 0,
     )
     return route, cluster, policies
 
@@ -110,7 +127,7 @@ def overlay(snap: pb.Snapshot, servers: Iterable[TunnelServer]) -> pb.Snapshot:
                     r
                     for conn in server.agents()
                     for r in conn.refs.values()
-                    if r.type in ("http", "tcp") and serves(r, cluster.tunnel)
+                    if r.type in ("http", "tcp") and serves(r, cluster.tunnel, server.tenancy.users)
                 ]
                 cluster.endpoints.extend(_endpoints(server, refs))
     for server in vhost_servers:
@@ -125,7 +142,10 @@ def overlay(snap: pb.Snapshot, servers: Iterable[TunnelServer]) -> pb.Snapshot:
             out.listeners.append(
                 pb.Listener(name=listener, protocol=pb.PROTOCOL_HTTP, address=server.bind_address, port=port)
             )
+        hosts = [] if shared is None or server.spec.vhost_overrides_routes else gateway_hosts(snap, port)
         for group in server.registry.http_groups():
+            if hosts and shadowing_route(group.key[1], hosts) is not None:
+                continue  # the gateway route keeps its host
             route, cluster, policies = _route_for(server, listener, group)
             out.routes.append(route)
             out.clusters.append(cluster)

@@ -15,6 +15,19 @@ class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROTOCOL_HTTPS: _ClassVar[Protocol]
     PROTOCOL_TCP: _ClassVar[Protocol]
     PROTOCOL_UDP: _ClassVar[Protocol]
+    PROTOCOL_TLS: _ClassVar[Protocol]
+
+class ClientAuth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLIENT_AUTH_UNSPECIFIED: _ClassVar[ClientAuth]
+    CLIENT_AUTH_REQUIRED: _ClassVar[ClientAuth]
+    CLIENT_AUTH_OPTIONAL: _ClassVar[ClientAuth]
+
+class ListenerMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LISTENER_MODE_UNSPECIFIED: _ClassVar[ListenerMode]
+    LISTENER_MODE_REVERSE: _ClassVar[ListenerMode]
+    LISTENER_MODE_FORWARD: _ClassVar[ListenerMode]
 
 class EscapedSlashes(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +56,13 @@ PROTOCOL_HTTP: Protocol
 PROTOCOL_HTTPS: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
+PROTOCOL_TLS: Protocol
+CLIENT_AUTH_UNSPECIFIED: ClientAuth
+CLIENT_AUTH_REQUIRED: ClientAuth
+CLIENT_AUTH_OPTIONAL: ClientAuth
+LISTENER_MODE_UNSPECIFIED: ListenerMode
+LISTENER_MODE_REVERSE: ListenerMode
+LISTENER_MODE_FORWARD: ListenerMode
 ESCAPED_SLASHES_UNSPECIFIED: EscapedSlashes
 ESCAPED_SLASHES_REJECT: EscapedSlashes
 ESCAPED_SLASHES_KEEP: EscapedSlashes
@@ -59,7 +79,7 @@ PATH_TYPE_EXACT: PathType
 PATH_TYPE_REGEX: PathType
 
 class Listener(_message.Message):
-    __slots__ = ("name", "protocol", "address", "port", "node_group", "policies", "certificates", "cluster", "timeouts", "limits", "path_normalization")
+    __slots__ = ("name", "protocol", "address", "port", "node_group", "policies", "certificates", "cluster", "timeouts", "limits", "path_normalization", "tls", "mode", "forward")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +91,9 @@ class Listener(_message.Message):
     TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     PATH_NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_FIELD_NUMBER: _ClassVar[int]
     name: str
     protocol: Protocol
     address: str
@@ -82,7 +105,32 @@ class Listener(_message.Message):
     timeouts: ListenerTimeouts
     limits: ListenerLimits
     path_normalization: PathNormalization
-    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., node_group: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., certificates: _Optional[_Iterable[str]] = ..., cluster: _Optional[str] = ..., timeouts: _Optional[_Union[ListenerTimeouts, _Mapping]] = ..., limits: _Optional[_Union[ListenerLimits, _Mapping]] = ..., path_normalization: _Optional[_Union[PathNormalization, _Mapping]] = ...) -> None: ...
+    tls: ListenerTls
+    mode: ListenerMode
+    forward: ForwardProxy
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., node_group: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., certificates: _Optional[_Iterable[str]] = ..., cluster: _Optional[str] = ..., timeouts: _Optional[_Union[ListenerTimeouts, _Mapping]] = ..., limits: _Optional[_Union[ListenerLimits, _Mapping]] = ..., path_normalization: _Optional[_Union[PathNormalization, _Mapping]] = ..., tls: _Optional[_Union[ListenerTls, _Mapping]] = ..., mode: _Optional[_Union[ListenerMode, str]] = ..., forward: _Optional[_Union[ForwardProxy, _Mapping]] = ...) -> None: ...
+
+class ListenerTls(_message.Message):
+    __slots__ = ("min_version", "ciphers", "client_ca", "client_auth")
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CIPHERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CA_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_AUTH_FIELD_NUMBER: _ClassVar[int]
+    min_version: str
+    ciphers: str
+    client_ca: str
+    client_auth: ClientAuth
+    def __init__(self, min_version: _Optional[str] = ..., ciphers: _Optional[str] = ..., client_ca: _Optional[str] = ..., client_auth: _Optional[_Union[ClientAuth, str]] = ...) -> None: ...
+
+class ForwardProxy(_message.Message):
+    __slots__ = ("allow_hosts", "allow_ports", "deny_private")
+    ALLOW_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PORTS_FIELD_NUMBER: _ClassVar[int]
+    DENY_PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    allow_hosts: _containers.RepeatedScalarFieldContainer[str]
+    allow_ports: str
+    deny_private: bool
+    def __init__(self, allow_hosts: _Optional[_Iterable[str]] = ..., allow_ports: _Optional[str] = ..., deny_private: _Optional[bool] = ...) -> None: ...
 
 class ListenerTimeouts(_message.Message):
     __slots__ = ("header_ms", "body_idle_ms", "idle_ms")
@@ -218,7 +266,7 @@ class ServiceSelector(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., zone: _Optional[str] = ..., namespace: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "lb", "hash_on", "session_affinity", "endpoints", "service", "health_check", "outlier_detection", "timeouts", "pool", "policies", "scheme", "tunnel")
+    __slots__ = ("name", "lb", "hash_on", "session_affinity", "endpoints", "service", "health_check", "outlier_detection", "timeouts", "pool", "policies", "scheme", "tunnel", "tls")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LB_FIELD_NUMBER: _ClassVar[int]
     HASH_ON_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +280,7 @@ class Cluster(_message.Message):
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
     name: str
     lb: LbPolicy
     hash_on: str
@@ -245,7 +294,20 @@ class Cluster(_message.Message):
     policies: _containers.RepeatedScalarFieldContainer[str]
     scheme: str
     tunnel: str
-    def __init__(self, name: _Optional[str] = ..., lb: _Optional[_Union[LbPolicy, str]] = ..., hash_on: _Optional[str] = ..., session_affinity: _Optional[_Union[SessionAffinity, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., service: _Optional[_Union[ServiceSelector, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., scheme: _Optional[str] = ..., tunnel: _Optional[str] = ...) -> None: ...
+    tls: UpstreamTls
+    def __init__(self, name: _Optional[str] = ..., lb: _Optional[_Union[LbPolicy, str]] = ..., hash_on: _Optional[str] = ..., session_affinity: _Optional[_Union[SessionAffinity, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., service: _Optional[_Union[ServiceSelector, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., scheme: _Optional[str] = ..., tunnel: _Optional[str] = ..., tls: _Optional[_Union[UpstreamTls, _Mapping]] = ...) -> None: ...
+
+class UpstreamTls(_message.Message):
+    __slots__ = ("sni", "ca", "verify", "certificate")
+    SNI_FIELD_NUMBER: _ClassVar[int]
+    CA_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    sni: str
+    ca: str
+    verify: bool
+    certificate: str
+    def __init__(self, sni: _Optional[str] = ..., ca: _Optional[str] = ..., verify: _Optional[bool] = ..., certificate: _Optional[str] = ...) -> None: ...
 
 class WeightedCluster(_message.Message):
     __slots__ = ("name", "weight")
@@ -372,7 +434,7 @@ class Policy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., is_global: _Optional[bool] = ...) -> None: ...
 
 class Credential(_message.Message):
-    __slots__ = ("type", "key_sha256", "issuer", "algorithm", "secret", "public_key", "username", "password_hash")
+    __slots__ = ("type", "key_sha256", "issuer", "algorithm", "secret", "public_key", "username", "password_hash", "subject")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
     ISSUER_FIELD_NUMBER: _ClassVar[int]
@@ -381,6 +443,7 @@ class Credential(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_HASH_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     type: str
     key_sha256: str
     issuer: str
@@ -389,7 +452,8 @@ class Credential(_message.Message):
     public_key: str
     username: str
     password_hash: str
-    def __init__(self, type: _Optional[str] = ..., key_sha256: _Optional[str] = ..., issuer: _Optional[str] = ..., algorithm: _Optional[str] = ..., secret: _Optional[str] = ..., public_key: _Optional[str] = ..., username: _Optional[str] = ..., password_hash: _Optional[str] = ...) -> None: ...
+    subject: str
+    def __init__(self, type: _Optional[str] = ..., key_sha256: _Optional[str] = ..., issuer: _Optional[str] = ..., algorithm: _Optional[str] = ..., secret: _Optional[str] = ..., public_key: _Optional[str] = ..., username: _Optional[str] = ..., password_hash: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class Consumer(_message.Message):
     __slots__ = ("name", "groups", "credentials", "metadata")
@@ -439,7 +503,7 @@ class TunnelMapping(_message.Message):
     def __init__(self, name: _Optional[str] = ..., agent: _Optional[str] = ..., type: _Optional[str] = ..., remote_port: _Optional[int] = ..., local_ip: _Optional[str] = ..., local_port: _Optional[int] = ...) -> None: ...
 
 class Tunnel(_message.Message):
-    __slots__ = ("name", "node_group", "bind_port", "bind_address", "tokens", "allow_ports", "vhost_http_port", "vhost_https_port", "subdomain_host", "tls_force", "tls_certificate", "tls_client_ca_pem", "mappings", "heartbeat_timeout_ms")
+    __slots__ = ("name", "node_group", "bind_port", "bind_address", "tokens", "allow_ports", "vhost_http_port", "vhost_https_port", "subdomain_host", "tls_force", "tls_certificate", "tls_client_ca_pem", "mappings", "heartbeat_timeout_ms", "users", "domains", "vhost_overrides_routes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_GROUP_FIELD_NUMBER: _ClassVar[int]
     BIND_PORT_FIELD_NUMBER: _ClassVar[int]
@@ -454,6 +518,9 @@ class Tunnel(_message.Message):
     TLS_CLIENT_CA_PEM_FIELD_NUMBER: _ClassVar[int]
     MAPPINGS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    VHOST_OVERRIDES_ROUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     node_group: str
     bind_port: int
@@ -468,7 +535,26 @@ class Tunnel(_message.Message):
     tls_client_ca_pem: str
     mappings: _containers.RepeatedCompositeFieldContainer[TunnelMapping]
     heartbeat_timeout_ms: int
-    def __init__(self, name: _Optional[str] = ..., node_group: _Optional[str] = ..., bind_port: _Optional[int] = ..., bind_address: _Optional[str] = ..., tokens: _Optional[_Iterable[str]] = ..., allow_ports: _Optional[str] = ..., vhost_http_port: _Optional[int] = ..., vhost_https_port: _Optional[int] = ..., subdomain_host: _Optional[str] = ..., tls_force: _Optional[bool] = ..., tls_certificate: _Optional[str] = ..., tls_client_ca_pem: _Optional[str] = ..., mappings: _Optional[_Iterable[_Union[TunnelMapping, _Mapping]]] = ..., heartbeat_timeout_ms: _Optional[int] = ...) -> None: ...
+    users: _containers.RepeatedCompositeFieldContainer[TunnelUser]
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    vhost_overrides_routes: bool
+    def __init__(self, name: _Optional[str] = ..., node_group: _Optional[str] = ..., bind_port: _Optional[int] = ..., bind_address: _Optional[str] = ..., tokens: _Optional[_Iterable[str]] = ..., allow_ports: _Optional[str] = ..., vhost_http_port: _Optional[int] = ..., vhost_https_port: _Optional[int] = ..., subdomain_host: _Optional[str] = ..., tls_force: _Optional[bool] = ..., tls_certificate: _Optional[str] = ..., tls_client_ca_pem: _Optional[str] = ..., mappings: _Optional[_Iterable[_Union[TunnelMapping, _Mapping]]] = ..., heartbeat_timeout_ms: _Optional[int] = ..., users: _Optional[_Iterable[_Union[TunnelUser, _Mapping]]] = ..., domains: _Optional[_Iterable[str]] = ..., vhost_overrides_routes: _Optional[bool] = ...) -> None: ...
+
+class TunnelUser(_message.Message):
+    __slots__ = ("name", "token", "allow_ports", "domains", "max_proxies", "bandwidth_limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PORTS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROXIES_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token: str
+    allow_ports: str
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    max_proxies: int
+    bandwidth_limit: int
+    def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ..., allow_ports: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., max_proxies: _Optional[int] = ..., bandwidth_limit: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
     __slots__ = ("version", "node_group", "listeners", "routes", "clusters", "policies", "consumers", "certificates", "tunnels")

@@ -5,6 +5,7 @@ Sans-IO throughout: bytes and events in, bytes and events out, time passed in as
 - `frames`: the binary framing (layout documented there), `FrameDecoder`, `encode_frame`.
 - `mux`: `Mux`, streams with per-stream flow control over one connection.
 - `messages`: control messages, login and visitor authentication.
+- `binding`: the channel binding that ties the login to the TLS connection.
 - `control`: `ServerSession` / `ClientSession`, each side's state machine.
 - `proxies`: the options a NEW_PROXY may carry, validated.
 - `crypto`: optional per-proxy payload encryption and compression.
@@ -44,10 +45,12 @@ from fluxcommon.tunnel.messages import (
     PROTOCOL_VERSION,
     PROXY_TYPES,
     REPLAY_WINDOW,
+    Credential,
     LoginVerifier,
     ReplayCache,
     check_visitor,
     login_digest,
+    node_digest,
     visitor_digest,
 )
 from fluxcommon.tunnel.mux import (
@@ -77,6 +80,7 @@ __all__ = [
     "REPLAY_WINDOW",
     "ClientSession",
     "ControlMessage",
+    "Credential",
     "Data",
     "Event",
     "FrameDecoder",
@@ -123,5 +127,6 @@ __all__ = [
     "check_visitor",
     "encode_frame",
     "login_digest",
+    "node_digest",
     "visitor_digest",
 ]

@@ -18,6 +18,18 @@ VISITOR message (`VisitorStreamOpened` on the node). UDP packets pass only for t
 accepted udp/sudp proxies or visitors; others are dropped and counted. Every other mux event
 (data, FIN, resets, window updates, pings, GOAWAY) is passed through unchanged.
 
+Login
+=====
+
+The login is mutual and bound to the connection's TLS session (see `fluxcommon.tunnel.messages`
+and `fluxcommon.tunnel.binding`): each side is given the channel binding it sees
+(`channel_binding`), the node proves in LOGIN_OK that it holds the agent's token, and the agent
+refuses a LOGIN_OK without that proof (`LoginFailed`) before it sends anything else. The node's
+session knows whom the agent logged in as (`ServerSession.user`: a tunnel user, "" for a shared
+token). A presented run id is given back only when the driver's `may_resume(run_id)` allows it
+(the node allows it unless another credential's session holds that run id); otherwise the
+agent gets a new one, so knowing a run id never lets anyone replace a session.
+
 Heartbeats
 ==========
 
@@ -28,6 +40,7 @@ side reports `PeerTimedOut` when it has heard nothing from the other (any event 
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +76,7 @@ from fluxcommon.tunnel.messages import (
     VisitorOk,
     _name,
     login_digest,
+    node_digest,
     parse_message,
     version_mismatch,
     visitor_digest,
@@ -87,8 +101,9 @@ from fluxcommon.tunnel.mux import (
 class LoginAccepted:
     name: str
     run_id: str
-    reconnect: bool  # the agent presented its previous run id
+    reconnect: bool  # the agent presented its previous run id, and got it back
     metas: dict[str, str]
+    user: str = ""  # the tunnel user it logged in as ("" for a shared token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +262,11 @@ SessionEvent = (
 )
 
 State = Literal["idle", "login", "active", "closed"]
+NODE_NOT_PROVEN = (
+    "the node did not prove that it holds this agent's token: a TLS relay or an impostor is between the "
+    "agent and the node (or the node's token for this user differs); nothing was registered. Set "
+    "transport.tls.trustedCaFile to verify the node's certificate"
+)
 _ALWAYS = (Ping, Pong, GoAway)  # mux events allowed before login
 
 
@@ -285,9 +305,18 @@ class ServerSession:
         login_timeout: float = LOGIN_TIMEOUT,
         max_proxies: int = MAX_PROXIES,
         new_run_id: Callable[[], str] = lambda: secrets.token_hex(8),
+        new_nonce: Callable[[], str] = lambda: secrets.token_hex(16),
+        channel_binding: str = "",
+        may_resume: Callable[[str], bool] = lambda run_id: True,
     ) -> None:
+        """`channel_binding`: the node's `binding.own_end_point` on a TLS connection, "" on a
+        plain one. `may_resume(run_id)`: whether the agent, now authenticated (`name`, `user`,
+        `token` set), gets back the run id it presented."""
         self.mux = mux
         self.verifier = verifier
+        self.channel_binding = channel_binding
+        self.may_resume = may_resume
+        self._new_nonce = new_nonce
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.login_timeout = login_timeout
@@ -297,6 +326,7 @@ class ServerSession:
         self.name = ""
         self.run_id = ""
         self.token = ""  # the accepted token this agent logged in with (keys its payload encryption)
+        self.user = ""  # the tunnel user it logged in as ("" for a shared token)
         self.pending_proxies: dict[str, NewProxy] = {}
         self.proxies: dict[str, tuple[NewProxy, str]] = {}  # name -> (request, remote_addr)
         self.pending_visitors: set[str] = set()
@@ -364,17 +394,19 @@ class ServerSession:
         if isinstance(msg, Login):
             if self.state != "login":
                 raise ProtocolError("second login on one connection")
-            error = self.verifier.check(msg, now)
-            if error is not None:
-                return self._refuse(error)
-            self.token = self.verifier.matching_token(msg) or ""
+            found = self.verifier.verify(msg, now, self.channel_binding)
+            if isinstance(found, str):
+                return self._refuse(found)
+            self.token, self.user = found.token, found.user
             self.state = "active"
             self.name = msg.name
-            self.run_id = msg.run_id or self._new_run_id()
-            _send(
-                self.mux, LoginOk(self.run_id, self.verifier.version, self.heartbeat_interval, self.heartbeat_timeout)
-            )
-            return [LoginAccepted(msg.name, self.run_id, bool(msg.run_id), dict(msg.metas))]
+            resumed = bool(msg.run_id) and self.may_resume(msg.run_id)
+            self.run_id = msg.run_id if resumed else self._new_run_id()
+            nonce = self._new_nonce()
+            proof = node_digest(self.token, msg, self.channel_binding, nonce, self.run_id)
+            hb_interval, hb_timeout = self.heartbeat_interval, self.heartbeat_timeout
+            _send(self.mux, LoginOk(self.run_id, self.verifier.version, hb_interval, hb_timeout, nonce, proof))
+            return [LoginAccepted(msg.name, self.run_id, resumed, dict(msg.metas), found.user)]
         if isinstance(msg, Heartbeat):
             _send(self.mux, HeartbeatAck(msg.seq))
             return []
@@ -484,9 +516,11 @@ class ClientSession:
         new_nonce: Callable[[], str] = lambda: secrets.token_hex(16),
         heartbeat_interval: float | None = None,
         heartbeat_timeout: float | None = None,
+        channel_binding: str = "",
     ) -> None:
         """`heartbeat_interval` / `heartbeat_timeout`: the agent's own settings; after login the
-        shorter of them and the node's apply (None: the node's)."""
+        shorter of them and the node's apply (None: the node's). `channel_binding`: the
+        `binding.peer_end_point` of the TLS connection ("" on a plain one)."""
         try:
             _name("login", "name", name)
         except ProtocolError as exc:
@@ -499,6 +533,8 @@ class ClientSession:
         self.metas = dict(metas or {})
         self.login_timeout = login_timeout
         self._new_nonce = new_nonce
+        self.channel_binding = channel_binding
+        self._login: Login | None = None
         self.state: State = "idle"
         self.server_version = 0
         self.heartbeat_interval = HEARTBEAT_INTERVAL
@@ -522,9 +558,12 @@ class ClientSession:
             raise StreamError("session already started")
         nonce = self._new_nonce()
         timestamp = int(now)
-        digest = login_digest(self._token, self.version, self.name, timestamp, nonce)
+        digest = login_digest(
+            self._token, self.version, self.name, timestamp, nonce, run_id=self.run_id, binding=self.channel_binding
+        )
         login = Login(self.version, self.name, self.run_id, timestamp, nonce, digest, self.metas)
         _send(self.mux, login)
+        self._login = login
         self.state = "login"
         self._since = self._last_seen = now
 
@@ -587,6 +626,11 @@ class ClientSession:
             if msg.version != self.version:
                 self.state = "closed"
                 return [LoginFailed(version_mismatch(self.version, msg.version))]
+            assert self._login is not None
+            expected = node_digest(self._token, self._login, self.channel_binding, msg.nonce, msg.run_id)
+            if not hmac.compare_digest(expected, msg.proof):
+                self.state = "closed"
+                return [LoginFailed(NODE_NOT_PROVEN)]
             self.state = "active"
             self.run_id = msg.run_id
             self.server_version = msg.version

@@ -12,7 +12,7 @@ Messages (CONTROL frames, JSON objects; unknown keys or types and bad field type
 
     agent -> node                                    node -> agent
     login {version, name, run_id, auth, metas}       login_ok {run_id, version, heartbeat_interval,
-                                                               heartbeat_timeout}
+                                                               heartbeat_timeout, nonce, proof}
                                                      login_error {message}
     new_proxy {name, proxy_type, options}            new_proxy_ok {name, remote_addr}
                                                      assign_proxy {name, proxy_type, local_ip,
@@ -28,19 +28,36 @@ Messages (CONTROL frames, JSON objects; unknown keys or types and bad field type
 Login and authentication
 ========================
 
-The token never crosses the wire, TLS or not. LOGIN carries ``auth = {timestamp, nonce,
-digest}`` with ``digest = hex(HMAC-SHA256(token, f"{version}|{name}|{timestamp}|{nonce}"))``.
-The node (`LoginVerifier`) answers LOGIN_ERROR, in this order, when:
+The token never crosses the wire, TLS or not, and the login is mutual and bound to the TLS
+connection (`fluxcommon.tunnel.binding`: `B` is the SHA-256 of the node's certificate as each
+side sees it, "" without TLS). LOGIN carries ``auth = {timestamp, nonce, digest}`` with::
+
+    digest = hex(HMAC-SHA256(token, f"agent|{version}|{name}|{run_id}|{timestamp}|{nonce}|{B}"))
+
+The token is the agent's user's (``user = NAME`` in frpc.toml, `LoginVerifier` `users`) when
+NAME is a tunnel user, else one of the tunnel's shared tokens. The node answers LOGIN_ERROR,
+in this order, when:
 
 1. the protocol version differs (read before anything else in the message, so a future
    agent still gets the message): "protocol version mismatch: agent speaks X, node speaks Y";
-2. the digest does not match the token ("authentication failed");
+2. the digest does not match ("authentication failed": a wrong token or user, or a TLS relay
+   in the middle, which makes the agent bind to the relay's certificate); a user's name with
+   a shared token is refused with its own message;
 3. the timestamp is more than `REPLAY_WINDOW` (300 s) away from the node's clock;
 4. the nonce was already used by this agent name within the window (`ReplayCache`, bounded
    per agent and in agents; a full cache refuses rather than forgets).
 
-Then LOGIN_OK gives the run id (the agent's previous one, when it reconnects with it) and the
-heartbeat interval and timeout. Before LOGIN_OK nothing but LOGIN, PING/PONG frames and
+Then LOGIN_OK gives the run id, the heartbeat interval and timeout, a fresh node nonce and the
+node's proof that it holds the same token and sees the same TLS connection::
+
+    proof = hex(HMAC-SHA256(token, f"node|{version}|{name}|{run_id}|{timestamp}|{nonce}|{B}"
+                                   f"|{node_nonce}|{assigned_run_id}"))
+
+The agent checks the proof before it sends anything else (no proxy, no visitor): a fake node
+or a relay without the token cannot make it. The agent's digest is fresh by its timestamp and
+nonce (replay cache); the proof is fresh by the agent's nonce. The run id given back is the
+presented one only when the node allows it (a run id already in use by another credential
+gets a new one: see `ServerSession`). Before LOGIN_OK nothing but LOGIN, PING/PONG frames and
 GOAWAY may arrive; anything else is a `ProtocolError`.
 """
 
@@ -49,7 +66,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -58,7 +75,7 @@ from fluxcommon.tunnel.frames import ProtocolError
 if TYPE_CHECKING:
     from fluxcommon.tunnel.control import VisitorRequested
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the login is mutual and bound to the TLS connection
 REPLAY_WINDOW = 300.0
 HEARTBEAT_INTERVAL = 30.0
 HEARTBEAT_TIMEOUT = 90.0
@@ -244,11 +261,15 @@ class LoginOk(Message):
         "version": _version,
         "heartbeat_interval": _number(0, 3600),
         "heartbeat_timeout": _number(0, 86400),
+        "nonce": _nonce,
+        "proof": _digest,
     }
     run_id: str
     version: int
     heartbeat_interval: float
     heartbeat_timeout: float
+    nonce: str  # the node's
+    proof: str  # the node's MAC (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,9 +473,20 @@ def parse_message(raw: dict[str, Any], *, from_agent: bool) -> Message:
 # -- authentication ------------------------------------------------------------------------
 
 
-def login_digest(token: str, version: int, name: str, timestamp: int, nonce: str) -> str:
-    """hex(HMAC-SHA256(token, f"{version}|{name}|{timestamp}|{nonce}"))."""
-    text = f"{version}|{name}|{timestamp}|{nonce}"
+def login_digest(
+    token: str, version: int, name: str, timestamp: int, nonce: str, *, run_id: str = "", binding: str = ""
+) -> str:
+    """The agent's MAC: hex(HMAC-SHA256(token, f"agent|{version}|{name}|{run_id}|{timestamp}|{nonce}|{binding}"))."""
+    text = f"agent|{version}|{name}|{run_id}|{timestamp}|{nonce}|{binding}"
+    return hmac.new(token.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+
+def node_digest(token: str, login: Login, binding: str, node_nonce: str, assigned_run_id: str) -> str:
+    """The node's MAC over the agent's LOGIN, the channel binding, its nonce and the run id it gives."""
+    text = (
+        f"node|{login.version}|{login.name}|{login.run_id}|{login.timestamp}|{login.nonce}|{binding}"
+        f"|{node_nonce}|{assigned_run_id}"
+    )
     return hmac.new(token.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
@@ -517,42 +549,86 @@ class ReplayCache:
                 del self._seen[key]
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """Whom a login authenticated as: tunnel user `user`, or a shared token (`user` "")."""
+
+    token: str
+    user: str = ""
+
+
+_AUTH_FAILED = (
+    "authentication failed: the token digest does not match (a wrong token or user, or a TLS relay "
+    "between the agent and the node)"
+)
+
+
 class LoginVerifier:
     """The node's login check; one instance outlives connections (it holds the nonce cache).
 
     `token` is the shared token, several accepted tokens, or a function from agent name to
-    its token (None: unknown).
+    its token (None: unknown). `users` maps tunnel user names to their own tokens: an agent
+    whose name is a user's must log in with that user's token, never a shared one.
     """
 
     def __init__(
         self,
-        token: str | Sequence[str] | Callable[[str], str | None],
+        token: str | Sequence[str] | Callable[[str], str | None] = (),
         *,
+        users: Mapping[str, str] | None = None,
         version: int = PROTOCOL_VERSION,
         window: float = REPLAY_WINDOW,
         replay_cache: ReplayCache | None = None,
     ) -> None:
         self._token = token
+        self.users = dict(users or {})
         self.version = version
         self.window = window
         self.replay_cache = replay_cache or ReplayCache(window=window)
 
-    def check(self, login: Login, now: float) -> str | None:
-        """An error message for LOGIN_ERROR, or None when the login is accepted (nonce recorded)."""
+    def verify(self, login: Login, now: float, binding: str = "") -> Credential | str:
+        """The credential of an accepted login (its nonce recorded), or the LOGIN_ERROR message."""
         if login.version != self.version:
             return version_mismatch(login.version, self.version)
-        if self.matching_token(login) is None:
-            return "authentication failed: the token digest does not match"
+        found = self.credential(login, binding)
+        if isinstance(found, str):
+            return found
         skew = login.timestamp - now
         if abs(skew) > self.window:
             return (
                 f"login timestamp is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} the node's clock "
                 f"(replay window ±{self.window:.0f} s); check the agent's clock"
             )
-        return self.replay_cache.check_and_add(login.name, login.nonce, login.timestamp, now)
+        error = self.replay_cache.check_and_add(login.name, login.nonce, login.timestamp, now)
+        return found if error is None else error
 
-    def matching_token(self, login: Login) -> str | None:
-        """The accepted token whose digest the login carries (each compared in constant time)."""
+    def check(self, login: Login, now: float, binding: str = "") -> str | None:
+        """An error message for LOGIN_ERROR, or None when the login is accepted (nonce recorded)."""
+        found = self.verify(login, now, binding)
+        return found if isinstance(found, str) else None
+
+    def credential(self, login: Login, binding: str = "") -> Credential | str:
+        """Whose token the login's digest was made with (no clock or replay checks), or why none."""
+        user_token = self.users.get(login.name)
+        if user_token is not None:
+            if _matches(user_token, login, binding):
+                return Credential(user_token, login.name)
+            if self._shared(login, binding) is not None:
+                return (
+                    f"authentication failed: {login.name!r} is a tunnel user and logs in with its own token, "
+                    "not the shared one"
+                )
+            return _AUTH_FAILED
+        shared = self._shared(login, binding)
+        return Credential(shared) if shared is not None else _AUTH_FAILED
+
+    def matching_token(self, login: Login, binding: str = "") -> str | None:
+        """The accepted token whose digest the login carries."""
+        found = self.credential(login, binding)
+        return None if isinstance(found, str) else found.token
+
+    def _shared(self, login: Login, binding: str) -> str | None:
+        """The shared token the login's digest was made with (each compared in constant time)."""
         if callable(self._token):
             one = self._token(login.name)
             candidates: Sequence[str] = [one] if one is not None else []
@@ -562,10 +638,16 @@ class LoginVerifier:
             candidates = self._token
         found = None
         for token in candidates:
-            expected = login_digest(token, login.version, login.name, login.timestamp, login.nonce)
-            if hmac.compare_digest(expected, login.digest) and found is None:
+            if _matches(token, login, binding) and found is None:
                 found = token
         return found
+
+
+def _matches(token: str, login: Login, binding: str) -> bool:
+    expected = login_digest(
+        token, login.version, login.name, login.timestamp, login.nonce, run_id=login.run_id, binding=binding
+    )
+    return hmac.compare_digest(expected, login.digest)
 
 
 def check_visitor(

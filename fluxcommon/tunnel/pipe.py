@@ -1,6 +1,8 @@
 """Moving bytes between two trio streams: the splice both tunnel ends use for every user connection.
 
-- `Bandwidth`: a token bucket in bytes per second (sans-IO: it answers how long to wait).
+- `Bandwidth`: a token bucket in bytes per second (sans-IO: it answers how long to wait);
+  one may be shared by many pipes (a tunnel user's limit over all its connections), and
+  `combined` applies several at once (the longest wait wins).
 - `TransformStream`: a stream seen through a per-stream `Outbound`/`Inbound` pair
   (useEncryption / useCompression).
 - `pipe(a, b)`: copy both ways until both directions ended, passing half-closes on, and
@@ -50,6 +52,35 @@ class Bandwidth:
         if self.tokens >= 0:
             return 0.0
         return -self.tokens / self.rate
+
+
+class AllOf:
+    """Several `Bandwidth` limits on one direction at once (see `combined`)."""
+
+    __slots__ = ("limits",)
+
+    def __init__(self, limits: list[Bandwidth]) -> None:
+        self.limits = limits
+
+    def chunk(self) -> int:
+        return min(limit.chunk() for limit in self.limits)
+
+    def take(self, n: int, now: float) -> float:
+        return max([limit.take(n, now) for limit in self.limits])  # every bucket is charged
+
+
+Limit = Bandwidth | AllOf
+
+
+def combined(*limits: Limit | None) -> Limit | None:
+    """The limits given (None ones left out) as one: None, the single one, or `AllOf` them."""
+    flat: list[Bandwidth] = []
+    for limit in limits:
+        if isinstance(limit, AllOf):
+            flat += limit.limits
+        elif limit is not None:
+            flat.append(limit)
+    return None if not flat else flat[0] if len(flat) == 1 else AllOf(flat)
 
 
 class TransformStream(trio.abc.HalfCloseableStream):
@@ -128,7 +159,7 @@ async def _copy(
     src: trio.abc.Stream,
     dst: trio.abc.Stream,
     count: Callable[[int], None],
-    limit: Bandwidth | None,
+    limit: Limit | None,
 ) -> None:
     size = limit.chunk() if limit is not None else CHUNK
     receive_parts = getattr(src, "receive_parts", None)
@@ -161,8 +192,8 @@ async def pipe(
     b: trio.abc.HalfCloseableStream,
     *,
     stats: PipeStats | None = None,
-    up_limit: Bandwidth | None = None,
-    down_limit: Bandwidth | None = None,
+    up_limit: Limit | None = None,
+    down_limit: Limit | None = None,
     on_bytes: Callable[[int, int], None] | None = None,
 ) -> str | None:
     """Copy a->b and b->a until both directions end; close both. Returns an error, or None.
@@ -182,7 +213,7 @@ async def pipe(
         if on_bytes is not None:
             on_bytes(0, n)
 
-    async def one_way(src: trio.abc.Stream, dst: trio.abc.Stream, count: Callable[[int], None], limit: Bandwidth | None,
+    async def one_way(src: trio.abc.Stream, dst: trio.abc.Stream, count: Callable[[int], None], limit: Limit | None,
                       cancel: trio.CancelScope) -> None:  # fmt: skip
         nonlocal error
         try:

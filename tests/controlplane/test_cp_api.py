@@ -259,16 +259,20 @@ def test_writes_need_the_admin_token(
         assert re.match(challenge, r.headers["www-authenticate"]), r.headers.get("www-authenticate")
 
 
-def test_reads_need_no_token(anon: httpx.Client) -> None:
-    for path in [
-        "/api/v1/clusters",
-        "/api/v1/clusters/base",
-        "/api/v1/config",
-        "/api/v1/config/history",
-        "/api/v1/nodes",
-        "/healthz",
-    ]:
-        assert anon.get(path).status_code == 200, path
+def test_reads_need_a_token(cp: ControlPlaneProcess, anon: httpx.Client) -> None:
+    """Every /api/v1 read needs a token (a read token will do); /healthz needs none.
+    (Each role against each endpoint: tests/security/test_api_tokens.py.)"""
+    with cp.client(token=cp.api_token("read")) as reader:
+        for path in [
+            "/api/v1/clusters",
+            "/api/v1/clusters/base",
+            "/api/v1/config",
+            "/api/v1/config/history",
+            "/api/v1/nodes",
+        ]:
+            assert_error(anon.get(path), 401, code="unauthorized")
+            assert reader.get(path).status_code == 200, path
+    assert anon.get("/healthz").status_code == 200
 
 
 def test_json_body_without_its_content_type_is_read_as_json(client: httpx.Client) -> None:
@@ -626,8 +630,9 @@ def test_secrets_read_back_masked_and_round_trip(client: httpx.Client) -> None:
 def test_healthz_metrics_docs(cp: ControlPlaneProcess, anon: httpx.Client) -> None:
     h = anon.get("/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok"
-    assert h.json()["version"] == version(anon)
-    current = version(anon)
+    with cp.client() as c:
+        assert h.json()["version"] == version(c)
+        current = version(c)
 
     def metrics_show_version() -> str | None:
         text = anon.get("/metrics").text
@@ -650,6 +655,8 @@ def test_healthz_metrics_docs(cp: ControlPlaneProcess, anon: httpx.Client) -> No
         "/api/v1/nodes",
     ]:
         assert path in paths, path
-    assert anon.get("/api/v1/nodes").json()["version"] == current
-    assert_error(anon.get("/api/v1/nope"), 404)
-    assert_error(anon.request("PATCH", "/api/v1/clusters/base"), 405)
+    with cp.client() as c:
+        assert c.get("/api/v1/nodes").json()["version"] == current
+        assert_error(c.get("/api/v1/nope"), 404)
+        assert_error(c.request("PATCH", "/api/v1/clusters/base"), 405)
+    assert_error(anon.get("/api/v1/nope"), 401)  # no token: 401 before routing

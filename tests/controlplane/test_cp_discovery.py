@@ -13,8 +13,10 @@ import grpc
 import httpx
 import pytest
 from support.discovery import SNAPSHOT_TYPE_URL, DiscoveryClient, Push
+from support.enrolment import credentials_for
 from support.processes import ControlPlaneProcess, wait_until
 
+from dataplane.discovery.credentials import channel_options
 from flux.v1 import discovery_pb2, discovery_pb2_grpc
 
 _ids = itertools.count()
@@ -250,7 +252,8 @@ def test_disconnect_shows_on_nodes(cp: ControlPlaneProcess, client: httpx.Client
     ],
 )
 def test_bad_first_request_is_invalid_argument(cp: ControlPlaneProcess, first: Any, detail: str) -> None:
-    with grpc.insecure_channel(cp.grpc_addr) as channel:
+    creds = credentials_for(cp.grpc_addr, "x")  # an enrolled node, so that only the request is at fault
+    with grpc.secure_channel(cp.grpc_addr, creds.channel_credentials(), options=channel_options()) as channel:
         stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
         with pytest.raises(grpc.RpcError) as exc:
             list(stub.StreamConfig(iter([first]), timeout=5))

@@ -123,7 +123,7 @@ def test_register_discover_and_errors(api: httpx.Client, module_controlplane: Co
     assert bad.status_code == 422 and bad.json()["field"] == "name"
 
     with module_controlplane.client(token="") as anon:
-        assert anon.get(f"/api/v1/services/{name}/instances").status_code == 200  # reads need no token
+        assert anon.get(f"/api/v1/services/{name}/instances").status_code == 401  # reads need a token too
         for method, path, kw in (
             ("POST", f"/api/v1/services/{name}/instances", {"json": {"address": "10.0.0.9", "port": 1}}),
             ("PUT", f"/api/v1/services/{name}", {"json": {}}),

@@ -77,9 +77,10 @@ def test_watch_yields_the_state_then_each_change(
     name = f"app-{next(_names)}"
     seen: list[tuple[int, list[str], float]] = []
     stop = threading.Event()
+    reader_token = module_controlplane.api_token("registry", services=(name,))  # reads need a token
 
     def watch() -> None:
-        with RegistryClient(module_controlplane.url) as reader:  # reads need no token
+        with RegistryClient(module_controlplane.url, token=reader_token) as reader:
             for index, instances in reader.watch(name, wait="5s", stop=stop):
                 seen.append((index, sorted(i["id"] for i in instances), time.perf_counter()))
                 if len(seen) == 3:

@@ -3,6 +3,9 @@
 It subscribes as {id, group}, records every push (version, nonce, decoded Snapshot,
 arrival time) and answers each one: ACK by default, NACK when `nack_if(version)` says
 so, or nothing when `auto_ack=False` (then the test calls `ack`/`nack` itself).
+
+It connects over mutual TLS like a node: with `credentials`, or enrolled on its own
+(support.enrolment) as `node_id` in `group`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from dataplane.discovery.credentials import NodeCredentials, channel_options
 from flux.v1 import config_pb2, discovery_pb2, discovery_pb2_grpc
+from support.enrolment import credentials_for
 
 SNAPSHOT_TYPE_URL = "type.googleapis.com/flux.v1.Snapshot"
 
@@ -45,8 +50,10 @@ class DiscoveryClient:
         auto_ack: bool = True,
         nack_if: Callable[[Push], str | None] | None = None,
         hostname: str = "test-host",
+        credentials: NodeCredentials | None = None,
     ) -> None:
         self.address = address
+        self.credentials = credentials
         self.node_id = node_id
         self.group = group
         self.held_version = held_version  # last version ACKed (or given at start)
@@ -68,7 +75,8 @@ class DiscoveryClient:
     # -- life cycle ------------------------------------------------------------------
 
     def start(self) -> DiscoveryClient:
-        self._channel = grpc.insecure_channel(self.address)
+        creds = self.credentials or credentials_for(self.address, self.node_id, self.group)
+        self._channel = grpc.secure_channel(self.address, creds.channel_credentials(), options=channel_options())
         stub = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
         self._requests.put(
             discovery_pb2.StreamConfigRequest(

@@ -2,7 +2,9 @@
 
 `NodeProcess` starts `flux-node` with its admin endpoint on a free port, reads
 nothing from stdout but the JSON access log (kept in a file), and offers
-helpers to wait for readiness or a config version. `UpstreamProcess` runs
+helpers to wait for readiness or a config version. It enrols on its own: when its
+cache holds no credentials yet, it asks the ControlPlaneProcess serving one of its
+control-plane addresses for a join token of its group (`join_token=""`: none). `UpstreamProcess` runs
 `scripts/echo_upstream.py` on port 0 and reads the port from its banner.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from support.processes import executable, free_port, wait_until
+from support.processes import executable, free_port, serving, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ECHO = ROOT / "scripts" / "echo_upstream.py"
@@ -98,8 +100,10 @@ class NodeProcess:
         group: str = "default",
         workers: int = 1,
         extra_args: tuple[str, ...] = (),
+        join_token: str | None = None,
     ) -> None:
         self.workdir = pathlib.Path(workdir)
+        self.join_token = join_token  # None: one from the control plane when needed
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.control_plane = control_plane
         self.node_id = node_id
@@ -129,6 +133,9 @@ class NodeProcess:
             "--drain-timeout", "5s",
             *self.extra_args,
         ]  # fmt: skip
+        token = self._token()
+        if token:
+            cmd += ["--join-token", token]
         log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             cmd,
@@ -141,6 +148,14 @@ class NodeProcess:
         if wait_ready:
             self.wait_ready(timeout)
         return self
+
+    def _token(self) -> str:
+        if self.join_token is not None:
+            return self.join_token
+        if (self.cache_dir / "node.crt").exists():
+            return ""  # enrolled before: restarts need no token
+        cp = serving(self.control_plane)
+        return cp.join_token(self.group) if cp is not None else ""
 
     def get(self, path: str, timeout: float = 5.0) -> httpx.Response:
         return httpx.get(self.admin + path, timeout=timeout)

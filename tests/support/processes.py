@@ -34,6 +34,8 @@ MARIADB_PASSWORD = os.environ.get("FLUX_TEST_MYSQL_PASSWORD", "")
 
 T = TypeVar("T")
 
+_SERVING: dict[str, ControlPlaneProcess] = {}  # grpc_addr -> the control plane started there last
+
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     """A port the OS says is free now (another process may still take it later)."""
@@ -77,6 +79,16 @@ class ProcessStartError(AssertionError):
     pass
 
 
+def serving(addresses: str) -> ControlPlaneProcess | None:
+    """The ControlPlaneProcess listening on one of `addresses` ("HOST:PORT[,HOST:PORT...]"), if any:
+    how NodeProcess and the test discovery client find where to get a join token."""
+    for address in addresses.split(","):
+        cp = _SERVING.get(address.strip())
+        if cp is not None and cp.running:
+            return cp
+    return None
+
+
 class ControlPlaneProcess:
     """`flux-controlplane` as a child process.
 
@@ -110,6 +122,7 @@ class ControlPlaneProcess:
         self.grpc_port = 0
         self.host = "127.0.0.1"
         self.token_source = ""
+        self.ca_pin = ""  # sha256:<hex> of the node CA (from the banner)
         self.stdout_lines: list[str] = []
         self.log_path = self.workdir / "controlplane.log"
         self._starts = 0
@@ -133,16 +146,45 @@ class ControlPlaneProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def admin_token(self) -> str:
+        """`token`, or (started without FLUX_ADMIN_TOKEN) the admin.token it generated."""
+        if self.token:
+            return self.token
+        path = self.workdir / "admin.token"
+        return path.read_text().strip() if path.exists() else ""
+
     def client(self, *, token: str | None = None, timeout: float = 10.0, **kw: Any) -> httpx.Client:
-        """An httpx client on `url` sending the admin token, or `token` ("" sends none)."""
-        token = self.token if token is None else token
+        """An httpx client on `url` sending the admin token, or `token` ("" sends none).
+        Every /api/v1 call needs a token, reads included."""
+        token = self.admin_token if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers.update(kw.pop("headers", {}))
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, **kw)
 
+    def api_token(self, role: str, *, services: tuple[str, ...] = (), name: str = "", ttl: str = "") -> str:
+        """A new API token of `role` (POST /api/v1/tokens with the admin token)."""
+        body: dict[str, Any] = {"name": name or f"{role}-{secrets.token_hex(4)}", "role": role}
+        if services:
+            body["services"] = list(services)
+        if ttl:
+            body["ttl"] = ttl
+        with self.client() as c:
+            r = c.post("/api/v1/tokens", json=body)
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+    def join_token(self, group: str = "default", *, ttl: str = "1h", uses: int = 1) -> str:
+        """A node join token for `group` (POST /api/v1/nodes/join-tokens with the admin token)."""
+        with self.client() as c:
+            r = c.post("/api/v1/nodes/join-tokens", json={"group": group, "ttl": ttl, "uses": uses})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
     def version(self) -> int:
         """The committed config version (GET /api/v1/config)."""
-        r = httpx.get(f"{self.api}/config", timeout=10)
+        with self.client() as c:
+            r = c.get("/api/v1/config")
         r.raise_for_status()
         return int(r.json()["version"])
 
@@ -233,7 +275,10 @@ class ControlPlaneProcess:
                 grpc = int(m.group(2))
             elif m := re.search(r"admin token\s+(.+)$", line.rstrip()):
                 self.token_source = m.group(1)
+            elif m := re.search(r"node CA\s+(sha256:[0-9a-f]+)", line):
+                self.ca_pin = m.group(1)
         self.http_port, self.grpc_port = http, grpc
+        _SERVING[self.grpc_addr] = self
 
     def output(self) -> str:
         """stdout and the log (stderr) of the child so far, for failure messages."""

@@ -1,6 +1,8 @@
 """Helpers for tunnel end-to-end tests: the `flux-tunnel` agent as a child process, and small
 real servers behind it (TCP/UDP echo, TLS, PROXY protocol), a TCP forwarder that can cut a
-connection half-open, and a private CA for mutual TLS.
+connection half-open, and a private CA for mutual TLS. For attacks: `RawAgent` (our own protocol
+code sending what flux-tunnel never would), `TlsRelay` (a man in the middle terminating TLS
+with its own certificate) and `FakeNode` (a node without the token that accepts any login).
 
 Every server here runs in threads of the test process on a free loopback port and is
 stopped by `close()` (they are context managers too). Nothing here talks to the control
@@ -28,6 +30,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fluxcommon.proxy_protocol import NEED_MORE, ProxyHeader, parse
+from fluxcommon.tunnel.binding import peer_end_point
+from fluxcommon.tunnel.control import (
+    ClientSession,
+    LoginFailed,
+    LoginSucceeded,
+    ProxyAccepted,
+    ProxyRejected,
+)
+from fluxcommon.tunnel.frames import ProtocolError
+from fluxcommon.tunnel.messages import PROTOCOL_VERSION, Login, LoginOk, NewProxy, parse_message
+from fluxcommon.tunnel.mux import ControlMessage, Mux
 from support.processes import executable, free_port, wait_until
 from tunnelclient.config_dump import to_toml
 
@@ -545,3 +558,157 @@ class TestCA:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
         return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+# -- attackers ------------------------------------------------------------------------------
+
+
+def _client_tls() -> ssl.SSLContext:
+    """TLS to a node without verifying it (what an agent without trustedCaFile does)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return ctx
+
+
+class RawAgent:
+    """A hand-made agent on our own protocol code over TLS, for what flux-tunnel never sends:
+    another user's proxy names, a run id read elsewhere. Logs in on `login()`; `new_proxy`
+    answers the node's verdict. Close it (or use it as a context manager)."""
+
+    def __init__(self, port: int, name: str, token: str, *, run_id: str = "") -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock = _client_tls().wrap_socket(raw)
+        self.mux = Mux("client")
+        self.session = ClientSession(
+            self.mux, name=name, token=token, run_id=run_id, channel_binding=peer_end_point(self.sock)
+        )
+        self.run_id = ""
+
+    def _until(self, wanted: tuple[type, ...], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.mux.data_to_send()
+            if out:
+                self.sock.sendall(out)
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the node closed the connection")
+            for event in self.mux.receive_data(data):
+                for ev in self.session.handle_event(event, time.time()):
+                    if isinstance(ev, wanted):
+                        return ev
+        raise AssertionError(f"no {wanted} from the node")
+
+    def login(self) -> LoginSucceeded | LoginFailed:
+        self.session.start(time.time())
+        result = self._until((LoginSucceeded, LoginFailed))
+        if isinstance(result, LoginSucceeded):
+            self.run_id = result.run_id
+        return result  # type: ignore[no-any-return]
+
+    def new_proxy(self, name: str, proxy_type: str, options: dict[str, Any]) -> ProxyAccepted | ProxyRejected:
+        self.session.new_proxy(name, proxy_type, options)
+        return self._until((ProxyAccepted, ProxyRejected))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pump_until_closed(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class TlsRelay(_Server):
+    """A man in the middle: terminates the agent's TLS with its own certificate and opens its own
+    TLS connection to the real node (not verifying it), passing the plaintext both ways. It holds
+    no token; an agent that does not verify the node completes its handshake with it."""
+
+    def __init__(self, target: tuple[str, int], directory: pathlib.Path, name: str = "relay.example.test") -> None:
+        cert, key = _self_signed_pair(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "relay.crt").write_text(cert)
+        (directory / "relay.key").write_text(key)
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(str(directory / "relay.crt"), str(directory / "relay.key"))
+        self.target = target
+        self.handshakes = 0
+        super().__init__()
+
+    def handle(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        conn.settimeout(None)
+        try:
+            agent_side = self.ctx.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            return  # an agent that verifies the node refuses the relay's certificate
+        self.handshakes += 1
+        node_side = _client_tls().wrap_socket(socket.create_connection(self.target, timeout=5))
+        node_side.settimeout(None)
+        t = threading.Thread(target=_pump_until_closed, args=(node_side, agent_side), daemon=True)
+        t.start()
+        _pump_until_closed(agent_side, node_side)
+        t.join(5)
+
+
+class FakeNode(_Server):
+    """A node without the token (or a relay that does not pass the login on): it accepts every
+    LOGIN with a LOGIN_OK it cannot prove, and records what the agent sends afterwards."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        cert, key = _self_signed_pair("fake-node.example.test")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "fake.crt").write_text(cert)
+        (directory / "fake.key").write_text(key)
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(str(directory / "fake.crt"), str(directory / "fake.key"))
+        self.logins: list[str] = []
+        self.after_login: list[str] = []  # control messages received after LOGIN_OK
+        super().__init__()
+
+    def handle(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        conn.settimeout(10)
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            return
+        mux = Mux("server")
+        with tls:
+            while data := tls.recv(65536):
+                try:
+                    events = mux.receive_data(data)
+                except ProtocolError:
+                    return
+                for event in events:
+                    if not isinstance(event, ControlMessage):
+                        continue
+                    msg = parse_message(event.message, from_agent=True)
+                    if isinstance(msg, Login):
+                        self.logins.append(msg.name)
+                        mux.send_control(
+                            LoginOk("fake-run", PROTOCOL_VERSION, 10.0, 30.0, "ab" * 16, "00" * 32).to_wire()
+                        )
+                    else:
+                        self.after_login.append(msg.TYPE + (f" {msg.name}" if isinstance(msg, NewProxy) else ""))
+                out = mux.data_to_send()
+                if out:
+                    tls.sendall(out)
+
+
+def _self_signed_pair(name: str) -> tuple[str, str]:
+    from fluxcommon.tlsutil import self_signed
+
+    return self_signed(name, (name,))

@@ -14,6 +14,7 @@ import tomllib
 
 import pytest
 
+from fluxcommon.tunnel.messages import PROTOCOL_VERSION
 from fluxcommon.tunnel.proxies import ProxyOptions
 from tunnelclient.cli import DEFAULT_CONFIG, TOKEN_ENV, Command, UsageError, main, parse_args
 from tunnelclient.config import AgentConfig, ProxyConfig, TlsConfig, VisitorConfig, parse_config
@@ -102,7 +103,7 @@ def test_file_commands(argv: list[str], expected: Command) -> None:
 def test_version_and_help_are_messages() -> None:
     version = parse_args(["--version"], env={})
     assert version.kind == "message" and version.exit_code == 0
-    assert version.text.startswith("flux-tunnel ") and "tunnel protocol 1" in version.text
+    assert version.text.startswith("flux-tunnel ") and f"tunnel protocol {PROTOCOL_VERSION}" in version.text
     helped = parse_args(["--help"], env={})
     assert helped.kind == "message" and helped.exit_code == 0 and "Quick forms" in helped.text
     tcp_help = parse_args(["tcp", "--help"], env={})

@@ -44,6 +44,8 @@ from support.tunnel import (
     wait_tcp_echo,
 )
 
+from fluxcommon.tunnel.binding import session_tag
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 _serial = itertools.count(1)
@@ -495,10 +497,10 @@ def test_wrong_token_is_refused_and_tls_is_on_by_default(
     assert good.status()["state"] == "online"
 
 
-def test_forced_tls_refuses_a_plain_agent_with_the_reason(
+def test_plain_agents_are_refused_by_default_with_the_reason(
     tunnel: Callable[..., Tunnel], agent_factory: Any, closing: contextlib.ExitStack
 ) -> None:
-    t = tunnel(tls={"force": True})
+    t = tunnel()  # tls.force is true unless the tunnel says otherwise
     echo = closing.enter_context(TcpEchoServer())
     plain = agent_factory(
         "plain",
@@ -512,6 +514,16 @@ def test_forced_tls_refuses_a_plain_agent_with_the_reason(
     assert "requires TLS" in status["last_error"] and "transport.tls.enable" in status["last_error"], status
     assert status["state"] != "online"
     assert [s["agent"] for s in t.sessions()] == ["tls"]
+    # a tunnel that allows plain agents (tls: {force: false}) serves them
+    lax = tunnel(tls={"force": False})
+    plain2 = agent_factory(
+        "plain2",
+        lax.agent_config(
+            user="plain", proxies=[tcp_proxy("p", echo.port, free_port())], transport={"tls": {"enable": False}}
+        ),
+    )
+    assert tcp_roundtrip(remote_port_of(plain2.wait_proxy("plain.p")), b"x") == b"x"
+    assert [(s["agent"], s["tls"]) for s in lax.sessions()] == [("plain", False)]
 
 
 def test_mutual_tls_and_verified_node_certificate(
@@ -722,7 +734,7 @@ def test_agent_comes_back_after_the_node_restarts(
     assert udp_roundtrip(udp_port, b"after") == b"echo:after"
     status = agent.status()
     assert status["run_id"] == run_id and status["connects"] >= 2
-    assert [s["run_id"] for s in t.sessions()] == [run_id]
+    assert [s["session"] for s in t.sessions()] == [session_tag(run_id)]  # the node shows a hash, not the run id
 
 
 def test_a_first_login_that_fails_at_boot_is_retried(
@@ -771,7 +783,7 @@ def test_half_open_connection_is_detected_and_replaced(
     agent.wait_proxy("ho.tcp")
     # one session for the agent, on the new connection: the old one was replaced, not timed out
     [new] = t.sessions("ho")
-    assert new["run_id"] == run_id and new["address"] != old["address"]
+    assert new["session"] == session_tag(run_id) and new["address"] != old["address"]
     assert time.monotonic() - t0 < 15
     assert wait_tcp_echo(remote, 5) == b"ping"
     assert "replaces its connection" in t.node.output()
@@ -880,12 +892,14 @@ def test_control_plane_sessions_proxy_counters_and_node_metrics(
     assert transfer(remote, payload) == payload
 
     def session() -> dict[str, Any] | None:
-        items = httpx.get(f"{cp.api}/tunnels/sessions", params={"tunnel": t.name}, timeout=5).json()["items"]
+        with cp.client(timeout=5) as c:  # every /api/v1 read needs a token
+            items = c.get("/api/v1/tunnels/sessions", params={"tunnel": t.name}).json()["items"]
         found = [s for s in items if s["agent"] == "watched"]
         return found[0] if found and found[0]["connections"] == 1 and found[0]["proxies"][0]["bytes_in"] else None
 
     s = wait_until(session, 8, interval=0.2, message="session on the control plane")
-    assert s["version"] == status["version"] and s["run_id"] == status["run_id"]
+    assert s["version"] == status["version"] and s["session"] == session_tag(status["run_id"])
+    assert "run_id" not in s and status["run_id"] not in str(s)
     assert s["node"] == "tunnel-node-1" and s["tls"] is True
     assert s["address"].startswith("127.0.0.1:")
     assert abs(s["connected_since"] - status["connected_since"]) < 5
@@ -896,7 +910,8 @@ def test_control_plane_sessions_proxy_counters_and_node_metrics(
     assert p["bytes_in"] == len(payload) + 4 and p["bytes_out"] == len(payload) + 4
 
     def totals() -> dict[str, Any] | None:
-        items = httpx.get(f"{cp.api}/tunnels/proxies", timeout=5).json()["items"]
+        with cp.client(timeout=5) as c:
+            items = c.get("/api/v1/tunnels/proxies").json()["items"]
         return next((i for i in items if i["tunnel"] == t.name and i["proxy"] == "watched.svc"), None)
 
     first = wait_until(totals, 8, interval=0.2, message="proxy totals")

@@ -49,6 +49,7 @@ from support.tunnel_visitors import (
     udp_socket,
 )
 
+from fluxcommon.tunnel.binding import peer_end_point
 from fluxcommon.tunnel.control import ClientSession, LoginFailed, LoginSucceeded, VisitorAccepted, VisitorRejected
 from fluxcommon.tunnel.mux import Mux
 from tunnelclient.config import ConfigError, load_config
@@ -184,10 +185,10 @@ def _visit_as(stack: TunnelStack, login: str, claimed_user: str, proxy: str, key
     """Log in as `login` with our own protocol code over TLS, visit `proxy` claiming `claimed_user`:
     "" when the node accepts, else its refusal (a hand-made client: flux-tunnel always sends its login name)."""
     mux = Mux("client")
-    session = ClientSession(mux, name=login, token=stack.token)
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+        session = ClientSession(mux, name=login, token=stack.token, channel_binding=peer_end_point(tls))
         session.start(time.time())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
