@@ -12,6 +12,7 @@ import trio
 from dataplane.admin import AdminServer, Reply, json_body
 from dataplane.http.request import RequestHead
 from tunnelclient.config import ConfigError
+from tunnelclient.errors import StartError
 
 if TYPE_CHECKING:
     from tunnelclient.agent import Agent
@@ -68,7 +69,10 @@ async def serve_admin(agent: Agent, *, task_status: Any = trio.TASK_STATUS_IGNOR
     admin = agent.config.admin
     assert admin is not None
     server = AdminServer(_routes(agent))
-    port = await agent.nursery.start(server.serve, admin.addr, admin.port)
+    try:
+        port = await agent.nursery.start(server.serve, admin.addr, admin.port)
+    except OSError as exc:
+        raise StartError(f"webServer.port: cannot listen on {admin.addr}:{admin.port}: {exc.strerror or exc}") from None
     log.info("admin endpoint on http://%s:%d (/healthz, /api/status, /api/reload)", admin.addr, port)
     agent.admin_port = port  # type: ignore[attr-defined]
     task_status.started(port)

@@ -5,7 +5,10 @@ Life cycle: dial the node (TLS by default), log in with the token digest (the to
 that it holds the same token (a relay or fake node without it is refused before anything else
 is sent, see fluxcommon.tunnel.binding), register every proxy and visitor, then serve work
 streams until the connection ends; reconnect with exponential back-off and jitter (1 s
-doubling to 30 s) forever, unless `loginFailExit` is set and the very first login is refused.
+doubling to 30 s), except that a failed first login ends the agent while `loginFailExit` is
+true (the default, as in frp). An agent started with `exit_on_refusal` (the quick forms, which
+serve one proxy) ends when the node refuses every proxy it has, rather than run with nothing
+published. SIGTERM/SIGINT close the connection and end the agent without reconnecting.
 A reconnect presents the previous run id, so the node replaces the old session (of the same
 credential) at once instead of keeping a duplicate.
 
@@ -23,6 +26,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -50,7 +54,8 @@ from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
 from fluxcommon.tunnel.proxies import wire_options
 from fluxcommon.tunnel.sockstream import UDP_BATCH, BulkSocketStream, drain_datagrams
 from fluxcommon.tunnel.tlsstream import TLSStream
-from tunnelclient.config import AgentConfig, ProxyConfig, load_config
+from tunnelclient.config import AgentConfig, ProxyConfig, frp_wording, load_config
+from tunnelclient.plugins import Plugin, make_plugin
 
 log = logging.getLogger("flux.tunnel.agent")
 
@@ -82,6 +87,7 @@ class ProxyState:
     bytes_out: int = 0
     static: bool = False
     checking: bool = False  # a local health checker runs for it
+    plugin: Plugin | None = None  # serves its connections instead of a local service
     udp_peers: dict[str, list[Any]] = field(default_factory=dict)  # peer -> [std socket, trio socket, last used]
 
     def describe(self) -> dict[str, Any]:
@@ -105,9 +111,12 @@ class ProxyState:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, config_path: str | None = None) -> None:
+    def __init__(self, config: AgentConfig, config_path: str | None = None, *, exit_on_refusal: bool = False) -> None:
         self.config = config
         self.config_path = config_path
+        self.exit_on_refusal = exit_on_refusal
+        self.stopping = False  # told to stop: the connection's end is no reason to reconnect
+        self._given_up = ""  # why the agent ends by itself (every proxy refused, with exit_on_refusal)
         self.name = config.user or socket.gethostname()
         self.run_id = ""
         self.state = "starting"
@@ -130,7 +139,15 @@ class Agent:
     def _load_proxies(self, config: AgentConfig) -> None:
         for p in config.proxies:
             wire = p.wire_name(config.user)
-            self.proxies[wire] = ProxyState(p, wire, p.type, p.local_ip, p.local_port)
+            self.proxies[wire] = self._state(p, wire)
+
+    def _state(self, cfg: ProxyConfig, wire: str) -> ProxyState:
+        state = ProxyState(cfg, wire, cfg.type, cfg.local_ip, cfg.local_port)
+        if cfg.plugin is not None:
+            o = cfg.options
+            state.plugin = make_plugin(cfg.plugin, (lambda meta: self._proxy_header(o.proxy_protocol, meta))
+                                       if o.proxy_protocol else None)  # fmt: skip
+        return state
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config file; add, change and remove proxies and visitors, keep the rest."""
@@ -153,12 +170,11 @@ class Agent:
             elif wanted[wire] != state.config:
                 changed.append(wire)
                 self._close_proxy(wire)
-                cfg = wanted[wire]
-                self.proxies[wire] = ProxyState(cfg, wire, cfg.type, cfg.local_ip, cfg.local_port)
+                self.proxies[wire] = self._state(wanted[wire], wire)
         for wire, cfg in wanted.items():
             if wire not in self.proxies:
                 added.append(wire)
-                self.proxies[wire] = ProxyState(cfg, wire, cfg.type, cfg.local_ip, cfg.local_port)
+                self.proxies[wire] = self._state(cfg, wire)
         self.config = new
         self.visitors.reload(new)
         self._register_all()
@@ -209,6 +225,11 @@ class Agent:
                 if first and self.config.login_fail_exit:
                     return 1
             first = False
+            if self.stopping:
+                return 0
+            if self._given_up:
+                log.error("%s: exiting", self._given_up)
+                return 1
             self.state = "reconnecting"
             if logged_in:
                 backoff = BACKOFF_START
@@ -221,7 +242,7 @@ class Agent:
         """The connection to the node and its channel binding ("" without TLS)."""
         cfg = self.config
         with trio.fail_after(cfg.dial_timeout):
-            sock = BulkSocketStream.adopt(await trio.open_tcp_stream(cfg.server_addr, cfg.server_port))
+            sock = BulkSocketStream.adopt(await self._open_tcp())
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             stream: trio.abc.Stream = sock
@@ -234,6 +255,25 @@ class Agent:
                 binding = peer_end_point(tls.ssl_object)
                 stream = tls
         return stream, binding
+
+    async def _open_tcp(self) -> trio.SocketStream:
+        """The TCP connection to the node: from transport.connectServerLocalIP if set, through
+        transport.proxyURL (HTTP CONNECT or SOCKS5, by python-socks) if set."""
+        cfg = self.config
+        if not cfg.proxy_url:
+            local = cfg.connect_local_ip or None
+            return await trio.open_tcp_stream(cfg.server_addr, cfg.server_port, local_address=local)
+        from python_socks import ProxyError
+        from python_socks.async_.trio import Proxy
+
+        proxy = Proxy.from_url(cfg.proxy_url, rdns=True)  # the proxy resolves the node's name, as frp's
+        try:
+            sock = await proxy.connect(
+                cfg.server_addr, cfg.server_port, local_addr=(cfg.connect_local_ip, 0) if cfg.connect_local_ip else None
+            )
+        except ProxyError as exc:
+            raise OSError(f"through the proxy {_shown(cfg.proxy_url)}: {exc}") from None
+        return trio.SocketStream(sock)
 
     def _tls_context(self) -> ssl.SSLContext:
         t = self.config.tls
@@ -287,6 +327,8 @@ class Agent:
             self.visitors.disconnected()
         if self._login_error is not None:
             raise LoginRefused(self._login_error)
+        if self.stopping or self._given_up:
+            return self._logged_in
         if self._logged_in:
             log.warning("connection to the node lost: %s", reason)
             self.last_error = reason
@@ -325,9 +367,11 @@ class Agent:
                 log.info("proxy %r (%s) is up%s", event.name, state.type, where)
         elif isinstance(event, ProxyRejected):
             state = self.proxies.get(event.name)
+            message = frp_wording(event.message)  # customDomains, remotePort: as the config names them
             if state is not None:
-                state.status, state.error = "rejected", event.message
-            log.error("proxy %r refused by the node: %s", event.name, event.message)
+                state.status, state.error = "rejected", message
+            log.error("proxy %r refused by the node: %s", event.name, message)
+            self._give_up_if_all_refused()
         elif isinstance(event, ProxyAssigned):
             self.proxies[event.name] = ProxyState(
                 None, event.name, event.proxy_type, event.local_ip, event.local_port,
@@ -359,6 +403,17 @@ class Agent:
             log.warning("%s", event.reason)
 
     # -- proxies -----------------------------------------------------------------------------
+
+    def _give_up_if_all_refused(self) -> None:
+        """With `exit_on_refusal`: every proxy refused and no visitor to serve, so stop."""
+        own = [s for s in self.proxies.values() if not s.static]
+        if not self.exit_on_refusal or not own or self.config.visitors:
+            return
+        if all(s.status == "rejected" for s in own):
+            refused = "; ".join(f"{s.wire_name}: {s.error}" for s in own)
+            self._given_up = self.last_error = f"the node refused every proxy ({refused}), nothing to serve"
+            if self.link is not None:
+                self.link.close("every proxy was refused")
 
     def _register_all(self) -> None:
         session = self.session
@@ -414,10 +469,18 @@ class Agent:
         except ValueError:
             return None
 
+    def _proxy_header(self, version: str, meta: dict[str, Any]) -> bytes:
+        src = self._meta_addr(meta.get("client")) or ("0.0.0.0", 0)
+        dst = self._meta_addr(meta.get("server")) or ("0.0.0.0", 0)
+        return encode_v1(src, dst) if version == "v1" else encode_v2(src, dst)
+
     async def _work(self, proxy: str, stream: TunnelStream) -> None:
         state = self.proxies.get(proxy)
         if state is None:
             stream.reset("unknown proxy", ResetCode.REFUSED)
+            return
+        if state.plugin is not None:
+            await self._plugin_work(state, state.plugin, stream)
             return
         try:
             with trio.fail_after(self.config.dial_timeout):
@@ -433,10 +496,7 @@ class Agent:
         o = cfg.options if cfg is not None else None
         try:
             if o is not None and o.proxy_protocol:
-                src = self._meta_addr(stream.meta.get("client")) or ("0.0.0.0", 0)
-                dst = self._meta_addr(stream.meta.get("server")) or ("0.0.0.0", 0)
-                header = encode_v1(src, dst) if o.proxy_protocol == "v1" else encode_v2(src, dst)
-                await local.send_all(header)
+                await local.send_all(self._proxy_header(o.proxy_protocol, stream.meta))
             inner = transformed(
                 stream, self.config.token, encrypt=bool(o and o.use_encryption), compress=bool(o and o.use_compression)
             )
@@ -457,6 +517,27 @@ class Agent:
         finally:
             with trio.CancelScope(shield=True):
                 await local.aclose()
+
+    async def _plugin_work(self, state: ProxyState, plugin: Plugin, stream: TunnelStream) -> None:
+        """A work stream of a plugin proxy: the plugin serves it (no local service to dial first)."""
+        stream.accept()
+        o = state.config.options if state.config is not None else None
+        inner = transformed(
+            stream, self.config.token, encrypt=bool(o and o.use_encryption), compress=bool(o and o.use_compression)
+        )
+        state.connections += 1
+        state.total_connections += 1
+        try:
+            await plugin.handle(inner, stream.meta)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("proxy %r: plugin connection ended: %s", state.wire_name, exc)
+        finally:
+            state.connections -= 1
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await inner.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
 
     # -- udp ---------------------------------------------------------------------------------
 
@@ -522,11 +603,17 @@ class Agent:
         }
 
 
-async def run_agent(config: AgentConfig, config_path: str | None = None) -> int:
-    """Run the agent until it is told to stop (SIGINT/SIGTERM); returns the exit status."""
+def _shown(url: str) -> str:
+    """A proxy URL without its password."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+
+
+async def run_agent(config: AgentConfig, config_path: str | None = None, *, exit_on_refusal: bool = False) -> int:
+    """Run the agent until it is told to stop (SIGINT/SIGTERM) or gives up; returns the exit status."""
     import signal
 
-    agent = Agent(config, config_path)
+    agent = Agent(config, config_path, exit_on_refusal=exit_on_refusal)
     code = 0
     async with trio.open_nursery() as nursery:
 
@@ -539,6 +626,7 @@ async def run_agent(config: AgentConfig, config_path: str | None = None) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for sig in signals:
                 log.info("received %s: closing the tunnel", signal.Signals(sig).name)
+                agent.stopping = True
                 if agent.link is not None:
                     agent.link.close("agent shutting down")
                     await trio.sleep(0.2)

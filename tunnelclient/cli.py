@@ -20,6 +20,7 @@ TOML instead of running: the way from a quick form to a config file.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -177,7 +178,10 @@ def _build_parser() -> _Parser:
     g.add_argument("--tls-key", metavar="FILE", default="", help="client key (mutual TLS)")
     g.add_argument("--tls-server-name", metavar="NAME", default="", help="name to check in the node's certificate")
     g.add_argument("--insecure-skip-verify", action="store_true", help="do not check the node's certificate at all")
-    g.add_argument("--login-fail-exit", action="store_true", help="exit when the first login fails (default: retry)")
+    g.add_argument(
+        "--login-fail-exit", action=argparse.BooleanOptionalAction, default=True,
+        help="exit when the first login fails (default, as frp; --no-login-fail-exit retries for ever)",
+    )  # fmt: skip
     g.add_argument("--print-config", action="store_true", help="print the equivalent flux-tunnel.toml and exit")
     g.add_argument("-n", "--name", default="", help="proxy/visitor name (default from the type and port)")
 
@@ -436,11 +440,20 @@ def _run(config: AgentConfig, config_path: str | None, log_level: str | None) ->
     import trio
 
     from tunnelclient import agent
+    from tunnelclient.errors import start_errors
 
-    try:
-        return trio.run(agent.run_agent, config, config_path)
+    try:  # a quick form serves one proxy: when the node refuses it there is nothing to run for
+        return trio.run(functools.partial(agent.run_agent, config, config_path, exit_on_refusal=config_path is None))
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:  # a StartError (in trio's exception groups) is one line; the rest is raised
+        errors = start_errors(exc)
+        if errors is None:
+            raise
+        for error in errors:
+            log.debug("cannot start: %s", error)
+            print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,8 +24,9 @@ Formats and spellings
 * ``start = ["ssh", "web"]`` keeps only the named proxies and visitors; ``enabled = false`` on
   a proxy or visitor drops it (both still checked).
 
-Defaults that differ from frp: ``loginFailExit`` is false (retry a failed first login for
-ever), ``serverAddr`` is 127.0.0.1, ``transport.heartbeatInterval`` is 30 s. Relative file
+``loginFailExit`` is true by default, as in frp: a first login that fails (wrong token, node
+unreachable) ends the agent; set it to false to retry for ever. Defaults that differ from
+frp: ``serverAddr`` is 127.0.0.1, ``transport.heartbeatInterval`` is 30 s. Relative file
 paths (TLS files, ``log.to``, ``auth.tokenSource.file.path``) are taken from the config
 file's directory, not the working directory.
 
@@ -33,7 +34,15 @@ Errors: `ConfigError.problems` lists every problem found as ``(path, message)``,
 frp spelling (``proxies[2].transport.bandwidthLimit``); an unknown key gets
 ``unknown field (did you mean remotePort?)``. frp fields we do not need are accepted and
 listed in `AgentConfig.notes` (``transport.poolCount``: the mux makes pooling pointless); frp
-features we lack (plugins, OIDC, kcp/quic transports, tcpmux) are errors naming the field.
+features we lack (OIDC, kcp/quic/websocket transports, a virtual network) are errors naming the
+field. Client plugins (``[proxies.plugin]``) are checked in tunnelclient/plugin_config.py.
+
+The connection to the node: ``transport.connectServerLocalIP`` is the local address it is made
+from; ``transport.proxyURL`` (``http://[user:pass@]host:port`` or ``socks5://...``; as in frp,
+the ``http_proxy`` environment variable when unset) is an HTTP CONNECT or SOCKS5 proxy it goes
+through. ``type = "tcpmux"`` proxies (``multiplexer = "httpconnect"``) are reached by
+``CONNECT name:port`` on the node's tcpmux port; ``routeByHTTPUser`` (http, tcpmux) picks among
+proxies of one domain by the client's basic-auth user.
 
 Names on the node: as in frp, with ``user = "alice"`` the proxy ``ssh`` is registered as
 ``alice.ssh`` (`ProxyConfig.wire_name`), and a visitor's ``serverName`` is looked up as
@@ -57,6 +66,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
@@ -64,13 +74,16 @@ from pydantic import ValidationError
 from fluxcommon import yamlsafe
 from fluxcommon.netaddr import check_address
 from fluxcommon.tunnel.proxies import (
+    DOMAIN_TYPES,
+    HTTP_USER_TYPES,
     PUBLIC_PORT_TYPES,
     SECRET_TYPES,
-    VHOST_TYPES,
+    STREAM_TYPES,
     NewProxyRequest,
     ProxyOptions,
     ProxyType,
 )
+from tunnelclient.plugin_config import PLUGIN_SCHEMA, PluginConfig, check_plugin
 
 __all__ = [
     "LOG_LEVELS",
@@ -80,6 +93,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "HealthCheckConfig",
+    "PluginConfig",
     "ProxyConfig",
     "TlsConfig",
     "VisitorConfig",
@@ -90,7 +104,8 @@ __all__ = [
     "parse_text",
 ]
 
-PROXY_TYPES: tuple[str, ...] = ("tcp", "udp", "http", "https", "stcp", "sudp", "xtcp")
+PROXY_TYPES: tuple[str, ...] = ("tcp", "udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp")
+PROXY_URL_SCHEMES = ("http", "socks5")
 VISITOR_TYPES: tuple[str, ...] = ("stcp", "sudp", "xtcp")
 VisitorType = Literal["stcp", "sudp", "xtcp"]
 Problem = tuple[str, str]
@@ -152,9 +167,10 @@ class ProxyConfig:
 
     name: str
     type: ProxyType
-    local_port: int
+    local_port: int  # 0 with a plugin, which serves the connections itself
     local_ip: str = "127.0.0.1"
     options: ProxyOptions = field(default_factory=ProxyOptions)
+    plugin: PluginConfig | None = None
     bandwidth_limit: int = 0  # bytes per second each way, 0 = unlimited
     bandwidth_limit_mode: Literal["client", "server"] = "client"
     health_check: HealthCheckConfig | None = None
@@ -202,11 +218,14 @@ class AgentConfig:
     server_port: int = 7000
     user: str = ""
     token: str = ""
-    login_fail_exit: bool = False
+    login_fail_exit: bool = True  # as frp: a failed first login ends the agent
     tls: TlsConfig = TlsConfig()
     heartbeat_interval: int = 30
     heartbeat_timeout: int = 90
     dial_timeout: int = 10
+    connect_local_ip: str = ""  # transport.connectServerLocalIP: the local address to the node
+    proxy_url: str = ""  # transport.proxyURL: http://... or socks5://... on the way to the node
+    client_id: str = ""
     admin: AdminConfig | None = None
     log_level: str = "info"  # debug | info | warning | error (frp's trace/warn mapped)
     log_to: str = "console"  # or an absolute file path
@@ -292,9 +311,9 @@ _PROXY_SCHEMA: dict[str, Any] = {
     },
     "metadatas": _MAP,
     "annotations": _MAP,
-    "plugin": _Refused("flux-tunnel has no frp plugins; run the service yourself and point localPort at it"),
-    "routeByHTTPUser": _Refused("route by customDomains, subdomain or locations instead"),
-    "multiplexer": _Refused("tcpmux proxies do not exist in flux-tunnel; use an http or https proxy"),
+    "plugin": PLUGIN_SCHEMA,
+    "routeByHTTPUser": _STR,
+    "multiplexer": _STR,
     "natTraversal": _Ignored("the node coordinates xtcp hole punching"),
 }
 _VISITOR_SCHEMA: dict[str, Any] = {
@@ -314,13 +333,14 @@ _VISITOR_SCHEMA: dict[str, Any] = {
     "transport": {"useEncryption": _BOOL, "useCompression": _BOOL},
     "protocol": _Ignored("xtcp peers talk over the punched UDP path with the tunnel's own framing"),
     "natTraversal": _Ignored("the node coordinates xtcp hole punching"),
-    "plugin": _Refused("flux-tunnel has no frp visitor plugins (virtual_net)"),
+    "plugin": {"type": _STR, "destinationIP": _STR},
 }
 _ITEMS_SCHEMA: dict[str, Any] = {"proxies": _Tables(_PROXY_SCHEMA), "visitors": _Tables(_VISITOR_SCHEMA)}
 _CLIENT_SCHEMA: dict[str, Any] = {
     "serverAddr": _STR,
     "serverPort": _INT,
     "user": _STR,
+    "clientID": _STR,
     "loginFailExit": _BOOL,
     "start": _STRS,
     "includes": _STRS,
@@ -351,8 +371,9 @@ _CLIENT_SCHEMA: dict[str, Any] = {
         "protocol": _STR,
         "dialServerTimeout": _INT,
         "dialServerKeepalive": _Ignored("heartbeats detect dead connections"),
-        "connectServerLocalIP": _Refused("the system picks the local address of the connection to the node"),
-        "proxyURL": _Refused("flux-tunnel connects to the node directly, not through an HTTP/SOCKS proxy"),
+        "connectServerLocalIP": _STR,
+        "proxyURL": _STR,
+        "wireProtocol": _Ignored("flux-tunnel speaks its own versioned protocol with the node", quiet_if="v1"),
         "poolCount": _Ignored("work streams are multiplexed on the control connection, so nothing is pooled"),
         "tcpMux": _Ignored("work streams are always multiplexed on the control connection", quiet_if=True),
         "tcpMuxKeepaliveInterval": _Ignored("heartbeats (transport.heartbeatInterval) keep the connection alive"),
@@ -365,7 +386,7 @@ _CLIENT_SCHEMA: dict[str, Any] = {
     "dnsServer": _Ignored("names are resolved by the system's resolver"),
     "udpPacketSize": _Ignored("UDP datagrams are framed whole, there is no packet size to agree on"),
     "featureGates": _Ignored("flux-tunnel has no feature gates"),
-    "virtualNet": _Refused("flux-tunnel has no virtual network"),
+    "virtualNet": {"address": _STR},
     "proxies": _Tables(_PROXY_SCHEMA),
     "visitors": _Tables(_VISITOR_SCHEMA),
 }
@@ -373,11 +394,14 @@ _CLIENT_SCHEMA: dict[str, Any] = {
 # Proxy fields that only some types take (frp paths).
 _ONLY_FOR: dict[str, frozenset[str]] = {
     "remotePort": PUBLIC_PORT_TYPES,
-    "customDomains": VHOST_TYPES,
-    "subdomain": VHOST_TYPES,
+    "customDomains": DOMAIN_TYPES,
+    "subdomain": DOMAIN_TYPES,
     "locations": frozenset({"http"}),
-    "httpUser": frozenset({"http"}),
-    "httpPassword": frozenset({"http"}),
+    "httpUser": HTTP_USER_TYPES,
+    "httpPassword": HTTP_USER_TYPES,
+    "routeByHTTPUser": HTTP_USER_TYPES,
+    "multiplexer": frozenset({"tcpmux"}),
+    "plugin": STREAM_TYPES,
     "hostHeaderRewrite": frozenset({"http"}),
     "requestHeaders": frozenset({"http"}),
     "responseHeaders": frozenset({"http"}),
@@ -392,6 +416,7 @@ _OPTION_PATHS: dict[str, str] = {
     "locations": "locations",
     "http_user": "httpUser",
     "http_password": "httpPassword",
+    "route_by_http_user": "routeByHTTPUser",
     "host_header_rewrite": "hostHeaderRewrite",
     "request_headers": "requestHeaders.set",
     "response_headers": "responseHeaders.set",
@@ -730,6 +755,12 @@ class _Builder:
                 f"must be longer than transport.heartbeatInterval ({heartbeat_interval}), got {heartbeat_timeout}",
             )
         dial_timeout = self._positive(d.get("transport"), "dialServerTimeout", 10, "transport")
+        local_ip = _get(d, "transport.connectServerLocalIP", "")
+        if local_ip:
+            local_ip = self._address(local_ip, "transport.connectServerLocalIP")
+        proxy_url = self._proxy_url(_get(d, "transport.proxyURL"))
+        if _get(d, "virtualNet.address"):
+            r.problem("virtualNet.address", "flux-tunnel has no virtual network (frp's VirtualNet feature)")
         level = d.get("log", {}).get("level", "info")
         if level.lower() not in LOG_LEVELS:
             r.problem("log.level", f"unknown level {level!r} (trace, debug, info, warn, error)")
@@ -750,11 +781,14 @@ class _Builder:
             server_port=server_port,
             user=user,
             token=token,
-            login_fail_exit=d.get("loginFailExit", False),
+            login_fail_exit=d.get("loginFailExit", True),
             tls=tls,
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             dial_timeout=dial_timeout,
+            connect_local_ip=local_ip,
+            proxy_url=proxy_url,
+            client_id=d.get("clientID", ""),
             admin=self._admin(d.get("webServer")),
             log_level=LOG_LEVELS.get(level.lower(), "info"),
             log_to=log_to,
@@ -763,6 +797,30 @@ class _Builder:
             visitors=tuple(visitors),
             notes=tuple(r.notes),
         )
+
+    def _proxy_url(self, given: str | None) -> str:
+        """transport.proxyURL, or (as frp) $http_proxy when it is not set; checked, "" for none."""
+        path = "transport.proxyURL"
+        url = given if given is not None else self.r.env.get("http_proxy", "")
+        if not url:
+            return ""
+        where = path if given is not None else f"{path} (from $http_proxy)"
+        parts = urlsplit(url)
+        if parts.scheme not in PROXY_URL_SCHEMES:
+            why = "ntlm proxies are not supported" if parts.scheme == "ntlm" else f"unknown scheme {parts.scheme!r}"
+            self.r.problem(where, f"{why}: write http://[user:password@]host:port or socks5://...")
+            return ""
+        try:
+            if not parts.hostname or not parts.port:
+                raise ValueError("needs a host and a port")
+        except ValueError as exc:
+            self.r.problem(where, f"{url!r}: {exc}")
+            return ""
+        if given is None:
+            self.r.notes.append(
+                f"{path}: connecting through {parts.scheme}://{parts.hostname}:{parts.port} ($http_proxy)"
+            )
+        return url
 
     def _token(self, auth: dict[str, Any]) -> str:
         method = auth.get("method", "token")
@@ -880,13 +938,23 @@ class _Builder:
         ptype = d.get("type", "")
         if not ptype:
             bad("type", f"required ({', '.join(PROXY_TYPES)})")
-        elif ptype == "tcpmux":
-            bad("type", "tcpmux proxies are not supported; use an http or https proxy with customDomains")
         elif ptype not in PROXY_TYPES:
             bad("type", f"unknown proxy type {ptype!r} ({', '.join(PROXY_TYPES)})")
         known = ptype in PROXY_TYPES
         local_ip = self._address(d.get("localIP", "127.0.0.1"), _join(path, "localIP"))
-        local_port = self._port(d.get("localPort"), _join(path, "localPort"), what=": the local service's port")
+        plugin = None
+        if "plugin" in d and (ptype in STREAM_TYPES or not known):
+            plugin = check_plugin(d["plugin"], _join(path, "plugin"), r.problem, self.base)
+        if "plugin" in d:  # frp: "if plugin is defined, localIP and localPort is useless"
+            local_port: int | None = 0
+            if "localPort" in d or "localIP" in d:
+                r.notes.append(f"{path}: localIP and localPort are not used: the plugin serves the connections")
+        else:
+            local_port = self._port(d.get("localPort"), _join(path, "localPort"), what=": the local service's port")
+        if ptype == "tcpmux" and d.get("multiplexer", "httpconnect") != "httpconnect":
+            bad("multiplexer", f"only 'httpconnect' is supported (as in frp), got {d['multiplexer']!r}")
+        if d.get("routeByHTTPUser") and d.get("httpUser") and d["httpUser"] != d["routeByHTTPUser"]:
+            bad("httpUser", "must be routeByHTTPUser's user (or empty): that user's requests are the ones chosen")
         if known:
             for key, types in _ONLY_FOR.items():
                 if key in d and ptype not in types:
@@ -907,11 +975,14 @@ class _Builder:
             bad("transport.proxyProtocolVersion", f"must be 'v1' or 'v2', got {ppv!r}")
         elif ppv and ptype in ("udp", "sudp"):
             bad("transport.proxyProtocolVersion", f"PROXY protocol is passed on tcp-like proxies only, not {ptype}")
-        if ptype in VHOST_TYPES and not d.get("customDomains") and not d.get("subdomain"):
-            bad("customDomains", f"an {ptype} proxy needs customDomains or a subdomain")
+        if ptype in DOMAIN_TYPES and not d.get("customDomains") and not d.get("subdomain"):
+            bad(
+                "customDomains",
+                f"{'a' if ptype == 'tcpmux' else 'an'} {ptype} proxy needs customDomains or a subdomain",
+            )
         if ptype in SECRET_TYPES and not d.get("secretKey"):
             bad("secretKey", f"required for {ptype} proxies (visitors present the same key)")
-        if ptype == "http" and bool(d.get("httpUser")) != bool(d.get("httpPassword")):
+        if ptype in HTTP_USER_TYPES and bool(d.get("httpUser")) != bool(d.get("httpPassword")):
             bad("httpPassword" if d.get("httpUser") else "httpUser", "httpUser and httpPassword go together")
         if _get(d, "loadBalancer.groupKey") and not _get(d, "loadBalancer.group"):
             bad("loadBalancer.groupKey", "set loadBalancer.group too")
@@ -933,12 +1004,18 @@ class _Builder:
                 r.problem(_join(path, where) if where else path, message)
         if r.has_problem_under(path) or options is None or local_port is None:
             return None
+        if "plugin" in d and plugin is None:
+            return None
+        if plugin is not None and plugin.type == "virtual_net":
+            r.notes.append(f"{path}.plugin: virtual_net: flux-tunnel has no virtual network (as frp without "
+                           "virtualNet.address): the proxy registers and its connections are closed")  # fmt: skip
         return ProxyConfig(
             name=name,
             type=cast(ProxyType, ptype),
             local_ip=local_ip,
             local_port=local_port,
             options=options,
+            plugin=plugin,
             bandwidth_limit=rate,
             bandwidth_limit_mode=mode,
             health_check=health,
@@ -1000,6 +1077,12 @@ class _Builder:
         for key in ("fallbackTo", "fallbackTimeoutMs", "keepTunnelOpen", "maxRetriesAnHour", "minRetryInterval"):
             if key in d and vtype in VISITOR_TYPES and vtype != "xtcp":
                 bad(key, f"only for xtcp visitors, not {vtype}")
+        plugin = d.get("plugin")
+        if plugin is not None:
+            if plugin.get("type") != "virtual_net":
+                bad("plugin.type", f"the only visitor plugin is virtual_net, got {plugin.get('type', '')!r}")
+            else:
+                r.notes.append(f"{path}.plugin: virtual_net: flux-tunnel has no virtual network; the visitor is idle")
         fallback_ms = self._positive(d, "fallbackTimeoutMs", 1000, path, minimum=0)
         retries = self._positive(d, "maxRetriesAnHour", 8, path, minimum=0)
         retry_interval = self._positive(d, "minRetryInterval", 90, path, minimum=0)
@@ -1043,6 +1126,13 @@ class _Builder:
                     self.r.problem(f"{path}.fallbackTo", f"no visitor is named {v.fallback_to!r}")
                 elif target != "stcp":
                     self.r.problem(f"{path}.fallbackTo", f"{v.fallback_to!r} is not an stcp visitor ({target})")
+
+
+def frp_wording(message: str) -> str:
+    """A node's refusal in the field names of the agent's config (frpc.toml's): the node speaks
+    the wire's snake_case ("remote_port: 6500 is not among ..."), users wrote "remotePort"."""
+    snake = [k for k in _WIRE_PATHS if "_" in k]
+    return re.sub(r"\b(" + "|".join(snake) + r")\b", lambda w: _WIRE_PATHS[w.group(1)], message)
 
 
 def _node_problem(err: Any) -> tuple[str, str]:

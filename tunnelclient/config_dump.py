@@ -90,8 +90,8 @@ def dump_config(config: AgentConfig) -> dict[str, Any]:
     d: dict[str, Any] = {"serverAddr": config.server_addr, "serverPort": config.server_port}
     if config.user:
         d["user"] = config.user
-    if config.login_fail_exit:
-        d["loginFailExit"] = True
+    if not config.login_fail_exit:
+        d["loginFailExit"] = False
     if config.token:
         _put(d, "auth.token", config.token)
     if config.log_level != "info":

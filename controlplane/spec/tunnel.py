@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from controlplane.spec._pem import check_ca_bundle
 from controlplane.spec._types import MASK, Address, Duration, Name, Port, Resource, Strict
 from fluxcommon.netaddr import check_host_pattern, parse_port_ranges, port_in_ranges
 from fluxcommon.wire import host_problem, require
@@ -43,7 +44,12 @@ class TunnelTlsSpec(Strict):
 
     force: bool = True  # plain-text agents are refused unless a tunnel sets force: false
     certificate: Name | None = None
-    client_ca: str | None = None
+    client_ca: str | None = None  # PEM CA certificates agents' client certificates must chain to
+
+    @field_validator("client_ca")
+    @classmethod
+    def _client_ca(cls, v: str | None) -> str | None:
+        return check_ca_bundle(v) if v else v  # checked now: a node cannot load what it refuses
 
 
 class TunnelUserSpec(Strict):
@@ -105,6 +111,9 @@ class TunnelSpec(Resource):
     allow_ports: str = "1024-65535"
     vhost_http_port: int = Field(default=0, ge=0, le=65535)
     vhost_https_port: int = Field(default=0, ge=0, le=65535)
+    # tcpmux proxies (frp's multiplexer "httpconnect"): `CONNECT name:port` picks one by domain
+    tcpmux_httpconnect_port: int = Field(default=0, ge=0, le=65535)
+    tcpmux_passthrough: bool = False  # pass the CONNECT request on to the local service (as frp's)
     subdomain_host: str = ""
     domains: list[str] = []  # host patterns every agent's custom domains must match; [] = any
     vhost_overrides_routes: bool = False  # may tunnel domains take hosts gateway routes name?

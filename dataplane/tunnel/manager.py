@@ -1,9 +1,14 @@
 """Starts, changes and stops a node's tunnel servers as snapshots come and go.
 
-`prepare(snapshot)` binds the control ports of new or rebound servers before the swap (a
-port conflict refuses the snapshot, like a listener's); `commit()` starts them, stops the
-servers the snapshot dropped and updates the rest in place (tokens, users, allowed ports,
-mappings, heartbeats need no restart; agents stay connected). Each server also learns the
+`prepare(snapshot)` checks every tunnel's settings (TLS identity, client CA) and binds the
+control ports of new or rebound servers before the swap, changing nothing that runs: a bad
+setting or a port conflict refuses the snapshot (like a listener's) and every running server
+keeps serving. A server whose TLS identity changes on the same address and port takes over a
+duplicate of the running server's listening socket, so the control port never closes (a
+change of address keeping the port number needs that port free). `commit()` starts the new
+servers, stops the ones they replace and the ones the snapshot dropped, and updates the rest
+in place (tokens, users, allowed ports, mappings, heartbeats need no restart; agents stay
+connected); `discard()` closes only what `prepare()` opened. Each server also learns the
 hosts of the gateway routes on an http listener its vhost port shares (`gateway_hosts`), so
 agents' domains do not shadow them.
 """
@@ -20,7 +25,7 @@ import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dataplane.tunnel.ownership import gateway_hosts
-from dataplane.tunnel.server import TunnelMetrics, TunnelServer
+from dataplane.tunnel.server import BindError, TunnelMetrics, TunnelServer
 from dataplane.tunnel.vhost import TunnelEndpoints
 from flux.v1 import config_pb2 as pb
 from fluxcommon.tlsutil import self_signed, server_context
@@ -30,7 +35,7 @@ log = logging.getLogger("flux.tunnel")
 
 # Settings whose change needs a new server (a new control port or TLS identity).
 _REBIND_FIELDS = ("bind_port", "bind_address", "tls_force", "tls_certificate", "tls_client_ca_pem",
-                  "vhost_https_port", "subdomain_host")  # fmt: skip
+                  "vhost_https_port", "tcpmux_httpconnect_port", "subdomain_host")  # fmt: skip
 
 
 class TunnelConfigError(Exception):
@@ -95,25 +100,20 @@ class TunnelManager:
                 plan.keys[name] = key
                 plan.gateway_hosts[name] = gateway_hosts(snap, spec.vhost_http_port)
                 current = self.servers.get(name)
-                if current is not None and self._keys.get(name) == key:
+                if current is not None and self._keys.get(name) == key and current.listening:
                     plan.update.append((current, spec))
                     continue
-                if current is not None:
-                    plan.stop.append(current)
-                    current.stop()  # free its port before the new one binds
-                ctx, binding = self._tls(spec, certs)
+                ctx, binding = self._tls(spec, certs)  # may refuse: nothing is changed before this
                 server = TunnelServer(spec, ctx, self.metrics, self.on_http_change, binding=binding)
                 try:
-                    server.bind()
-                except OSError as exc:
-                    raise TunnelConfigError(
-                        f"tunnel {name!r}: cannot listen on {spec.bind_address or '0.0.0.0'}:{spec.bind_port}: "
-                        f"{exc.strerror or exc}"
-                    ) from None
+                    server.bind(take_over=current)  # the running server keeps serving until commit()
+                except BindError as exc:
+                    raise TunnelConfigError(f"tunnel {name!r}: {exc.strerror}") from None
                 plan.start.append(server)
+                if current is not None:
+                    plan.stop.append(current)
         except TunnelConfigError:
-            for server in plan.start:
-                server.stop()
+            self.discard(plan)
             raise
         plan.stop += [s for n, s in self.servers.items() if n not in wanted]
         return plan
@@ -138,7 +138,7 @@ class TunnelManager:
             self.on_http_change()
 
     def discard(self, plan: TunnelPlan) -> None:
-        """The snapshot was refused after prepare: close what it bound."""
+        """The snapshot was refused after prepare: close what it bound (running servers are untouched)."""
         for server in plan.start:
             server.stop()
 

@@ -29,6 +29,11 @@ UDP_PEER_IDLE = 60.0
 SNI_TIMEOUT = 10.0
 
 
+def bind_stream(address: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on `address`:`port` (OSError if the port cannot be had)."""
+    return _bind(address, port, socket.SOCK_STREAM)
+
+
 def _bind(address: str, port: int, kind: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, kind)
@@ -150,15 +155,14 @@ class UdpPort(_Port):
             self.dropped += 1
 
 
-class HttpsVhostPort(_Port):
-    """The https vhost port: reads the ClientHello's server name and passes the bytes through."""
+class StreamPort(_Port):
+    """A TCP port whose connections each go to `_route` (a subclass reads a head, picks a proxy)."""
 
-    def __init__(self, server: TunnelServer, port: int, find: Callable[[str], Group | None]) -> None:
-        super().__init__(server, port)
-        self.find = find
+    kind = "tcp"
 
-    def open(self) -> None:
-        self.sock = _bind(self.server.bind_address, self.port, socket.SOCK_STREAM)
+    def open(self, sock: socket.socket | None = None) -> None:
+        """Serve the port: on `sock` if the server bound it already, else bind it now."""
+        self.sock = sock if sock is not None else _bind(self.server.bind_address, self.port, socket.SOCK_STREAM)
         self.server.nursery.start_soon(self._accept_loop, trio.socket.from_stdlib_socket(self.sock))
 
     async def _accept_loop(self, tsock: trio.socket.SocketType) -> None:
@@ -166,12 +170,27 @@ class HttpsVhostPort(_Port):
             while True:
                 try:
                     conn, _addr = await tsock.accept()
-                except OSError:
+                except OSError as exc:
                     if self.sock is None:
                         return
+                    log.warning("tunnel %s port %d: accept failed: %s", self.kind, self.port, exc)
                     await trio.sleep(0.1)
                     continue
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.server.nursery.start_soon(self._route, BulkSocketStream.adopt(conn))
+
+    async def _route(self, stream: BulkSocketStream) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class HttpsVhostPort(StreamPort):
+    """The https vhost port: reads the ClientHello's server name and passes the bytes through."""
+
+    kind = "https vhost"
+
+    def __init__(self, server: TunnelServer, port: int, find: Callable[[str], Group | None]) -> None:
+        super().__init__(server, port)
+        self.find = find
 
     async def _route(self, stream: BulkSocketStream) -> None:
         data = b""

@@ -10,6 +10,11 @@ connection. Rules (frp's, made explicit):
 - Members of a group must be of one type; connections go round robin among them.
 - Virtual hosts match the exact domain first, then the longest wildcard (`*.example.com`
   matches `a.example.com` and `a.b.example.com`), then the longest location prefix.
+- http and tcpmux proxies with `route_by_http_user` (frp's routeByHTTPUser) claim their domain
+  (and location) for that basic-auth user only: keys ``("http", domain, location, user)`` and
+  ``("tcpmux", domain, user)``; without it, ``("http", domain, location)`` and
+  ``("tcpmux", domain)`` serve every other user. A request picks its user's proxy first, then
+  the one for everyone (`route_user`, `find_tcpmux`).
 - Owners (tunnel users, "" for shared-token agents; see `ownership.py`): a group has one
   owner, and an http/https domain belongs to one owner whatever the location: a claim is
   refused when another owner's domain covers it (same name, or a wildcard over it), so a
@@ -135,12 +140,16 @@ class ProxyRegistry:
         t = ref.type
         if t in ("tcp", "udp"):
             return [(t, str(port))]
+        user = (ref.options.route_by_http_user,) if ref.options.route_by_http_user else ()
         if t == "http":
             locations = ref.options.locations or ("/",)
             # dict.fromkeys: a domain or location listed twice (or "" and "/") is one key, claimed once
-            return list(dict.fromkeys(("http", d, loc or "/") for d in self.domains_of(ref) for loc in locations))
+            domains = self.domains_of(ref)
+            return list(dict.fromkeys(("http", d, loc or "/", *user) for d in domains for loc in locations))
         if t == "https":
             return list(dict.fromkeys(("https", d) for d in self.domains_of(ref)))
+        if t == "tcpmux":
+            return list(dict.fromkeys(("tcpmux", d, *user) for d in self.domains_of(ref)))
         return [("secret", ref.name)]  # stcp, sudp, xtcp: visitors find them by name
 
     def check_port(self, port: int) -> None:
@@ -181,7 +190,7 @@ class ProxyRegistry:
     def can_claim(self, ref: ProxyRef, keys: Iterable[tuple[str, ...]]) -> None:
         """Raise `ClaimError` if any key is held by someone `ref` may not join."""
         for key in keys:
-            if key[0] in ("http", "https"):
+            if key[0] in _DOMAIN_KINDS:
                 self._check_domain_owner(ref, key)
             group = self.groups.get(key)
             if group is None or not group.members:
@@ -214,7 +223,7 @@ class ProxyRegistry:
         """A domain (http or https, any location) another owner holds, or covers, is refused;
         a name `ref`'s owner already holds stays its own (a broader wildcard came later)."""
         domain = key[1]
-        vhosts = [(k, g) for k, g in self.groups.items() if k[0] in ("http", "https") and g.members]
+        vhosts = [(k, g) for k, g in self.groups.items() if k[0] in _DOMAIN_KINDS and g.members]
         if any(k[1] == domain and g.owner == ref.owner for k, g in vhosts):
             return
         for other, group in vhosts:
@@ -274,16 +283,43 @@ class ProxyRegistry:
                 best = (score[0], score[1], group)
         return best[2] if best else None
 
+    def find_tcpmux(self, host: str, user: str) -> Group | None:
+        """The tcpmux group for `CONNECT host` by basic-auth `user`: the exact domain, then the
+        longest wildcard; at each, `user`'s own proxy first, then the one for every user."""
+        host = host.lower().rstrip(".")
+        domains = sorted(
+            {k[1] for k, g in self.groups.items() if k[0] == "tcpmux" and g.members and _domain_match(k[1], host)},
+            key=lambda d: (d == host, len(d)),
+            reverse=True,
+        )
+        for domain in domains:
+            for key in (("tcpmux", domain, user) if user else None, ("tcpmux", domain)):
+                group = self.groups.get(key) if key is not None else None
+                if group is not None and group.members:
+                    return group
+        return None
+
     def http_groups(self) -> list[Group]:
         return [g for k, g in sorted(self.groups.items()) if k[0] == "http" and g.members]
 
 
+def route_user(key: tuple[str, ...]) -> str:
+    """The basic-auth user an http or tcpmux key is for ("" = every user)."""
+    return key[3] if key[0] == "http" and len(key) > 3 else key[2] if key[0] == "tcpmux" and len(key) > 2 else ""
+
+
+_DOMAIN_KINDS = ("http", "https", "tcpmux")  # a domain belongs to one owner across these
+
+
 def _describe(key: tuple[str, ...]) -> str:
     kind = key[0]
+    user = f" for user {route_user(key)!r}" if route_user(key) else ""
     if kind in ("tcp", "udp"):
         return f"remote_port: {kind} port {key[1]}"
     if kind == "http":
-        return f"custom_domains: http {key[1]}{key[2] if key[2] != '/' else ''}"
+        return f"custom_domains: http {key[1]}{key[2] if key[2] != '/' else ''}{user}"
+    if kind == "tcpmux":
+        return f"custom_domains: tcpmux {key[1]}{user}"
     if kind == "https":
         return f"custom_domains: https {key[1]}"
     return f"secret proxy {key[1]!r}"

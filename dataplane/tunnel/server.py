@@ -12,6 +12,8 @@ domain and group, gateway routes not shadowed):
 - http: virtual hosts on `vhost_http_port`, served by the gateway's own HTTP proxy as
   routes the node adds to its config (see `vhost.py`), so tunnelled services are routes;
 - https: SNI passthrough on `vhost_https_port`;
+- tcpmux: `CONNECT name:port` on `tcpmux_httpconnect_port`, by domain and basic-auth user
+  (`tcpmux.py`);
 - stcp / sudp / xtcp: no public port; visitors (other agents) with the secret key reach them
   through the node, and xtcp peers try a direct connection first (`nathole.py`).
 
@@ -40,9 +42,10 @@ import trio
 from dataplane.tunnel.agentconn import AgentConn
 from dataplane.tunnel.nathole import NatHoleCoordinator
 from dataplane.tunnel.ownership import Tenancy, shadowing_route
-from dataplane.tunnel.ports import HttpsVhostPort, TcpPort, UdpPort, _Port
+from dataplane.tunnel.ports import HttpsVhostPort, TcpPort, UdpPort, _Port, bind_stream
 from dataplane.tunnel.registry import ClaimError, Group, ProxyRef, ProxyRegistry
 from dataplane.tunnel.streams import PrefixedStream, local_of, peer_of
+from dataplane.tunnel.tcpmux import TcpmuxPort
 from flux.v1 import config_pb2 as pb
 from fluxcommon.netaddr import parse_port_ranges
 from fluxcommon.tunnel.control import VisitorRequested
@@ -103,32 +106,59 @@ class TunnelServer:
         self.sessions: dict[str, AgentConn] = {}  # run id -> connection
         self.ports: dict[tuple[str, int], _Port] = {}
         self.https_port: HttpsVhostPort | None = None
+        self.tcpmux_port: TcpmuxPort | None = None
         self.nathole = NatHoleCoordinator(self)
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by run()
         self.port = 0
         self.error: str | None = None
         self._serial = itertools.count(1)
         self._listen: socket.socket | None = None
+        self._https_sock: socket.socket | None = None  # bound by bind(), served by run()
+        self._tcpmux_sock: socket.socket | None = None
 
     def next_serial(self) -> int:
         return next(self._serial)
 
     # -- life cycle ------------------------------------------------------------------------
 
-    def bind(self) -> None:
-        """Bind the control port now (so a conflict is reported before the swap)."""
-        family = socket.AF_INET6 if ":" in self.bind_address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+    @property
+    def listening(self) -> bool:
+        """Whether the control port is open (False once stopped)."""
+        return self._listen is not None
+
+    def bind(self, take_over: TunnelServer | None = None) -> None:
+        """Bind the control port and the https vhost port now, so a conflict refuses the snapshot
+        before the swap (`BindError`, nothing left open). With `take_over`, the running server this
+        one replaces, a port it holds on the same address is taken as a duplicate of its socket
+        instead: the port stays open while one server replaces the other."""
+        old = take_over if take_over is not None and take_over.bind_address == self.bind_address else None
+        held = old._listen if old is not None and old.spec.bind_port == self.spec.bind_port else None
+        self._listen = _take_or_bind(held, self.bind_address, self.spec.bind_port, "bind_port")
+        self.port = self._listen.getsockname()[1]
+        extra = (
+            ("vhost_https_port", "https_port", "_https_sock"),
+            ("tcpmux_httpconnect_port", "tcpmux_port", "_tcpmux_sock"),
+        )
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.bind_address, self.spec.bind_port))
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
+            for setting, port_attr, sock_attr in extra:
+                port = getattr(self.spec, setting)
+                if port:
+                    prior = getattr(old, port_attr) if old is not None else None
+                    held = prior.sock if prior is not None and prior.port == port else None
+                    setattr(self, sock_attr, _take_or_bind(held, self.bind_address, port, setting))
+        except BindError:
+            self._listen.close()
+            self._listen = None
+            self._close_unserved()
             raise
-        self._listen = sock
-        self.port = sock.getsockname()[1]
+
+    def _close_unserved(self) -> None:
+        """Close the vhost https and tcpmux sockets bind() opened that run() has not served."""
+        for attr in ("_https_sock", "_tcpmux_sock"):
+            sock = getattr(self, attr)
+            if sock is not None:
+                sock.close()
+                setattr(self, attr, None)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self._listen is None:
@@ -140,11 +170,21 @@ class TunnelServer:
             if self.spec.vhost_https_port:
                 self.https_port = HttpsVhostPort(self, self.spec.vhost_https_port, self.registry.find_https)
                 try:
-                    self.https_port.open()
+                    self.https_port.open(self._https_sock)
+                    self._https_sock = None
                 except OSError as exc:
                     self.error = f"vhost_https_port {self.spec.vhost_https_port}: {exc.strerror or exc}"
                     log.error("tunnel %r: %s", self.name, self.error)
                     self.https_port = None
+            if self.spec.tcpmux_httpconnect_port:
+                self.tcpmux_port = TcpmuxPort(self, self.spec.tcpmux_httpconnect_port, self.spec.tcpmux_passthrough)
+                try:
+                    self.tcpmux_port.open(self._tcpmux_sock)
+                    self._tcpmux_sock = None
+                except OSError as exc:
+                    self.error = f"tcpmux_httpconnect_port {self.spec.tcpmux_httpconnect_port}: {exc.strerror or exc}"
+                    log.error("tunnel %r: %s", self.name, self.error)
+                    self.tcpmux_port = None
             log.info(
                 "tunnel server %r listening for agents on %s:%d%s",
                 self.name, self.bind_address, self.port, " (TLS required)" if self.spec.tls_force else "",
@@ -176,6 +216,9 @@ class TunnelServer:
         self.ports.clear()
         if self.https_port is not None:
             self.https_port.close()
+        if self.tcpmux_port is not None:
+            self.tcpmux_port.close()
+        self._close_unserved()  # bound, never served
         for conn in list(self.conns):
             conn.link.close("tunnel server stopped", ResetCode.CANCEL)
         if self.nursery is not None:
@@ -203,6 +246,8 @@ class TunnelServer:
         self._user_limits.clear()
         self.registry.allow_ports = parse_port_ranges(spec.allow_ports or "1024-65535")
         self.heartbeat_timeout = (spec.heartbeat_timeout_ms or 90_000) / 1000
+        if self.tcpmux_port is not None:
+            self.tcpmux_port.passthrough = spec.tcpmux_passthrough
         if list(old.mappings) != list(spec.mappings):
             self._sync_mappings()
 
@@ -342,6 +387,12 @@ class TunnelServer:
             self.on_http_change()
             domains = self.registry.domains_of(ref)
             return ",".join(f"http://{d}:{self.spec.vhost_http_port}" for d in domains)
+        if t == "tcpmux":
+            if not self.spec.tcpmux_httpconnect_port or self.tcpmux_port is None:
+                why = "this node serves no tcpmux proxies (its tcpmux_httpconnect_port is 0)"
+                raise ClaimError(f"custom_domains: {why}")
+            self.registry.claim(ref, self.registry.keys_for(ref))
+            return ",".join(f"{d}:{self.spec.tcpmux_httpconnect_port}" for d in self.registry.domains_of(ref))
         if t == "https":
             if not self.spec.vhost_https_port or self.https_port is None:
                 raise ClaimError("custom_domains: this node serves no https tunnels (its vhost_https_port is 0)")
@@ -361,7 +412,7 @@ class TunnelServer:
             held = sum(1 for c in self.agents() if c.user == owner for r in c.refs.values() if not r.static)
             if held >= limit:
                 raise ClaimError(f"max_proxies: user {owner!r} already has {held} proxies on this node (its limit)")
-        if ref.type not in ("http", "https"):
+        if ref.type not in ("http", "https", "tcpmux"):
             return
         for domain in self.registry.domains_of(ref):
             _refuse(self.tenancy.check_domain(owner, domain))
@@ -571,12 +622,31 @@ class TunnelServer:
         return {
             "name": self.name,
             "bind": f"{self.bind_address}:{self.port}",
+            "listening": self.listening,
             "tls_force": self.spec.tls_force,
             "vhost_http_port": self.spec.vhost_http_port,
             "vhost_https_port": self.spec.vhost_https_port,
+            "tcpmux_httpconnect_port": self.spec.tcpmux_httpconnect_port,
             "error": self.error,
             "sessions": [c.describe() for c in sorted(self.agents(), key=lambda c: (c.name, c.since))],
         }
+
+
+class BindError(OSError):
+    """A port of a tunnel server cannot be opened; the message names the setting and the port."""
+
+
+def _take_or_bind(held: socket.socket | None, address: str, port: int, setting: str) -> socket.socket:
+    """A duplicate of `held` (a running server's listening socket on this address and port), or a
+    new listening socket; `BindError` names `setting` when the port cannot be had."""
+    if held is not None:
+        sock = held.dup()
+        sock.setblocking(False)
+        return sock
+    try:
+        return bind_stream(address, port)
+    except OSError as exc:
+        raise BindError(exc.errno, f"{setting}: cannot listen on {address}:{port}: {exc.strerror or exc}") from None
 
 
 def _credential(conn: AgentConn) -> tuple[str, str, str]:

@@ -9,7 +9,8 @@ returns the snapshot plus, for each tunnel server with `vhost_http_port`:
 - per (domain, location) served by agents: a route for that host and path prefix, and a
   cluster whose endpoints are the agents' proxies (a load-balancing group is several
   endpoints), with `httpUser`/`httpPassword`, `hostHeaderRewrite` and header settings as
-  route policies;
+  route policies; where proxies of a (domain, location) set `routeByHTTPUser`, one route whose
+  internal policy (`http_route.py`) picks the cluster of the request's basic-auth user;
 
 and fills in every cluster with `tunnel: NAME` (see `serves`; a gateway route whose backend is an
 intranet service, so the route's JWT, rate limits, ACLs and CORS apply to it).
@@ -34,8 +35,9 @@ from google.protobuf.struct_pb2 import Struct
 
 from dataplane.config.compiler import NODE_LISTENER_PREFIX
 from dataplane.tunnel.http_auth import TYPE as AUTH_TYPE
+from dataplane.tunnel.http_route import TYPE as ROUTE_TYPE
 from dataplane.tunnel.ownership import gateway_hosts, shadowing_route
-from dataplane.tunnel.registry import Group, ProxyRef
+from dataplane.tunnel.registry import Group, ProxyRef, route_user
 from dataplane.tunnel.server import TunnelServer
 from flux.v1 import config_pb2 as pb
 
@@ -71,8 +73,45 @@ def _struct(d: dict) -> Struct:  # type: ignore[type-arg]
     return s
 
 
+def _cluster_for(base: str, server: TunnelServer, group: Group) -> pb.Cluster:
+    return pb.Cluster(
+        name=base,
+        lb=pb.LB_POLICY_ROUND_ROBIN,
+        endpoints=_endpoints(server, group.members),
+        timeouts=pb.Timeouts(connect_ms=10_000, read_ms=60_000),
+    )
+
+
+def _user_routes_for(
+    server: TunnelServer, listener: str, groups: dict[str, Group]
+) -> tuple[pb.Route, list[pb.Cluster], list[pb.Policy]]:
+    """One route for a (domain, location) with proxies per basic-auth user (routeByHTTPUser)."""
+    domain, location = next(iter(groups.values())).key[1:3]
+    base = f"tunnel/{server.name}/{domain}{location}"
+    clusters, table = [], []
+    for user, group in sorted(groups.items()):
+        o = group.members[0].options
+        cluster = _cluster_for(f"{base}@{user}" if user else base, server, group)
+        clusters.append(cluster)
+        table.append({"user": user, "cluster": cluster.name, "username": o.http_user, "password": o.http_password,
+                      "host": o.host_header_rewrite, "request_headers": dict(o.request_headers),
+                      "response_headers": dict(o.response_headers)})  # fmt: skip
+    policy = pb.Policy(name=f"{base}#users", type=ROUTE_TYPE, config=_struct({"routes": table, "realm": domain}))
+    route = pb.Route(
+        name=base,
+        listener=listener,
+        hosts=[domain],
+        path=location,
+        path_type=pb.PATH_TYPE_PREFIX,
+        cluster=clusters[0].name,  # nominal: the policy always picks
+        policies=[policy.name],
+        priority=OVERRIDE_PRIORITY if server.spec.vhost_overrides_routes else 0,
+    )
+    return route, clusters, [policy]
+
+
 def _route_for(server: TunnelServer, listener: str, group: Group) -> tuple[pb.Route, pb.Cluster, list[pb.Policy]]:
-    _, domain, location = group.key
+    domain, location = group.key[1:3]
     base = f"tunnel/{server.name}/{domain}{location}"
     first = group.members[0].options
     policies: list[pb.Policy] = []
@@ -89,12 +128,7 @@ def _route_for(server: TunnelServer, listener: str, group: Group) -> tuple[pb.Ro
     if first.response_headers:
         cfg = {"headers": {"set": dict(first.response_headers)}}
         policies.append(pb.Policy(name=f"{base}#response", type="response_rewrite", config=_struct(cfg)))
-    cluster = pb.Cluster(
-        name=base,
-        lb=pb.LB_POLICY_ROUND_ROBIN,
-        endpoints=_endpoints(server, group.members),
-        timeouts=pb.Timeouts(connect_ms=10_000, read_ms=60_000),
-    )
+    cluster = _cluster_for(base, server, group)
     host = domain
     route = pb.Route(
         name=base,
@@ -143,12 +177,19 @@ def overlay(snap: pb.Snapshot, servers: Iterable[TunnelServer]) -> pb.Snapshot:
                 pb.Listener(name=listener, protocol=pb.PROTOCOL_HTTP, address=server.bind_address, port=port)
             )
         hosts = [] if shared is None or server.spec.vhost_overrides_routes else gateway_hosts(snap, port)
+        by_place: dict[tuple[str, str], dict[str, Group]] = {}
         for group in server.registry.http_groups():
             if hosts and shadowing_route(group.key[1], hosts) is not None:
                 continue  # the gateway route keeps its host
-            route, cluster, policies = _route_for(server, listener, group)
+            by_place.setdefault((group.key[1], group.key[2]), {})[route_user(group.key)] = group
+        for groups in by_place.values():
+            if set(groups) == {""}:
+                route, cluster, policies = _route_for(server, listener, groups[""])
+                clusters = [cluster]
+            else:
+                route, clusters, policies = _user_routes_for(server, listener, groups)
             out.routes.append(route)
-            out.clusters.append(cluster)
+            out.clusters.extend(clusters)
             out.policies.extend(policies)
     return out
 

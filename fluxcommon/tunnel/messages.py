@@ -80,7 +80,7 @@ REPLAY_WINDOW = 300.0
 HEARTBEAT_INTERVAL = 30.0
 HEARTBEAT_TIMEOUT = 90.0
 LOGIN_TIMEOUT = 10.0
-PROXY_TYPES = ("tcp", "udp", "http", "https", "stcp", "sudp", "xtcp")
+PROXY_TYPES = ("tcp", "udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp")
 DATAGRAM_TYPES = frozenset({"udp", "sudp"})
 MAX_PROXIES = 256
 

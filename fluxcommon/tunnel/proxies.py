@@ -18,11 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fluxcommon.wire import checked_headers, host_problem
 
-ProxyType = Literal["tcp", "udp", "http", "https", "stcp", "sudp", "xtcp"]
+ProxyType = Literal["tcp", "udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp"]
 PUBLIC_PORT_TYPES = frozenset({"tcp", "udp"})
 VHOST_TYPES = frozenset({"http", "https"})
+# Reached by a name: http/https virtual hosts, and tcpmux (`CONNECT name:port` on the node's
+# tcpmux_httpconnect_port, frp's multiplexer "httpconnect").
+DOMAIN_TYPES = frozenset({"http", "https", "tcpmux"})
 SECRET_TYPES = frozenset({"stcp", "sudp", "xtcp"})
-STREAM_TYPES = frozenset({"tcp", "http", "https", "stcp", "xtcp"})
+STREAM_TYPES = frozenset({"tcp", "http", "https", "tcpmux", "stcp", "xtcp"})
+# Basic-auth users: http proxies check them (httpUser/httpPassword), and may be chosen by them
+# among proxies sharing a domain and location (routeByHTTPUser); tcpmux likewise, from
+# Proxy-Authorization.
+HTTP_USER_TYPES = frozenset({"http", "tcpmux"})
 
 # Used with fullmatch only: `$` would also match before a trailing newline.
 _DOMAIN_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"  # no leading or trailing '-'
@@ -47,8 +54,11 @@ class ProxyOptions(_Strict):
     custom_domains: tuple[str, ...] = ()
     subdomain: str = ""
     locations: tuple[str, ...] = ()  # http: path prefixes this proxy serves ("" or "/" = all)
-    http_user: str = ""
+    http_user: str = ""  # http / tcpmux: basic auth (Proxy-Authorization for tcpmux) asked of users
     http_password: str = ""
+    # http / tcpmux: serve only requests whose basic-auth user is this one (frp's routeByHTTPUser);
+    # proxies of one domain and location with different users coexist, "" takes the other users.
+    route_by_http_user: str = ""
     host_header_rewrite: str = ""
     request_headers: dict[str, str] = {}  # http: set on the request to the local service
     response_headers: dict[str, str] = {}  # http: set on the response to the client
@@ -118,18 +128,21 @@ class NewProxyRequest(_Strict):
     @model_validator(mode="after")
     def _for_type(self) -> NewProxyRequest:
         t, o = self.proxy_type, self.options
-        if t in VHOST_TYPES and not o.custom_domains and not o.subdomain:
-            raise ValueError("custom_domains: an http/https proxy needs custom_domains or a subdomain")
+        if t in DOMAIN_TYPES and not o.custom_domains and not o.subdomain:
+            raise ValueError(
+                f"custom_domains: {'a' if t == 'tcpmux' else 'an'} {t} proxy needs custom_domains or a subdomain"
+            )
+        if t not in DOMAIN_TYPES and (o.custom_domains or o.subdomain):
+            raise ValueError(f"custom_domains: custom_domains and subdomain are for http, https and tcpmux, not {t}")
+        if t not in HTTP_USER_TYPES and (o.http_user or o.route_by_http_user):
+            raise ValueError(f"http_user: http_user and route_by_http_user are for http and tcpmux proxies, not {t}")
         if t in SECRET_TYPES and not o.secret_key:
             raise ValueError(f"secret_key: a {t} proxy needs a secret key")
         if t not in PUBLIC_PORT_TYPES and o.remote_port:
             raise ValueError(f"remote_port: only tcp and udp proxies take a remote port, not {t}")
-        if t != "http" and (
-            o.locations or o.http_user or o.host_header_rewrite or o.request_headers or o.response_headers
-        ):
+        if t != "http" and (o.locations or o.host_header_rewrite or o.request_headers or o.response_headers):
             raise ValueError(
-                "locations: locations, http_user, host_header_rewrite, request_headers and response_headers "
-                "are for http proxies"
+                "locations: locations, host_header_rewrite, request_headers and response_headers are for http proxies"
             )
         if bool(o.http_user) != bool(o.http_password):
             raise ValueError("http_password: http_user and http_password go together")

@@ -163,7 +163,7 @@ def test_tcp_quick_form() -> None:
     )
     assert (config.server_addr, config.server_port, config.token, config.user) == ("node.example.com", 7000, "T", "me")
     assert config.tls == TlsConfig(trusted_ca_file=__file__, server_name="tunnel.example.com")
-    assert config.login_fail_exit is False
+    assert config.login_fail_exit is True  # frp's default; --no-login-fail-exit retries for ever
     assert config.proxies == (
         ProxyConfig(
             name="ssh",
@@ -278,6 +278,7 @@ def test_quick_form_problems_are_named_by_flag() -> None:
         ["http", *NODE, "-l", "80", "-d", "a.com", "--locations", "/x", "--request-header", "a=b", "--no-tls"],
         ["xtcp", *NODE, "-l", "22", "--sk", "k", "--allow-users", "*", "--proxy-protocol", "v2"],
         ["xtcp-visitor", *NODE, "--server-name", "p", "--sk", "k", "--bind-port", "9", "--keep-tunnel-open"],
+        ["udp", *NODE, "-l", "53", "--no-login-fail-exit"],
     ],
 )
 def test_print_config_gives_the_same_config_as_a_file(argv: list[str]) -> None:

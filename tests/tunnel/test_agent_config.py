@@ -25,6 +25,7 @@ from tunnelclient.config import (
     AgentConfig,
     ConfigError,
     HealthCheckConfig,
+    PluginConfig,
     ProxyConfig,
     TlsConfig,
     VisitorConfig,
@@ -258,11 +259,11 @@ def test_the_node_accepts_exactly_what_the_agent_sends(frpc: pathlib.Path) -> No
         assert parse_new_proxy(request.name, request.proxy_type, wire) == request
 
 
-def test_defaults_never_give_up_and_use_tls(tmp_path: pathlib.Path) -> None:
+def test_defaults_exit_on_a_failed_first_login_as_frp_and_use_tls(tmp_path: pathlib.Path) -> None:
     path = write(tmp_path / "a.toml", '[[proxies]]\nname = "p"\ntype = "tcp"\nlocalPort = 22\n')
     config = load_config(path, env={})
     assert config == AgentConfig(proxies=(ProxyConfig(name="p", type="tcp", local_port=22),))
-    assert config.login_fail_exit is False and config.tls.enable is True
+    assert config.login_fail_exit is True and config.tls.enable is True  # frp's loginFailExit default
     assert (config.server_addr, config.server_port, config.heartbeat_interval, config.heartbeat_timeout) == (
         "127.0.0.1",
         7000,
@@ -446,7 +447,9 @@ def test_missing_file(tmp_path: pathlib.Path) -> None:
         ({"auth": {"token": "t", "tokenSource": {"type": "file"}}}, "auth.tokenSource", "not both"),
         ({"auth": {"tokenSource": {"type": "exec"}}}, "auth.tokenSource.type", "only 'file'"),
         ({"transport": {"protocol": "kcp"}}, "transport.protocol", "only tcp is supported"),
-        ({"transport": {"proxyURL": "socks5://x"}}, "transport.proxyURL", "not supported"),
+        ({"transport": {"proxyURL": "socks5://x"}}, "transport.proxyURL", "needs a host and a port"),
+        ({"transport": {"proxyURL": "ntlm://u:p@h:1"}}, "transport.proxyURL", "ntlm proxies are not supported"),
+        ({"transport": {"connectServerLocalIP": "nope nope"}}, "transport.connectServerLocalIP", "nope"),
         ({"transport": {"heartbeatInterval": -1}}, "transport.heartbeatInterval", "cannot be turned off"),
         ({"transport": {"heartbeatTimeout": 30}}, "transport.heartbeatTimeout", "longer than"),
         ({"transport": {"dialServerTimeout": 0}}, "transport.dialServerTimeout", "at least 1"),
@@ -456,7 +459,7 @@ def test_missing_file(tmp_path: pathlib.Path) -> None:
         ({"webServer": {"port": 7400, "user": "a"}}, "webServer.password", "go together"),
         ({"webServer": {"port": 7400, "tls": {"certFile": "x"}}}, "webServer.tls", "plain HTTP"),
         ({"log": {"level": "loud"}}, "log.level", "unknown level 'loud'"),
-        ({"virtualNet": {"address": "100.86.1.1/24"}}, "virtualNet", "not supported"),
+        ({"virtualNet": {"address": "100.86.1.1/24"}}, "virtualNet.address", "no virtual network"),
         ({"start": ["nope"], "proxies": [tcp()]}, "start[0]", "no proxy or visitor is named 'nope'"),
         ({"proxies": {"name": "p"}}, "proxies", "expected a list of tables ([[proxies]] in TOML)"),
         ({"proxies": ["p"]}, "proxies[0]", "expected a table of fields"),
@@ -464,13 +467,22 @@ def test_missing_file(tmp_path: pathlib.Path) -> None:
         ({"proxies": [tcp(), tcp()]}, "proxies[1].name", "duplicate name 'p' (also proxies[0].name)"),
         ({"proxies": [tcp(type=None)]}, "proxies[0].type", "expected a string, got null"),
         ({"proxies": [{"name": "p", "localPort": 1}]}, "proxies[0].type", "required (tcp, udp, http"),
-        ({"proxies": [tcp(type="tcpmux")]}, "proxies[0].type", "tcpmux proxies are not supported"),
+        ({"proxies": [tcp(type="tcpmux")]}, "proxies[0].customDomains", "a tcpmux proxy needs customDomains"),
+        (
+            {"proxies": [tcp(type="tcpmux", customDomains=["a.b"], multiplexer="x")]},
+            "proxies[0].multiplexer",
+            "only 'httpconnect'",
+        ),
         ({"proxies": [tcp(type="ftp")]}, "proxies[0].type", "unknown proxy type 'ftp'"),
         ({"proxies": [{"name": "p", "type": "tcp"}]}, "proxies[0].localPort", "required (1-65535"),
         ({"proxies": [tcp(localPort=0)]}, "proxies[0].localPort", "0 is not a port"),
         ({"proxies": [tcp(localIP="bad ip")]}, "proxies[0].localIP", "neither an IP address nor a host name"),
         ({"proxies": [tcp(remotePort=70000)]}, "proxies[0].remotePort", "not a port (0-65535; 0 = the node picks"),
-        ({"proxies": [tcp(subdomain="x")]}, "proxies[0].subdomain", "not a field of tcp proxies (only http, https)"),
+        (
+            {"proxies": [tcp(subdomain="x")]},
+            "proxies[0].subdomain",
+            "not a field of tcp proxies (only http, https, tcpmux)",
+        ),
         ({"proxies": [tcp(secretKey="x")]}, "proxies[0].secretKey", "not a field of tcp proxies (only stcp, sudp"),
         ({"proxies": [tcp(type="http", customDomains=["a.com"], remotePort=80)]}, "proxies[0].remotePort", "only tcp"),
         ({"proxies": [tcp(type="https", subdomain="s", locations=["/"])]}, "proxies[0].locations", "only http"),
@@ -530,7 +542,7 @@ def test_missing_file(tmp_path: pathlib.Path) -> None:
             "required",
         ),
         ({"proxies": [tcp(metadatas={"a": {"b": "c"}})]}, "proxies[0].metadatas.a", "expected a string, got a table"),
-        ({"proxies": [tcp(routeByHTTPUser="u")]}, "proxies[0].routeByHTTPUser", "not supported"),
+        ({"proxies": [tcp(routeByHTTPUser="u")]}, "proxies[0].routeByHTTPUser", "not a field of tcp proxies"),
         ({"proxies": [tcp(name="x" * 129)]}, "proxies[0].name", "at most 128 characters"),
         ({"user": "u" * 100, "proxies": [tcp(name="x" * 28)]}, "proxies[0].name", "at most 128 characters"),
     ],
@@ -555,7 +567,7 @@ VISITOR = {"name": "v", "type": "stcp", "serverName": "s", "secretKey": "k", "bi
         ([{**VISITOR, "type": "sudp", "bindPort": -1}], "visitors[0].bindPort", "sudp visitors need a port"),
         ([{**VISITOR, "bindAddr": "no such"}], "visitors[0].bindAddr", "neither an IP address"),
         ([{**VISITOR, "keepTunnelOpen": True}], "visitors[0].keepTunnelOpen", "only for xtcp visitors"),
-        ([{**VISITOR, "plugin": {"type": "virtual_net"}}], "visitors[0].plugin", "virtual_net"),
+        ([{**VISITOR, "plugin": {"type": "socks5"}}], "visitors[0].plugin.type", "the only visitor plugin"),
         ([VISITOR, {**VISITOR, "name": "w"}], "visitors[1].bindPort", "port 9000 is already bound by visitors[0]"),
         ([{**VISITOR, "type": "xtcp", "fallbackTo": "nope"}], "visitors[0].fallbackTo", "no visitor is named 'nope'"),
         (
@@ -597,9 +609,64 @@ def test_all_problems_are_reported_in_file_order() -> None:
     assert str(info.value).splitlines()[0] == "serverPort: 0 is not a port (1-65535)"
 
 
-def test_plugins_are_refused_by_name_and_type() -> None:
-    found = problems({"proxies": [tcp(plugin={"type": "socks5", "username": "a"})]}, env={})
-    assert found["proxies[0].plugin"].startswith("not supported (plugin type 'socks5'): flux-tunnel has no frp plugins")
+def test_plugin_problems_name_their_field(tmp_path: pathlib.Path) -> None:
+    found = problems({"proxies": [
+        tcp(name="a", plugin={"type": "socks5", "username": "a"}),
+        tcp(name="b", plugin={"type": "static_file", "localPath": str(tmp_path / "none"), "unixPath": "/x"}),
+        tcp(name="c", plugin={"type": "https2http", "crtPath": __file__}),
+        tcp(name="d", plugin={"type": "gopher"}),
+        tcp(name="e", type="udp", plugin={"type": "socks5"}),
+    ]}, env={})  # fmt: skip
+    assert found["proxies[0].plugin.password"] == "username and password go together"
+    assert found["proxies[1].plugin.localPath"].startswith("no such directory")
+    assert found["proxies[1].plugin.unixPath"].startswith("not a field of the static_file plugin")
+    assert found["proxies[2].plugin.localAddr"] == "required for the https2http plugin"
+    assert found["proxies[2].plugin.keyPath"] == "crtPath and keyPath go together"
+    assert found["proxies[3].plugin.type"].startswith("required: one of unix_domain_socket, http_proxy")
+    assert found["proxies[4].plugin"].startswith("not a field of udp proxies")
+
+
+def test_a_plugin_takes_the_place_of_the_local_service(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "www").mkdir()
+    config = parse_config({"proxies": [
+        {"name": "files", "type": "tcp", "remotePort": 6006,
+         "plugin": {"type": "static_file", "localPath": "www", "stripPrefix": "/static/", "httpUser": "u",
+                    "httpPassword": "p"}},
+        {"name": "web", "type": "http", "customDomains": ["a.example.com"], "localPort": 80,
+         "plugin": {"type": "http2http", "localAddr": "127.0.0.1:8080", "hostHeaderRewrite": "in.example",
+                    "requestHeaders": {"set": {"x-from-where": "frp"}}}},
+    ]}, base_dir=tmp_path, env={})  # fmt: skip
+    files, web = config.proxies
+    assert files.local_port == 0 and files.plugin == PluginConfig(
+        type="static_file", local_path=str(tmp_path / "www"), strip_prefix="static", user="u", password="p"
+    )
+    assert web.plugin is not None and (web.plugin.local_host, web.plugin.local_port) == ("127.0.0.1", 8080)
+    assert web.plugin.request_headers == (("x-from-where", "frp"),)
+    assert any("localIP and localPort are not used" in n for n in config.notes)
+
+
+def test_the_connection_to_the_node_can_go_through_a_proxy_from_a_local_address() -> None:
+    config = parse_config({"transport": {"connectServerLocalIP": "127.0.0.1", "proxyURL": "socks5://u:p@h:1080"}},
+                          env={})  # fmt: skip
+    assert (config.connect_local_ip, config.proxy_url) == ("127.0.0.1", "socks5://u:p@h:1080")
+    from_env = parse_config({}, env={"http_proxy": "http://proxy.example:3128"})  # as frp
+    assert from_env.proxy_url == "http://proxy.example:3128"
+
+
+def test_tcpmux_and_route_by_http_user_reach_the_node_request() -> None:
+    config = parse_config({"user": "me", "proxies": [
+        {"name": "mux", "type": "tcpmux", "multiplexer": "httpconnect", "localPort": 22,
+         "customDomains": ["tunnel1"], "routeByHTTPUser": "alice", "httpUser": "alice", "httpPassword": "pw"},
+    ]}, env={})  # fmt: skip
+    (request,) = config.requests()
+    assert (request.name, request.proxy_type) == ("me.mux", "tcpmux")
+    o = request.options
+    assert (o.custom_domains, o.route_by_http_user, o.http_user, o.http_password) == (("tunnel1",), "alice", "alice",
+                                                                                       "pw")  # fmt: skip
+    with pytest.raises(ConfigError, match="httpUser: must be routeByHTTPUser's user"):
+        wrong = {"name": "w", "type": "http", "localPort": 80, "customDomains": ["a.b"], "routeByHTTPUser": "alice",
+                 "httpUser": "bob", "httpPassword": "x"}  # fmt: skip
+        parse_config({"proxies": [wrong]}, env={})
 
 
 def test_frp_fields_we_do_not_need_are_noted_not_refused() -> None:

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fluxcommon.tunnel.proxies import (
+    DOMAIN_TYPES,
+    HTTP_USER_TYPES,
     PUBLIC_PORT_TYPES,
     SECRET_TYPES,
     STREAM_TYPES,
@@ -29,7 +31,7 @@ from fluxcommon.tunnel.proxies import (
     wire_options,
 )
 
-ALL_TYPES = ("tcp", "udp", "http", "https", "stcp", "sudp", "xtcp")
+ALL_TYPES = ("tcp", "udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp")
 
 # The least each type needs to be accepted.
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -37,6 +39,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "udp": {},
     "http": {"custom_domains": ["app.example.com"]},
     "https": {"custom_domains": ["app.example.com"]},
+    "tcpmux": {"custom_domains": ["app.example.com"]},
     "stcp": {"secret_key": "s3cret"},
     "sudp": {"secret_key": "s3cret"},
     "xtcp": {"secret_key": "s3cret"},
@@ -61,8 +64,9 @@ def refuse(proxy_type: str, field: str, name: str = "alice.web", **options: Any)
 
 
 def test_type_sets_partition_the_proxy_types() -> None:
-    assert set(ALL_TYPES) == PUBLIC_PORT_TYPES | VHOST_TYPES | SECRET_TYPES
-    assert not PUBLIC_PORT_TYPES & VHOST_TYPES and not VHOST_TYPES & SECRET_TYPES
+    assert set(ALL_TYPES) == PUBLIC_PORT_TYPES | DOMAIN_TYPES | SECRET_TYPES
+    assert VHOST_TYPES < DOMAIN_TYPES and {"http", "tcpmux"} == HTTP_USER_TYPES
+    assert not PUBLIC_PORT_TYPES & DOMAIN_TYPES and not DOMAIN_TYPES & SECRET_TYPES
     assert not PUBLIC_PORT_TYPES & SECRET_TYPES
     assert set(ALL_TYPES) - {"udp", "sudp"} == STREAM_TYPES
 
@@ -127,16 +131,33 @@ def test_only_tcp_and_udp_take_a_remote_port(proxy_type: str) -> None:
     "option",
     [
         {"locations": ["/api"]},
-        {"http_user": "u", "http_password": "p"},
         {"host_header_rewrite": "internal.svc"},
         {"request_headers": {"X-From": "tunnel"}},
         {"response_headers": {"X-Served-By": "flux"}},
     ],
-    ids=["locations", "http_user", "host_header_rewrite", "request_headers", "response_headers"],
+    ids=["locations", "host_header_rewrite", "request_headers", "response_headers"],
 )
 def test_http_only_options_are_refused_on_other_types(proxy_type: str, option: dict[str, Any]) -> None:
     message = refuse(proxy_type, "locations", **option)
     assert "are for http proxies" in message
+
+
+@pytest.mark.parametrize("proxy_type", [t for t in ALL_TYPES if t not in ("http", "tcpmux")])
+@pytest.mark.parametrize("option", [{"http_user": "u", "http_password": "p"}, {"route_by_http_user": "u"}])
+def test_basic_auth_users_are_for_http_and_tcpmux_only(proxy_type: str, option: dict[str, Any]) -> None:
+    assert "are for http and tcpmux proxies" in refuse(proxy_type, "http_user", **option)
+
+
+@pytest.mark.parametrize("proxy_type", ["http", "tcpmux"])
+def test_http_and_tcpmux_take_basic_auth_and_route_by_user(proxy_type: str) -> None:
+    o = accept(proxy_type, http_user="alice", http_password="pw", route_by_http_user="alice").options
+    assert (o.http_user, o.http_password, o.route_by_http_user) == ("alice", "pw", "alice")
+
+
+def test_tcpmux_needs_a_name_and_takes_no_port() -> None:
+    refuse("tcpmux", "custom_domains", custom_domains=[])
+    refuse("tcpmux", "remote_port", remote_port=6000)
+    refuse("tcp", "custom_domains", custom_domains=["a.example.com"])
 
 
 def test_http_takes_every_http_option() -> None:
@@ -418,7 +439,7 @@ def valid_proxies(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
 
     if proxy_type in PUBLIC_PORT_TYPES:
         maybe("remote_port", st.integers(0, 65535))
-    if proxy_type in VHOST_TYPES:
+    if proxy_type in DOMAIN_TYPES:
         domains = draw(st.lists(_domain, max_size=3))
         subdomain = draw(st.one_of(st.just(""), _subdomain))
         if not domains and not subdomain:
@@ -427,11 +448,13 @@ def valid_proxies(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
             options["custom_domains"] = domains
         if subdomain:
             options["subdomain"] = subdomain
-    if proxy_type == "http":
-        maybe("locations", st.lists(_location, max_size=3))
+    if proxy_type in HTTP_USER_TYPES:
         if draw(st.booleans()):
             options["http_user"] = draw(_text.filter(bool))
             options["http_password"] = draw(_text.filter(bool))
+        maybe("route_by_http_user", _text)
+    if proxy_type == "http":
+        maybe("locations", st.lists(_location, max_size=3))
         maybe("host_header_rewrite", st.one_of(st.just(""), _host))
         maybe("request_headers", _headers)
         maybe("response_headers", _headers)

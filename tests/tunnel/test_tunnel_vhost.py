@@ -639,3 +639,52 @@ def test_every_claimed_domain_and_location_routes_to_its_claimant(specs: list[di
             assert server.registry.find_http(host, path) is want
         assert group.members and all(m.type == "http" for m in group.members)
     assert match(compiled, "nobody.example", "/") is None
+
+
+# -- routeByHTTPUser ----------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_route_by_http_user_picks_the_users_proxy_and_checks_its_password(server: TunnelServer) -> None:
+    a, b, c = login(server, "a"), login(server, "b"), login(server, "c")
+    domain = ["app.example.com"]
+    serve(a, "a.web", custom_domains=domain, route_by_http_user="alice", http_user="alice", http_password="pa",
+          host_header_rewrite="alice.internal", response_headers={"X-Who": "alice"})  # fmt: skip
+    serve(b, "b.web", custom_domains=domain, route_by_http_user="bob", http_user="bob", http_password="pb")
+    full = overlay(pb.Snapshot(), [server])
+    (route,) = full.routes
+    (policy,) = full.policies
+    assert policy.type == "tunnel_http_route" and list(route.policies) == [policy.name]
+    names = {cl.name: [ep.address for ep in cl.endpoints] for cl in full.clusters}
+    assert set(names) == {"tunnel/t1/app.example.com/@alice", "tunnel/t1/app.example.com/@bob"}
+
+    chooser = match(compile_(full), "app.example.com", "/").target.chain.policies[0]  # type: ignore[union-attr]
+
+    def pick(headers: dict[str, str]) -> tuple[int | None, str | None, RequestContext]:
+        ctx = context(headers)
+        answer = chooser.on_request(ctx)
+        return (answer.status if isinstance(answer, LocalResponse) else None), ctx.vars.get("cluster"), ctx
+
+    status, cluster, ctx = pick(basic("alice", "pa"))
+    assert (status, cluster, ctx.host) == (None, "tunnel/t1/app.example.com/@alice", b"alice.internal")
+    assert (b"X-Who", b"alice") in ctx.response_add
+    assert pick(basic("bob", "pb"))[:2] == (None, "tunnel/t1/app.example.com/@bob")
+    for wrong in (basic("alice", "pb"), basic("bob", "pa"), basic("eve", "x"), {}):  # never reaches a proxy
+        assert pick(wrong)[:2] == (401, None)
+
+    serve(c, "c.web", custom_domains=domain)  # a proxy for every other user
+    chooser = match(compile_(overlay(pb.Snapshot(), [server])), "app.example.com", "/").target.chain.policies[0]  # type: ignore[union-attr]
+    assert pick(basic("eve", "x"))[:2] == (None, "tunnel/t1/app.example.com/")
+    assert pick({})[:2] == (None, "tunnel/t1/app.example.com/")
+    assert pick(basic("alice", "wrong"))[:2] == (401, None)  # alice's own proxy, wrong password: no fallback
+
+
+def test_two_proxies_for_the_same_user_and_place_are_refused(server: TunnelServer) -> None:
+    a, b = login(server, "a"), login(server, "b")
+    serve(a, "a.web", custom_domains=["app.example.com"], route_by_http_user="alice")
+    with pytest.raises(ClaimError, match="for user 'alice'"):
+        serve(b, "b.web", custom_domains=["app.example.com"], route_by_http_user="alice")
+    serve(b, "b.web", custom_domains=["app.example.com"], route_by_http_user="bob")

@@ -234,7 +234,7 @@ def test_tcp_proxy_fixed_random_and_refused_ports(
     assert served["random"]["remote_port"] == port and served["fixed"]["remote_port"] == fixed
     # a port outside allow_ports is refused, and the agent says why
     bad = agent.wait_proxy("outside", status="rejected")
-    assert "remote_port" in bad["error"] and str(outside) in bad["error"], bad
+    assert "remotePort:" in bad["error"] and str(outside) in bad["error"], bad  # as frpc.toml names it
     assert "outside" not in served
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", outside), timeout=1).close()

@@ -370,8 +370,7 @@ def test_a_user_cannot_take_more_than_its_ports_or_proxies(
     office = agents("office", t.config("office", proxies))
     refused = office.wait_proxy("office.theirs", status="rejected")
     assert (
-        f"remote_port: {t.base + 12} is not among the ports of user 'office' ({t.ports('office')})"
-        in (refused["error"])
+        f"remotePort: {t.base + 12} is not among the ports of user 'office' ({t.ports('office')})" in (refused["error"])
     ), refused
 
     def settled() -> list[dict[str, Any]] | None:
@@ -475,9 +474,10 @@ def test_agent_config_prints_a_ready_verified_config(
     # ... and does not even complete TLS with a relay
     relay = TlsRelay(("127.0.0.1", t.bind_port), tmp_path / "relay")
     closing.callback(relay.close)
-    verifying = AgentProcess(
-        workdir, "via-relay", {**doc, "serverPort": relay.port, "proxies": [tcp_proxy("q", echo.port, t.base + 1)]}
-    ).start()
+    verifying = AgentProcess(  # loginFailExit = false: it stays up, its /api/status says why (true ends it)
+        workdir, "via-relay", {**doc, "serverPort": relay.port, "loginFailExit": False,
+                               "proxies": [tcp_proxy("q", echo.port, t.base + 1)]},
+    ).start()  # fmt: skip
     closing.callback(verifying.stop)
     assert "certificate" in last_error(verifying).lower()
     # printed to stdout, the config points at the CA written into the current directory
