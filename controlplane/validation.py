@@ -68,9 +68,10 @@ def _port_claims(cfg: ConfigSet) -> dict[tuple[str, str, int], list[tuple[str, s
         assert isinstance(tun, TunnelSpec)
         where = f"tunnels/{tun.name}"
         claims[(tun.node_group, "tcp", tun.bind_port)].append((where, "bind_port", tun.bind_address))
-        for field in ("vhost_http_port", "vhost_https_port"):
+        for field in ("vhost_http_port", "vhost_https_port", "tcpmux_httpconnect_port"):
             port = getattr(tun, field)
-            if port and not _shares_http_listener(cfg, tun.node_group, port, field):
+            # only vhost_http_port may share a port: the gateway's http listener serves its routes
+            if port and not (field == "vhost_http_port" and _shares_http_listener(cfg, tun.node_group, port)):
                 claims[(tun.node_group, "tcp", port)].append((where, field, tun.bind_address))
         for i, m in enumerate(tun.mappings):
             claims[(tun.node_group, m.type, m.remote_port)].append(
@@ -79,10 +80,9 @@ def _port_claims(cfg: ConfigSet) -> dict[tuple[str, str, int], list[tuple[str, s
     return claims
 
 
-def _shares_http_listener(cfg: ConfigSet, group: str, port: int, field: str) -> bool:
-    want = "http" if field == "vhost_http_port" else "https"
+def _shares_http_listener(cfg: ConfigSet, group: str, port: int) -> bool:
     return any(
-        isinstance(lst, ListenerSpec) and lst.node_group == group and lst.port == port and lst.protocol == want
+        isinstance(lst, ListenerSpec) and lst.node_group == group and lst.port == port and lst.protocol == "http"
         for lst in cfg["listeners"].values()
     )
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from fluxcommon.didyoumean import unknown_field
 from fluxcommon.durations import MAX_DURATION_MS, parse_duration_ms
 from fluxcommon.textfields import TextChecked
 from fluxcommon.wire import (
@@ -36,6 +37,7 @@ __all__ = [
     "SCHEMAS",
     "PolicyConfigError",
     "checked_headers",
+    "config_problems",
     "header_name_problem",
     "header_value_problem",
     "host_problem",
@@ -202,6 +204,7 @@ class RateLimitConfig(_Config):
     max_queue_delay: Ms = 1000
     sliding_mode: Literal["log", "counter"] = "counter"
     status: int = Field(default=429, ge=400, le=599)
+    headers: bool = Field(default=True, description="RateLimit-* fields on every answer (Retry-After on refusals)")
 
     @field_validator("key")
     @classmethod
@@ -354,3 +357,25 @@ def parse_policy_config(policy_type: str, config: dict[str, Any]) -> _Config:
 
 def validate_policy_config(policy_type: str, config: dict[str, Any]) -> None:
     parse_policy_config(policy_type, config)
+
+
+def config_problems(policy_type: str, config: Any) -> list[tuple[str, str]]:
+    """Every problem of a policy's config at once, as ("config.FIELD", message); unknown keys
+    with a did-you-mean. [] when the config is good (or the type unknown: the type's own error)."""
+    schema = SCHEMAS.get(policy_type)
+    if schema is None:
+        return []
+    try:
+        schema.model_validate(config)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors(include_url=False):
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-union[")))]
+            field = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+            if err["type"] == "extra_forbidden":
+                out.append((field, unknown_field(schema, loc)))
+            else:
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                out.append((field, "required" if msg == "Field required" else msg))
+        return out
+    return []

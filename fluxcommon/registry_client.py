@@ -12,7 +12,7 @@ Register an instance for as long as the application runs::
     client = RegistryClient("http://127.0.0.1:9080", token=os.environ["FLUX_TOKEN"])
     with client.register("orders", "10.0.0.5", 8080, version="v2", zone="eu-1", ttl="10s") as reg:
         serve_forever()          # reg.id == "10.0.0.5:8080"
-    # deregistered here (also on close(), and at interpreter exit if never closed)
+    # deregistered here (also on reg.close(), client.close(), and at interpreter exit if never closed)
 
 While registered, a daemon thread sends `PUT /api/v1/services/{name}/instances/{id}/heartbeat`
 every ttl/3 (or `heartbeat_interval`). When a heartbeat answers 404 (the instance expired,
@@ -98,6 +98,7 @@ class Registration:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"flux-heartbeat-{service}/{self.id}", daemon=True)
         self._thread.start()
+        client._track(self)
         atexit.register(self.close)
 
     @property
@@ -134,13 +135,14 @@ class Registration:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=self.client.timeout + 1)
         atexit.unregister(self.close)
+        self.client._untrack(self)
         if deregister:
             try:
                 self.client.deregister(self.service, self.id)
             except RegistryError as exc:
                 if exc.status != 404:
                     log.warning("could not deregister %s/%s: %s", self.service, self.id, exc)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the client was closed
                 log.warning("could not deregister %s/%s: %s", self.service, self.id, exc)
 
     def __enter__(self) -> Registration:
@@ -160,6 +162,8 @@ class RegistryClient:
         token = os.environ.get("FLUX_TOKEN") if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+        self._registrations: list[Registration] = []
+        self._lock = threading.Lock()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -177,7 +181,21 @@ class RegistryClient:
             raise RegistryError(resp.status_code, body)
         return resp
 
+    def _track(self, reg: Registration) -> None:
+        with self._lock:
+            self._registrations.append(reg)
+
+    def _untrack(self, reg: Registration) -> None:
+        with self._lock:
+            if reg in self._registrations:
+                self._registrations.remove(reg)
+
     def close(self) -> None:
+        """Deregister every instance this client still keeps registered, then close the connections."""
+        with self._lock:
+            registrations = list(self._registrations)
+        for reg in registrations:
+            reg.close()
         self.http.close()
 
     def __enter__(self) -> RegistryClient:

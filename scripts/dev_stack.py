@@ -1,11 +1,14 @@
 """Start the whole FLUX stack locally: control plane (SQLite) + one node + a demo upstream and route.
 
-    python scripts/dev_stack.py [--dir .flux-dev] [--port 8080]
+    python scripts/dev_stack.py [--dir .flux-dev] [--port 8080] [--upstream-port 9001]
+                                [--http 9080] [--grpc 18000] [--admin 9901]
 
 Everything runs in the foreground; Ctrl-C stops it all. State (database, admin
 token, node cache and credentials, logs) lives under --dir, so a second start keeps
-the config. On the first start the node enrols with a one-use join token made here;
-later starts use the credentials it keeps.
+the config, all of it: the demo listener, cluster and route are made on the first start
+only (config version 0), and a later start leaves whatever the user changed or deleted.
+On the first start the node enrols with a one-use join token made here; later starts use
+the credentials it keeps.
 """
 
 from __future__ import annotations
@@ -53,11 +56,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default=str(ROOT / ".flux-dev"), help="state directory (default .flux-dev)")
     p.add_argument("--port", type=int, default=8080, help="the demo listener's port (default 8080)")
-    p.add_argument("--upstream-port", type=int, default=9001)
+    p.add_argument("--upstream-port", type=int, default=9001, help="the demo upstream's port (default 9001)")
+    p.add_argument("--http", type=int, default=9080, help="the control plane's REST port (default 9080)")
+    p.add_argument("--grpc", type=int, default=18000, help="the config stream's port (default 18000)")
+    p.add_argument("--admin", type=int, default=9901, help="the node's admin port (default 9901)")
     args = p.parse_args()
     state = pathlib.Path(args.dir).resolve()
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    busy = [port for port in (9080, 18000, 9901, args.port, args.upstream_port) if not _port_free(port)]
+    first_start = not (state / "data" / "flux.db").exists()
+    ports = [args.http, args.grpc, args.admin, args.upstream_port] + ([args.port] if first_start else [])
+    busy = [port for port in ports if not _port_free(port)]
     if busy:
         print(f"ports already in use: {busy} (is another stack running?)", file=sys.stderr)
         return 1
@@ -87,61 +95,45 @@ def main() -> int:
         spawn("upstream", [sys.executable, str(ROOT / "scripts" / "echo_upstream.py"),
                            "--port", str(args.upstream_port), "--name", "demo"])  # fmt: skip
         spawn("controlplane", [str(BIN / "flux-controlplane"), "--db", f"sqlite:///{state / 'data' / 'flux.db'}",
-                               "--data-dir", str(state / "data")])  # fmt: skip
-        _wait("http://127.0.0.1:9080/healthz")
+                               "--data-dir", str(state / "data"), "--http", f"127.0.0.1:{args.http}",
+                               "--grpc", f"127.0.0.1:{args.grpc}"])  # fmt: skip
+        cp = f"http://127.0.0.1:{args.http}"
+        _wait(f"{cp}/healthz")
         token_file = state / "data" / "admin.token"
         token = token_file.read_text().strip()
-        demo = {
-            "listeners": [{"name": "public", "protocol": "http", "address": "127.0.0.1", "port": args.port}],
-            "clusters": [
-                {
-                    "name": "demo",
-                    "endpoints": [{"address": "127.0.0.1", "port": args.upstream_port}],
-                    "health_check": {"type": "http", "path": "/healthz", "interval": "5s"},
-                }
-            ],
-            "routes": [{"name": "demo", "listener": "public", "path": "/", "cluster": "demo"}],
-        }
-        r = httpx.post(
-            "http://127.0.0.1:9080/api/v1/apply",
-            json=demo,
-            headers={"Authorization": f"Bearer {token}", "X-Flux-Author": "dev-stack"},
-            timeout=10,
-        )
-        r.raise_for_status()
-        version = r.json()["version"]
+        api = httpx.Client(base_url=cp, headers={"Authorization": f"Bearer {token}", "X-Flux-Author": "dev-stack"},
+                           timeout=10)  # fmt: skip
+        version = _seed_demo(api, args.port, args.upstream_port)
         node = [str(BIN / "flux-node"), "--node-id", "dev-node", "--cache-dir", str(state / "cache"),
+                "--control-plane", f"127.0.0.1:{args.grpc}", "--admin", f"127.0.0.1:{args.admin}",
                 "--access-log", str(state / "logs" / "access.log")]  # fmt: skip
         if not (state / "cache" / "node.crt").exists():  # first start: enrol with a one-use join token
-            r = httpx.post(
-                "http://127.0.0.1:9080/api/v1/nodes/join-tokens",
-                json={"group": "default", "ttl": "10m", "uses": 1},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=10,
-            )
+            r = api.post("/api/v1/nodes/join-tokens", json={"group": "default", "ttl": "10m", "uses": 1})
             r.raise_for_status()
             node += ["--join-token", r.json()["token"]]
         spawn("node", node)
-        _wait("http://127.0.0.1:9901/ready")
-        answer = _wait(f"http://127.0.0.1:{args.port}/")
+        _wait(f"http://127.0.0.1:{args.admin}/ready")
+        gateway = _gateway_lines(api)
+        server = "" if args.http == 9080 else f"\n  export FLUX_SERVER={cp}"
         print(
             f"""
 FLUX Gateway is running (config version {version}).
 
-  gateway (demo route)   http://127.0.0.1:{args.port}/         -> {answer.text.strip()!r}
-  control plane REST     http://127.0.0.1:9080/api/v1   (OpenAPI: http://127.0.0.1:9080/docs)
-  config stream (mTLS)   127.0.0.1:18000   node credentials in {state / "cache"}/
-  node admin             http://127.0.0.1:9901/ready  /metrics  /clusters  /config_dump
+{gateway}
+  control plane REST     {cp}/api/v1   (OpenAPI: {cp}/docs)
+  web console            {cp}/ui/      (log in with the admin token)
+  config stream (mTLS)   127.0.0.1:{args.grpc}   node credentials in {state / "cache"}/
+  node admin             http://127.0.0.1:{args.admin}/ready  /metrics  /clusters  /config_dump
   admin token            {token_file}
   logs                   {state / "logs"}/
 
 Try:
-  export FLUX_ADMIN_TOKEN=$(cat {token_file})
+  export FLUX_ADMIN_TOKEN=$(cat {token_file}){server}
   .venv/bin/fluxctl get routes
   .venv/bin/fluxctl nodes
-  curl -s -H "Authorization: Bearer $FLUX_ADMIN_TOKEN" http://127.0.0.1:9080/api/v1/routes
+  curl -s -H "Authorization: Bearer $FLUX_ADMIN_TOKEN" {cp}/api/v1
+  .venv/bin/fluxctl apply -f examples/policies.yaml     # a route per policy: see the README
   .venv/bin/fluxctl tokens create dashboards --role read    # a token that may only read
-  curl -s http://127.0.0.1:{args.port}/echo
 
 Ctrl-C stops everything.""",
             flush=True,
@@ -157,6 +149,47 @@ Ctrl-C stops everything.""",
         return 0
     finally:
         stop_all()
+
+
+def _seed_demo(api: httpx.Client, port: int, upstream_port: int) -> int:
+    """The demo listener, cluster and route, made on the first start only (config version 0):
+    a later start keeps what the user changed or deleted. Returns the config version."""
+    current = api.get("/api/v1/config")
+    current.raise_for_status()
+    if current.json()["version"] > 0:
+        return int(current.json()["version"])
+    demo = {
+        "listeners": [{"name": "public", "protocol": "http", "address": "127.0.0.1", "port": port}],
+        "clusters": [
+            {
+                "name": "demo",
+                "endpoints": [{"address": "127.0.0.1", "port": upstream_port}],
+                "health_check": {"type": "http", "path": "/healthz", "interval": "5s"},  # the demo upstream has it
+            }
+        ],
+        "routes": [{"name": "demo", "listener": "public", "path": "/", "cluster": "demo"}],
+    }
+    r = api.post("/api/v1/apply", json=demo)
+    r.raise_for_status()
+    return int(r.json()["version"])
+
+
+def _gateway_lines(api: httpx.Client) -> str:
+    """The default group's http listeners as they are now (the user may have changed them)."""
+    listeners = api.get("/api/v1/listeners", params={"limit": 1000})
+    listeners.raise_for_status()
+    lines = []
+    for lst in listeners.json()["items"]:
+        if lst["protocol"] != "http" or lst["node_group"] != "default":
+            continue
+        host = "127.0.0.1" if lst["address"] in ("0.0.0.0", "::") else lst["address"]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{lst['port']}/"
+        try:
+            answer = repr(_wait(url, timeout=10.0).text.strip()[:60])
+        except SystemExit:
+            answer = "(no answer yet)"
+        lines.append(f"  gateway ({lst['name']})".ljust(25) + f"{url}  (bound to {lst['address']})  -> {answer}")
+    return "\n".join(lines) or "  gateway                no http listener (fluxctl apply -f examples/gateway.yaml)"
 
 
 if __name__ == "__main__":

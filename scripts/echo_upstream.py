@@ -12,6 +12,8 @@ picks a free port). Endpoints:
   GET  /stream?n=N&chunk=C N bytes, chunked, C bytes a chunk
   POST /sink               reads the whole body (any size), answers with its length and sha256
   GET  /close              answers then closes the connection
+  POST /introspect         RFC 7662 token introspection for demos: token "demo-token" is active
+                           (sub alice, scope "orders:read"), any other is not
   GET  (Upgrade: websocket) 101, a greeting line, then echoes every byte
   (with --fail-status N every request but /healthz gets status N)
   *    (anything else)     200 "hello from NAME" (plain text)
@@ -25,6 +27,7 @@ import base64
 import hashlib
 import http
 import json
+import time
 import urllib.parse
 
 import httptools
@@ -54,6 +57,7 @@ class _Conn(asyncio.Protocol):
         self.body_len = 0
         self.sha = hashlib.sha256()
         self.sink = False
+        self.body = b""  # kept for /introspect only
         self.method = "GET"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,6 +93,8 @@ class _Conn(asyncio.Protocol):
         self.body_len += len(body)
         if self.sink:
             self.sha.update(body)
+        elif self.url.startswith(b"/introspect") and len(self.body) < 65536:
+            self.body += body
 
     def _switch(self, rest: bytes) -> None:
         """Answer an upgrade (WebSocket) with 101, a greeting, and echo every byte after."""
@@ -168,6 +174,8 @@ class _Conn(asyncio.Protocol):
             self._send(200, body.encode(), b"application/json", keep)
         elif path == "/close":
             self._send(200, b"bye", b"text/plain", False)
+        elif path == "/introspect":
+            self._send(200, _introspection(self.body), b"application/json", keep)
         else:
             self._send(200, b"hello from " + self.name.encode() + b"\n", b"text/plain", keep)
 
@@ -187,6 +195,18 @@ class _Conn(asyncio.Protocol):
         self.transport.write(b"0\r\n\r\n")
         if not keep:
             self.transport.close()
+
+
+DEMO_TOKEN = "demo-token"
+
+
+def _introspection(form: bytes) -> bytes:
+    """An RFC 7662 answer: the demo token is active, anything else is not."""
+    token = urllib.parse.parse_qs(form.decode("latin-1")).get("token", [""])[0]
+    if token != DEMO_TOKEN:
+        return b'{"active": false}'
+    doc = {"active": True, "sub": "alice", "scope": "orders:read", "client_id": "demo", "exp": int(time.time()) + 3600}
+    return json.dumps(doc).encode()
 
 
 async def serve(host: str, port: int, name: str) -> None:

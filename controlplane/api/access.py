@@ -24,6 +24,7 @@ The rules (`need_for`):
   `/api/v1/services/{name}...`); `/api/v1/tokens` and `/api/v1/nodes/join-tokens` are
   admin only, GET included (`ADMIN_ONLY`).
 - `POST /api/v1/apply?dry_run=true` (`fluxctl apply --diff`) commits nothing: `read`.
+- `POST /api/v1/auth/token/verify` (whether a JWT would be taken) commits nothing: `read`.
 - register, heartbeat, patch, deregister an instance: `registry` for that service.
 - everything else: `admin`.
 """
@@ -58,6 +59,7 @@ INSTANCE_WRITES = frozenset(
         ("PUT", HEARTBEAT_PATH),
     }
 )
+VERIFY_PATH = "/api/v1/auth/token/verify"
 ADMIN_ONLY = ("/api/v1/tokens", "/api/v1/nodes/join-tokens")
 """Route templates (prefixes) that only the admin may call, GET included."""
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
@@ -194,6 +196,8 @@ def need_for(method: str, route_path: str, params: Mapping[str, Any], query: Map
     if method in ("GET", "HEAD"):
         return Need("read", service)
     if method == "POST" and route_path == "/api/v1/apply" and query.get("dry_run", "").lower() in _TRUE:
+        return Need("read")
+    if method == "POST" and route_path == VERIFY_PATH:
         return Need("read")
     return Need("admin")
 

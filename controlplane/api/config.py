@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane.api import access
+from controlplane.api import access, rollouts
 from controlplane.api.access import authorize
-from controlplane.api.errors import validation_errors
+from controlplane.api.apply_body import OPENAPI_BODY, apply_document, parse_apply
 from controlplane.api.state import ControlPlane, get_cp, require_admin
 from controlplane.api_tokens import Principal
 from controlplane.spec import KINDS, ResourceSpec
 from controlplane.spec._types import MAX_INT64
-from controlplane.validation import ConfigError, FieldError
 
 router = APIRouter(prefix="/api/v1", tags=["config"])
 
@@ -78,36 +77,14 @@ async def rollback(
     }
 
 
-def _parse_apply(body: dict[str, Any]) -> tuple[list[tuple[str, ResourceSpec]], set[str]]:
-    """Specs of an apply document, with every bad resource reported by kind, index and field."""
-    puts: list[tuple[str, ResourceSpec]] = []
-    kinds_named: set[str] = set()
-    errors: list[FieldError] = []
-    for plural, items in body.items():
-        if plural not in KINDS:
-            errors.append(FieldError("", plural, f"unknown kind; use one of {', '.join(KINDS)}"))
-            continue
-        kinds_named.add(plural)
-        if not isinstance(items, list):
-            errors.append(FieldError("", plural, "must be a list of resources"))
-            continue
-        for i, raw in enumerate(items):
-            name = raw.get("name", f"#{i}") if isinstance(raw, dict) else f"#{i}"
-            try:
-                puts.append((plural, KINDS[plural].spec.model_validate(raw)))
-            except ValidationError as exc:
-                for e in validation_errors(exc.errors(include_url=False), located=False):  # type: ignore[arg-type]
-                    errors.append(FieldError(f"{plural}/{name}", e["field"], e["message"]))
-    if errors:
-        raise ConfigError(errors)
-    return puts, kinds_named
-
-
-@router.post("/apply", summary="Create or update many resources in one version (fluxctl apply)")
+@router.post(
+    "/apply",
+    summary="Create or update many resources in one version (fluxctl apply); JSON or YAML",
+    openapi_extra=OPENAPI_BODY,
+)
 async def apply(
-    resources: dict[str, Any] = Body(
-        ..., description="{listeners: [...], clusters: [...], routes: [...], ...}: the contract's YAML shape"
-    ),
+    request: Request,
+    resources: dict[str, Any] = Depends(apply_document),  # JSON or YAML (controlplane.api.apply_body)
     prune: bool = Query(False, description="delete resources of the named kinds that the body does not name"),
     dry_run: bool = Query(
         False, description="validate and report the changes, commit nothing (the read role may; it compares no secret)"
@@ -115,11 +92,13 @@ async def apply(
     cp: ControlPlane = Depends(get_cp),
     principal: Principal | None = Depends(authorize),  # admin, or read for a dry run (controlplane.api.access)
     author: str = Depends(access.author),
+    staged: rollouts.RolloutParams = Depends(rollouts.rollout_params),  # ?canary=25&bake=2m&by_group=true
 ) -> dict[str, Any]:
     if not dry_run and principal is not None:
         access.check_need(access.Need("admin"), principal)  # again, on the value FastAPI parsed
     resources.pop("version", None)
-    puts, kinds_named = _parse_apply(resources)
+    puts, kinds_named = parse_apply(resources, cp.store.current()[1])  # every problem at once
+    start = await rollouts.rollout_start(request, staged, cp, author, dry_run)  # None: an ordinary write
 
     def run() -> tuple[Any, Any]:
         _, before = cp.store.current()
@@ -127,7 +106,9 @@ async def apply(
         if prune:
             named = {(p, s.name) for p, s in puts}
             deletes = [(p, n) for p in kinds_named for n in before[p] if (p, n) not in named]
-        return before, cp.store.apply(puts, deletes, author=author, dry_run=dry_run, allow_missing_deletes=True)
+        return before, cp.store.apply(
+            puts, deletes, author=author, dry_run=dry_run, allow_missing_deletes=True, before_commit=start
+        )
 
     before, result = await run_in_threadpool(run)
     if result.committed:
@@ -138,6 +119,8 @@ async def apply(
         "dry_run": dry_run,
         "changes": [c.as_dict() for c in result.changes],
     }
+    if start is not None:
+        answer["rollout"] = await rollouts.started(request, start)  # None: no node group's snapshot changed
     if dry_run:
         after = before.with_changes(
             [(p, s.keep_secrets_from(before.get(p, s.name))) for p, s in puts],

@@ -10,10 +10,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane.store.config_store import NotFound
 from controlplane.validation import ConfigError
+from fluxcommon.didyoumean import unknown_field
 
 
 def error_body(code: str, message: str, field: str = "", errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -51,30 +53,61 @@ def _field_path(loc: tuple[Any, ...], located: bool = True) -> str:
 
 
 def validation_errors(
-    errors: list[dict[str, Any]], resource: str = "", *, located: bool = True
+    errors: list[dict[str, Any]],
+    resource: str = "",
+    *,
+    located: bool = True,
+    model: type[BaseModel] | None = None,
+    raw: Any = None,
 ) -> list[dict[str, str]]:
-    """Field errors from pydantic's; `located=False` for a model validated outside FastAPI's
-    request parsing (its locs start at the model's own fields)."""
+    """Field errors from pydantic's, every one; `located=False` for a model validated outside
+    FastAPI's request parsing (its locs start at the model's own fields). With the `model`
+    the body was read as, an unknown field gets a did-you-mean; with the `raw` body too, a
+    model's `config_problems(raw)` (policies: their config, checked by its type's schema)
+    stands for every error it covers, so that all of the config's problems are named."""
     out = []
     for e in errors:
-        field = _field_path(tuple(e.get("loc", ())), located)
+        loc = tuple(e.get("loc", ()))
+        if located and loc and loc[0] in _LOCATIONS:
+            loc = loc[1:]
+        field = _field_path(loc, located=False)
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            msg = unknown_field(model, loc) if model is not None else "unknown field"
+        elif msg == "Field required":
+            msg = "required"
         head, sep, rest = msg.partition(": ")
         if sep and " " not in head and "'" not in head:
             field = f"{field}.{head}" if field and not field.endswith(head) else head
             msg = rest
         out.append({"resource": resource, "field": field, "message": msg})
+    own = getattr(model, "config_problems", None)
+    covered = own(raw) if own is not None else None
+    if covered is not None:
+        out = [e for e in out if not _under(e["field"], "config")]
+        out += [{"resource": resource, "field": f, "message": m} for f, m in covered]
     return out
+
+
+def _under(field: str, prefix: str) -> bool:
+    return field == prefix or field.startswith((prefix + ".", prefix + "["))
+
+
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The model the matched route reads its body as (for did-you-mean), if it is one."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    annotation = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errs):
             ctx = errs[0].get("ctx", {}) or {}
             return error_response(400, "malformed_json", f"request body is not valid JSON: {ctx.get('error', '')}")
-        details = validation_errors(errs)
+        details = validation_errors(errs, model=_body_model(request), raw=exc.body)
         first = details[0] if details else {"field": "", "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
         return error_response(422, "invalid_request", message, field=first["field"], errors=details)

@@ -1,6 +1,7 @@
 """Service registry REST API: services, instances, heartbeats, discovery and watches, events.
 
     GET    /api/v1/services?namespace=&group=&tag=&limit=&offset=
+    POST   /api/v1/services                            create (ServiceSpec); 409 when the name exists
     GET    /api/v1/services/{name}
     PUT    /api/v1/services/{name}                     create or update (ServiceSpec)
     DELETE /api/v1/services/{name}[?force=true]        409 while it has instances, unless forced
@@ -38,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import ConfigDict, Field, ValidationError
 
 from controlplane.api import access
+from controlplane.api.errors import validation_errors
 from controlplane.api.state import get_cp, require_admin
 from controlplane.registry.store import RegistryStore
 from controlplane.registry.types import Instance, InstanceSpec, ServiceSpec, Status
@@ -104,6 +106,29 @@ async def list_services(
     return {"items": page, "total": len(found), "limit": limit, "offset": offset, "index": reg.index}
 
 
+def _service_spec(body: dict[str, Any], where: str) -> ServiceSpec:
+    """`body` read as a service; ConfigError naming every bad field (unknown ones with a did-you-mean)."""
+    try:
+        return ServiceSpec.model_validate(body)
+    except ValidationError as exc:
+        found = validation_errors(exc.errors(include_url=False), located=False, model=ServiceSpec)  # type: ignore[arg-type]
+        raise ConfigError([FieldError(where, e["field"], e["message"]) for e in found]) from None
+
+
+@router.post("/services", status_code=201, summary="Create a service (409 when the name exists)")
+async def create_service(
+    response: Response,
+    body: dict[str, Any] = Body(...),
+    reg: RegistryStore = Depends(get_registry),
+    _author: str = Depends(admin),
+) -> dict[str, Any]:
+    name = body.get("name")
+    spec = _service_spec(body, f"services/{name}" if isinstance(name, str) else "services")
+    svc = await run_in_threadpool(reg.create_service, spec)
+    _index_header(response, svc.modify_index)
+    return svc.as_dict(reg.instances(spec.name))
+
+
 @router.get("/services/{name}", summary="One service, with instance counts")
 async def get_service(name: str, response: Response, reg: RegistryStore = Depends(get_registry)) -> dict[str, Any]:
     svc = reg.service(name)
@@ -122,10 +147,7 @@ async def put_service(
     body.setdefault("name", name)
     if body["name"] != name:
         raise ConfigError([FieldError(f"services/{name}", "name", f"body names {body['name']!r}, URL names {name!r}")])
-    try:
-        spec = ServiceSpec.model_validate(body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+    spec = _service_spec(body, f"services/{name}")
     svc, created = await run_in_threadpool(reg.put_service, spec)
     if created:
         response.status_code = 201
@@ -330,7 +352,7 @@ def _parse_import(raw: bytes, content_type: str) -> list[tuple[ServiceSpec, list
         try:
             spec = ServiceSpec.model_validate(item)
         except ValidationError as exc:
-            errors += [FieldError(label, _loc(base, e["loc"]), _msg(e)) for e in exc.errors()]
+            errors += _import_errors(label, base, exc, ServiceSpec)
             continue
         if spec.name in seen:
             errors.append(FieldError(label, f"{base}.name", "named twice in one import"))
@@ -345,7 +367,7 @@ def _parse_import(raw: bytes, content_type: str) -> list[tuple[ServiceSpec, list
             try:
                 ispec = InstanceSpec.model_validate(raw_inst)
             except ValidationError as exc:
-                errors += [FieldError(label, _loc(f"{base}.instances[{j}]", e["loc"]), _msg(e)) for e in exc.errors()]
+                errors += _import_errors(label, f"{base}.instances[{j}]", exc, InstanceSpec)
                 continue
             if ispec.instance_id() in ids:
                 errors.append(FieldError(label, f"{base}.instances[{j}].id", "named twice in one service"))
@@ -358,15 +380,10 @@ def _parse_import(raw: bytes, content_type: str) -> list[tuple[ServiceSpec, list
     return out
 
 
-def _loc(base: str, loc: tuple[Any, ...]) -> str:
-    out = base
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-def _msg(err: Any) -> str:
-    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
+def _import_errors(label: str, base: str, exc: ValidationError, model: Any) -> list[FieldError]:
+    """Every problem of one imported item, its field under `base` (services[2].instances[0])."""
+    found = validation_errors(exc.errors(include_url=False), located=False, model=model)  # type: ignore[arg-type]
+    return [FieldError(label, f"{base}.{e['field']}" if e["field"] else base, e["message"]) for e in found]
 
 
 async def _import(request: Request, reg: RegistryStore) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""POST /api/v1/auth/token: issue a JWT for a consumer, signed with its jwt credential.
+"""POST /api/v1/auth/token: issue a JWT for a consumer, signed with its jwt credential;
+POST /api/v1/auth/token/verify: whether the nodes would take a token, and as which consumer.
 
 HS* credentials sign with their secret; RS/ES/EdDSA credentials need the
 optional `private_key` stored with them. The token carries `iss` (the
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Depends
 from pydantic import ConfigDict, Field
 
 from controlplane.api.state import ControlPlane, get_cp, require_admin
+from controlplane.jwt_verify import PolicyNotUsable, jwt_policy, verify
 from controlplane.spec._types import Duration, Name
 from controlplane.spec.consumer import ConsumerSpec, JwtCredential
 from controlplane.store.config_store import NotFound
@@ -78,3 +80,25 @@ def issue_token(
         "algorithm": cred.algorithm,
         "consumer": consumer.name,
     }
+
+
+class VerifyRequest(TextChecked):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=16_384, description="the JWT (a leading 'Bearer ' is dropped)")
+    policy: Name | None = Field(
+        default=None, description="a jwt policy whose issuer, audience, leeway, algorithms and require apply"
+    )
+    audience: str | list[str] | None = Field(default=None, description="the audience to check (else the policy's)")
+
+
+@router.post("/token/verify", summary="Verify a JWT: the consumer and claims, or why it would be refused")
+def verify_token(body: VerifyRequest, cp: ControlPlane = Depends(get_cp)) -> dict[str, Any]:
+    """Answers 200 with `{"valid": true, "consumer", "groups", "issuer", "algorithm", "claims",
+    "expires_at"}` or `{"valid": false, "reason"}`; the read role may ask (it commits nothing)."""
+    _, cfg = cp.store.current()
+    try:
+        policy = jwt_policy(cfg, body.policy) if body.policy else None
+    except PolicyNotUsable as exc:
+        raise ConfigError([FieldError("", "policy", str(exc))]) from None
+    cp.count("tokens_verified")
+    return verify(body.token, cfg, policy=policy, audience=body.audience).as_dict()

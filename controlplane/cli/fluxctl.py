@@ -1,6 +1,6 @@
 """`fluxctl`: the control plane's REST API from the command line.
 
-    fluxctl apply -f flux.yaml [--prune] [--diff]
+    fluxctl apply -f flux.yaml [--prune] [--diff] [--wait 30s | --no-wait] [--canary 25 --bake 2m] [--by-group]
     fluxctl get routes [NAME] [-o table|yaml|json]
     fluxctl delete route orders-api
     fluxctl nodes
@@ -8,6 +8,7 @@
     fluxctl nodes revoke edge-1
     fluxctl history
     fluxctl rollback 12
+    fluxctl rollouts [get|abort|promote ID]
     fluxctl tokens create ci --role read [--services a,b] [--ttl 90d]
     fluxctl tokens list
     fluxctl tokens delete ci
@@ -16,12 +17,18 @@
 Reads FLUX_SERVER (default http://127.0.0.1:9080) and FLUX_TOKEN or FLUX_ADMIN_TOKEN
 (the admin token or an API token), or --server / --token. Reads (get, nodes, history,
 version, apply --diff/--dry-run) work with a read token.
+
+apply, rollback and delete wait (--wait 30s, --no-wait) for every connected node of the
+node groups the new version changes to ACK or NACK it, and print each node that refused it.
+Exit codes: 0 done; 1 an error; 2 a node refused the version; 3 a rollout was rolled back;
+4 nodes had not answered when the wait ran out.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import json
 import os
 import sys
@@ -31,8 +38,11 @@ from typing import Any
 import httpx
 import yaml
 
+from controlplane.cli import rollouts, waiting
 from controlplane.spec.configset import KINDS, kind_of
 from fluxcommon import yamlsafe
+from fluxcommon.didyoumean import suggest
+from fluxcommon.version import version_text
 
 Row = dict[str, Any]
 
@@ -53,6 +63,16 @@ def _endpoints(c: Row) -> str:
         ],
         2,
     )
+
+
+ELLIPSIS = "\u2026"
+MAX_CELL = 60
+"""Table cells longer than this are cut, ending in an ellipsis (`-o yaml|json` shows them whole)."""
+
+
+def _cut(text: str, width: int = MAX_CELL) -> str:
+    """`text` in at most `width` characters: cut ones end in an ellipsis, so a reader sees the cut."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + ELLIPSIS
 
 
 def _route_clusters(r: Row) -> str:
@@ -112,20 +132,34 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
         ("INSTANCES", lambda r: f"{r.get('healthy_instances', 0)}/{r.get('instances', 0)}"),
         ("STRATEGY", lambda r: r["strategy"]), ("INDEX", lambda r: r["modify_index"]),
     ],
+    "registries": [
+        ("NAME", lambda r: r["name"]), ("TYPE", lambda r: r["type"]), ("ADDRESS", lambda r: r["address"]),
+        ("IMPORT", lambda r: ("yes: " + (_join(r.get("services")) if r.get("services") else "all"))
+                             if r.get("import", True) else "no"),
+        ("EXPORT", lambda r: ("yes: " + (_join(r.get("export_services")) if r.get("export_services") else "all"))
+                             if r.get("export") else "no"),
+        ("INTERVAL", lambda r: r.get("interval", "-")),
+    ],
+    "alerts": [
+        ("NAME", lambda r: r["name"]), ("KIND", lambda r: r["kind"]), ("SERVICE", lambda r: r.get("service", "*")),
+        ("THRESHOLD", lambda r: r.get("threshold", "-")),
+        ("WINDOW", lambda r: r.get("window", "-") if r["kind"] == "flapping" else "-"),
+        ("COOLDOWN", lambda r: r.get("cooldown", "-")), ("WEBHOOK", lambda r: r.get("webhook", "-")),
+    ],
     "nodes": [
         ("ID", lambda r: r["id"]), ("GROUP", lambda r: r["group"]),
         ("ADDRESS", lambda r: r["address"] or "-"),
         ("STATE", lambda r: "connected" if r["connected"] else "gone"),
         ("ACKED", lambda r: r["acked_version"] or "-"),
         ("SYNC", lambda r: "yes" if r["in_sync"] else "no"),
-        ("LAST NACK", lambda r: (f"v{r['last_nack']['version']}: {r['last_nack']['message']}"[:60]
+        ("LAST NACK", lambda r: (f"v{r['last_nack']['version']}: {r['last_nack']['message']}"
                                  if r.get("last_nack") else "-")),
         ("LAST SEEN", lambda r: (r.get("last_seen") or "-")[:19]),
     ],
     "history": [
         ("VERSION", lambda r: r["version"]), ("CREATED", lambda r: r["created_at"][:19]),
         ("AUTHOR", lambda r: r["author"]), ("RESOURCES", lambda r: r["resources"]),
-        ("SUMMARY", lambda r: r["summary"][:70]),
+        ("SUMMARY", lambda r: r["summary"]),
     ],
     "tokens": [
         ("NAME", lambda r: r["name"]), ("ROLE", lambda r: r["role"]), ("SERVICES", lambda r: _join(r.get("services"))),
@@ -136,14 +170,30 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
 }  # fmt: skip
 
 
-def table(rows: list[Row], columns: list[tuple[str, Callable[[Row], Any]]]) -> str:
-    cells = [[h for h, _ in columns]] + [[str(f(r)) for _, f in columns] for r in rows]
+def table(rows: list[Row], columns: list[tuple[str, Callable[[Row], Any]]], *, whole: bool = False) -> str:
+    """Rows under a header, columns aligned; a cell past MAX_CELL characters is cut with an ellipsis
+    (`whole`: never, as `fluxctl nodes` shows NACK reasons)."""
+    keep = str if whole else lambda v: _cut(str(v))
+    cells = [[h for h, _ in columns]] + [[keep(f(r)) for _, f in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 class CliError(Exception):
     pass
+
+
+def _error_lines(status: int, body: Row) -> list[str]:
+    """A refusal as the control plane gave it: every problem on a line, as `flux-tunnel verify`."""
+    errors = body.get("errors") or []
+    head = f"error ({status} {body.get('error', '')})"
+    if len(errors) < 2:
+        return [f"{head}: {body.get('message', '')}"]
+    lines = [f"{head}: {len(errors)} problems; nothing was changed"]
+    for e in errors:
+        where = ": ".join(x for x in (e.get("resource"), e.get("field")) if x)
+        lines.append(f"  {where}: {e.get('message')}" if where else f"  {e.get('message')}")
+    return lines
 
 
 class Client:
@@ -163,10 +213,7 @@ class Client:
                 body = resp.json()
             except ValueError:
                 raise CliError(f"{resp.status_code}: {resp.text[:200]}") from None
-            lines = [f"error ({resp.status_code} {body.get('error', '')}): {body.get('message', '')}"]
-            for e in body.get("errors", [])[1:]:
-                where = ": ".join(x for x in (e.get("resource"), e.get("field")) if x)
-                lines.append(f"  {where}: {e.get('message')}")
+            lines = _error_lines(resp.status_code, body)
             if resp.status_code == 401:
                 lines.append(
                     "  (set FLUX_TOKEN or FLUX_ADMIN_TOKEN, or pass --token: the admin token, which the control"
@@ -187,24 +234,42 @@ class Client:
 
 
 def _load_files(paths: list[str]) -> dict[str, list[Row]]:
+    """The files' resources by kind; CliError naming every problem of every file at once."""
     merged: dict[str, list[Row]] = {}
+    problems: list[str] = []
     for path in paths:
         try:
             text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
             docs = list(yamlsafe.load_all(text))  # no anchors/aliases: no expansion bombs
         except OSError as exc:
-            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+            problems.append(f"cannot read {path}: {exc.strerror}")
+            continue
         except yaml.YAMLError as exc:
-            raise CliError(f"{path}: not valid YAML: {exc}") from None
+            problems.append(f"{path}: not valid YAML: {exc}")
+            continue
         for doc in docs:
             if doc is None:
                 continue
             if not isinstance(doc, dict):
-                raise CliError(f"{path}: the top level must be a mapping of kinds (listeners:, routes:, ...)")
+                problems.append(f"{path}: the top level must be a mapping of kinds (listeners:, routes:, ...)")
+                continue
             for plural, items in doc.items():
-                if plural not in KINDS:
-                    raise CliError(f"{path}: unknown kind {plural!r}; use {', '.join(KINDS)}")
-                merged.setdefault(plural, []).extend(items or [])
+                if plural == "services":
+                    problems.append(
+                        f"{path}: services are the registry's, not config: curl -X POST $FLUX_SERVER/api/v1/"
+                        f'services:import -H "Authorization: Bearer $FLUX_ADMIN_TOKEN" --data-binary @{path}'
+                    )
+                elif plural not in KINDS:
+                    hint = suggest(str(plural), KINDS)
+                    problems.append(f"{path}: unknown kind {plural!r}{hint}; use {', '.join(KINDS)}")
+                elif items is not None and not isinstance(items, list):
+                    problems.append(f"{path}: {plural}: a list of resources ({plural}: [{{name: ...}}, ...])")
+                else:
+                    merged.setdefault(plural, []).extend(items or [])
+    if len(problems) == 1:
+        raise CliError(problems[0])
+    if problems:
+        raise CliError("\n".join([f"{len(problems)} problems; nothing was sent", *(f"  {p}" for p in problems)]))
     return merged
 
 
@@ -215,7 +280,14 @@ def _dump(obj: Any) -> str:
 def cmd_apply(client: Client, args: argparse.Namespace) -> int:
     body = _load_files(args.filename)
     dry = args.diff or args.dry_run
-    result = client.call("POST", "/api/v1/apply", json=body, params={"prune": args.prune, "dry_run": dry})
+    params: dict[str, Any] = {"prune": args.prune, "dry_run": dry}
+    if args.canary:
+        params["canary"] = args.canary
+    if args.by_group:
+        params["by_group"] = True
+    if args.bake is not None:
+        params["bake"] = args.bake
+    result = client.call("POST", "/api/v1/apply", json=body, params=params)
     symbols = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
     for change in result["changes"]:
         if change["action"] == "unchanged" and not args.verbose:
@@ -235,6 +307,12 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> int:
         print(f"{n} change(s) would be made; nothing committed (current version {result['version']})")
     elif result["committed"]:
         print(f"applied {n} change(s): config version {result['version']}")
+        if result.get("rollout") and not args.no_wait:
+            return waiting.follow_rollout(client, result["rollout"], args.wait)
+        if result.get("rollout"):
+            print(f"rollout {result['rollout']['id']} started: fluxctl rollouts get {result['rollout']['id']}")
+            return 0
+        return waiting.after_commit(client, args, result["version"])
     else:
         print(f"no changes: config version {result['version']}")
     return 0
@@ -265,13 +343,17 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    if args.kind in ("services", "service"):  # the registry's: no config version to wait for
+        gone = client.call("DELETE", f"/api/v1/services/{args.name}")
+        print(f"deleted services/{args.name}: registry index {gone['index']}")
+        return 0
     try:
         plural = kind_of(args.kind).plural
     except KeyError as exc:
         raise CliError(str(exc).strip("'\"")) from None
     result = client.call("DELETE", f"/api/v1/{plural}/{args.name}")
     print(f"deleted {plural}/{args.name}: config version {result['version']}")
-    return 0
+    return waiting.after_commit(client, args, result["version"])
 
 
 def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
@@ -297,7 +379,7 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
         print(_dump(result), end="")
     else:
         print(f"config version {result['version']}")
-        print(table(result["items"], COLUMNS["nodes"]) if result["items"] else "no nodes have connected")
+        print(table(result["items"], COLUMNS["nodes"], whole=True) if result["items"] else "no nodes have connected")
     return 0
 
 
@@ -316,6 +398,7 @@ def cmd_rollback(client: Client, args: argparse.Namespace) -> int:
         print(f"  {change['action']} {change['kind']}/{change['name']}")
     if result["committed"]:
         print(f"rolled back to version {args.version}: config version {result['version']}")
+        return waiting.after_commit(client, args, result["version"])
     else:
         print(f"version {args.version} is the current config already (version {result['version']})")
     return 0
@@ -394,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the admin token or an API token (FLUX_TOKEN, else FLUX_ADMIN_TOKEN); reads need a read token at least",
     )
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.add_argument("--version", action="version", version=version_text("fluxctl"))
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument(
         "-o",
@@ -410,6 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--diff", action="store_true", help="show what would change, field by field; commit nothing")
     a.add_argument("--dry-run", action="store_true", help="validate and list the changes; commit nothing")
     a.add_argument("-v", "--verbose", action="store_true", help="list unchanged resources too")
+    a.add_argument(
+        "--canary",
+        type=waiting.percent,
+        metavar="PERCENT",
+        help="config canary: the new version to this share of each changed group's nodes first (at least one); "
+        "the rest follow if the canaries ACK and their 5xx rate and latency hold up during --bake",
+    )
+    a.add_argument("--bake", default=None, metavar="DURATION", help="how long each stage is watched (default 1m)")
+    a.add_argument("--by-group", action="store_true", help="release the changed node groups one after another")
+    waiting.add_wait_args(a)
     a.set_defaults(func=cmd_apply)
 
     g = sub.add_parser("get", parents=[out], help="list resources of a kind, or show one")
@@ -420,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", parents=[out], help="delete one resource")
     d.add_argument("kind")
     d.add_argument("name")
+    waiting.add_wait_args(d)
     d.set_defaults(func=cmd_delete)
 
     n = sub.add_parser("nodes", parents=[out], help="connected data-plane nodes and their config state")
@@ -436,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_history)
     r = sub.add_parser("rollback", parents=[out], help="make an earlier config version current again")
     r.add_argument("version", type=int)
+    waiting.add_wait_args(r)
     r.set_defaults(func=cmd_rollback)
+    rollouts.add_parser(sub, out)
     sub.add_parser("version", parents=[out], help="current config version and resource counts").set_defaults(
         func=cmd_version
     )
@@ -468,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")  # an ellipsis where the terminal cannot show one: "?"
     client = Client(args.server, args.token)
     try:
         code = args.func(client, args)

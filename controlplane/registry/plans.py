@@ -40,6 +40,14 @@ def put_service(tx: Tx, spec: ServiceSpec, detail: str = "") -> str:
     return "updated"
 
 
+def create_service(tx: Tx, spec: ServiceSpec) -> str:
+    """Create a service; 409 when one of that name exists (POST /api/v1/services)."""
+    if tx.service(spec.name) is not None:
+        message = f"a service named {spec.name!r} exists (PUT /api/v1/services/{spec.name} changes it)"
+        raise ConfigError([FieldError(f"services/{spec.name}", "name", message)], status=409)
+    return put_service(tx, spec)
+
+
 def ensure_service(tx: Tx, name: str, why: str) -> None:
     if tx.service(name) is None:
         tx.put_service(Service(ServiceSpec(name=name), created_at=tx.now), "service_registered", why)

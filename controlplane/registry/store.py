@@ -498,6 +498,11 @@ class RegistryStore:
         outcome, _ = self._write(lambda tx: plans.put_service(tx, spec), now)
         return self.service(spec.name), outcome == "created"
 
+    def create_service(self, spec: ServiceSpec, *, now: float | None = None) -> Service:
+        """Create a service; ConfigError (409) when one of that name exists."""
+        self._write(lambda tx: plans.create_service(tx, spec), now)
+        return self.service(spec.name)
+
     def delete_service(self, name: str, *, force: bool = False, now: float | None = None) -> int:
         """Delete a service; refused (409) while it has instances unless `force`. Returns the index."""
         dropped, index = self._write(lambda tx: plans.delete_service(tx, name, force), now)

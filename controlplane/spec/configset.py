@@ -24,6 +24,7 @@ from controlplane.spec.policy import PolicySpec
 from controlplane.spec.registry_source import RegistrySourceSpec
 from controlplane.spec.route import RouteSpec
 from controlplane.spec.tunnel import TunnelSpec
+from fluxcommon.didyoumean import suggest
 
 ResourceSpec = Resource
 
@@ -62,7 +63,8 @@ def kind_of(name: str) -> Kind:
     for kind in KINDS.values():
         if name in (kind.plural, kind.singular):
             return kind
-    raise KeyError(f"unknown kind {name!r}: one of {', '.join(KINDS)}")
+    names = [n for kind in KINDS.values() for n in (kind.plural, kind.singular)]
+    raise KeyError(f"unknown kind {name!r}{suggest(name, names)}: one of {', '.join(KINDS)}")
 
 
 class ConfigSet:

@@ -49,6 +49,18 @@ class PolicySpec(Resource):
 
     secret_paths: ClassVar[tuple[str, ...]] = tuple(f"config.{k}" for k in sorted(_SECRET_KEYS))
 
+    @classmethod
+    def config_problems(cls, raw: Any) -> list[tuple[str, str]] | None:
+        """Every problem of the config of `raw` (a policy body) by its type's schema, as
+        ("config.FIELD", message): the model itself stops at the config's first. None when
+        the type or the config cannot be read (their own errors say why)."""
+        from fluxcommon.policy_config import SCHEMAS, config_problems
+
+        if not isinstance(raw, dict) or raw.get("type") not in SCHEMAS:
+            return None
+        config = raw.get("config", {})
+        return config_problems(raw["type"], config) if isinstance(config, dict) else None
+
     def masked(self) -> dict[str, Any]:
         out = super().masked()
         out["config"] = {k: (MASK if k in _SECRET_KEYS and v else v) for k, v in self.config.items()}

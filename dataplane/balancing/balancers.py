@@ -151,8 +151,9 @@ class ConsistentHash(Balancer):
     Each endpoint gets about `VNODES * weight / mean_weight` points (at least one), labelled
     by its "address:port" key, so the ring does not depend on the order of the endpoints
     and, with equal weights, adding or removing one of N endpoints remaps about 1/N of the
-    keys (removing one moves only the keys it owned). A key of None falls back to round
-    robin.
+    keys (removing one moves only the keys it owned). A key of None (the header, cookie...
+    the key comes from is missing) falls back to smooth weighted round robin, so weights
+    still hold.
     """
 
     __slots__ = ("_fallback", "_owners", "_points")
@@ -162,7 +163,7 @@ class ConsistentHash(Balancer):
 
     def __init__(self, endpoints: Sequence[EndpointState], weights: Sequence[int] | None = None) -> None:
         super().__init__(endpoints)
-        self._fallback = RoundRobin(self.endpoints)
+        self._fallback = WeightedRoundRobin(self.endpoints)
         ring: list[tuple[int, str, EndpointState]] = []
         if self.endpoints:
             # `weights`: the weights a new snapshot brings, which the endpoints take only on commit

@@ -31,6 +31,7 @@ class EndpointState:
         "available",
         "checks_failed",
         "checks_ok",
+        "consecutive_5xx",
         "consecutive_failures",
         "draining",
         "ejected_until",
@@ -62,6 +63,7 @@ class EndpointState:
     ejections: int
     released_at: float
     consecutive_failures: int
+    consecutive_5xx: int
     checks_ok: int
     checks_failed: int
     available: bool
@@ -90,6 +92,7 @@ class EndpointState:
         self.ejections = 0
         self.released_at = 0.0
         self.consecutive_failures = 0
+        self.consecutive_5xx = 0
         self.checks_ok = 0
         self.checks_failed = 0
         self.total_requests = 0
@@ -141,6 +144,7 @@ class EndpointState:
             "ejections": self.ejections,
             "active": self.active,
             "consecutive_failures": self.consecutive_failures,
+            "consecutive_5xx": self.consecutive_5xx,
             "checks_ok": self.checks_ok,
             "checks_failed": self.checks_failed,
             "last_check": self.last_check,

@@ -121,11 +121,20 @@ class HealthService:
 
     # -- passive ---------------------------------------------------------------------
 
-    def passive(self, cluster: ClusterRuntime, ep: EndpointState, ok: bool) -> None:
-        if record_request(ep, ok, trio.current_time(), cluster.outlier, cluster.endpoints):
+    def passive(self, cluster: ClusterRuntime, ep: EndpointState, ok: bool, status: int = 0) -> None:
+        """One proxied request's outcome: `ok` False for a gateway failure (no response, or
+        502/503/504), `status` the upstream's status (0: none) for `consecutive_5xx`."""
+        policy = cluster.outlier
+        gateway_run = not ok and ep.consecutive_failures + 1 >= policy.consecutive_failures
+        if record_request(ep, ok, trio.current_time(), policy, cluster.endpoints, status):
+            streak = (
+                f"{policy.consecutive_failures} gateway failures"
+                if gateway_run
+                else f"{policy.consecutive_5xx} 5xx responses"
+            )
             log.warning(
-                "endpoint %s of cluster %s ejected for %.0fs after %d failures in a row",
-                ep.key, cluster.name, ep.ejected_until - trio.current_time(), cluster.outlier.consecutive_failures,
+                "endpoint %s of cluster %s ejected for %.0fs after %s in a row",
+                ep.key, cluster.name, ep.ejected_until - trio.current_time(), streak,
             )  # fmt: skip
             self._wake.set()
 

@@ -30,12 +30,19 @@ class ActiveCheckPolicy:
 class OutlierPolicy:
     """Passive ejection: failures in a row, back-off bounds (seconds), ejected-share cap.
 
+    Two streaks, as Envoy's outlier detection counts them: `consecutive_failures` gateway
+    failures (no response: connect failure, reset, timeout; or a 502, 503 or 504), and,
+    when `consecutive_5xx` is above 0, any 5xx response or gateway failure. A response
+    below 500 ends both streaks; a 5xx that is no gateway failure (a 500, say) ends the
+    gateway-failure streak only.
+
     `max_ejection_percent` 0 disables ejection; otherwise one endpoint of a cluster of two
     or more may always be ejected, further ones only while the ejected share stays within
     the percentage.
     """
 
     consecutive_failures: int = 5
+    consecutive_5xx: int = 0  # 0: 5xx responses never eject (only gateway failures do)
     base_ejection_s: float = 30.0
     max_ejection_s: float = 300.0
     max_ejection_percent: int = 50
@@ -94,25 +101,43 @@ def ejection_duration(ejections: int, policy: OutlierPolicy) -> float:
 
 
 def record_request(
-    ep: EndpointState, ok: bool, now: float, policy: OutlierPolicy, cluster: Sequence[EndpointState]
+    ep: EndpointState,
+    ok: bool,
+    now: float,
+    policy: OutlierPolicy,
+    cluster: Sequence[EndpointState],
+    status: int = 0,
 ) -> bool:
     """Record the outcome of one proxied request (passive health); True if `ep` got ejected.
 
-    `policy.consecutive_failures` failures in a row eject `ep` until
-    `now + base_ejection_s * 2**ejections` (capped at `max_ejection_s`), unless that would
-    eject too large a share of `cluster` (the endpoint's whole cluster, `ep` included). A
-    success resets the failure streak, and one more than `max_ejection_s` after the last
-    release also forgets the back-off.
+    `ok` False is a gateway failure (see OutlierPolicy); `status` is the upstream's response
+    status, 0 when there was none (callers that pass no status report gateway failures
+    only, and a 5xx streak then never grows).
+
+    `policy.consecutive_failures` gateway failures in a row, or `policy.consecutive_5xx`
+    5xx in a row (when above 0), eject `ep` until `now + base_ejection_s * 2**ejections`
+    (capped at `max_ejection_s`), unless that would eject too large a share of `cluster`
+    (the endpoint's whole cluster, `ep` included). A success resets the streaks, and one
+    more than `max_ejection_s` after the last release also forgets the back-off.
     """
     ep.total_requests += 1
-    if ok:
+    counts_5xx = policy.consecutive_5xx > 0
+    if ok and not (counts_5xx and status >= 500):  # a success (a 500 is one unless 5xx count)
         ep.consecutive_failures = 0
+        ep.consecutive_5xx = 0
         if ep.ejections and ep.ejected_until <= 0.0 and now - ep.released_at > policy.max_ejection_s:
             ep.ejections = 0
         return False
     ep.total_failures += 1
-    ep.consecutive_failures += 1
-    if ep.ejected_until > 0.0 or ep.consecutive_failures < max(1, policy.consecutive_failures):
+    # a 5xx that is no gateway failure (500, 501, 505...) ends the gateway-failure streak
+    ep.consecutive_failures = 0 if ok else ep.consecutive_failures + 1
+    if counts_5xx:
+        ep.consecutive_5xx += 1
+    if ep.ejected_until > 0.0:
+        return False
+    gateway_run = not ok and ep.consecutive_failures >= max(1, policy.consecutive_failures)
+    run_5xx = counts_5xx and ep.consecutive_5xx >= policy.consecutive_5xx
+    if not (gateway_run or run_5xx):
         return False
     ejected = sum(1 for other in cluster if other.ejected_until > 0.0)
     if not may_eject(ejected, len(cluster), policy.max_ejection_percent):
@@ -123,6 +148,7 @@ def record_request(
     ep.ejected_until = until
     ep.ejections += 1
     ep.consecutive_failures = 0
+    ep.consecutive_5xx = 0
     ep._refresh()
     return True
 
@@ -135,6 +161,7 @@ def release_ejections(cluster: Sequence[EndpointState], now: float) -> list[Endp
             ep.ejected_until = 0.0
             ep.released_at = now
             ep.consecutive_failures = 0
+            ep.consecutive_5xx = 0
             ep._refresh()
             released.append(ep)
     return released

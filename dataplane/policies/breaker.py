@@ -13,6 +13,7 @@ that keep the policy unchanged.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from dataplane.policies.base import LocalResponse, Policy, PolicyEnv, PolicyResult, RequestContext
@@ -78,5 +79,18 @@ class CircuitBreakerPolicy(Policy):
             self.breaker.release(time.monotonic(), entry[0])
 
     def snapshot(self) -> dict[str, Any]:
-        state = self.breaker.snapshot(time.monotonic()) if self.breaker else {}
+        """The breaker's state for the admin page: `since` and `next_probe_at` as wall-clock
+        times (ISO 8601, UTC; the core keeps monotonic seconds), durations in seconds."""
+        if self.breaker is None:
+            return {"policy": self.name, "scope": self.scope}
+        mono, wall = time.monotonic(), time.time()
+        state = self.breaker.snapshot(mono)
+        for key in ("since", "next_probe_at"):
+            if state.get(key) is not None:
+                state[key] = _wall_clock(wall - (mono - state[key]))
         return {"policy": self.name, "scope": self.scope, **state}
+
+
+def _wall_clock(seconds: float) -> str:
+    """Unix seconds as ISO 8601 in UTC, to the millisecond: 2026-12-06T21:30:00.123+00:00."""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")

@@ -36,16 +36,18 @@ def _factories() -> dict[str, PolicyFactory]:
         ResponseRewritePolicy, RedirectPolicy,
     )  # fmt: skip
     from dataplane.tunnel.http_auth import TunnelHttpAuthPolicy
+    from dataplane.tunnel.http_route import TunnelHttpRoutePolicy
 
     factories = {cls.type: cls for cls in classes}
     factories[TunnelHttpAuthPolicy.type] = TunnelHttpAuthPolicy  # made by the node for http tunnels only
+    factories[TunnelHttpRoutePolicy.type] = TunnelHttpRoutePolicy  # likewise (routeByHTTPUser)
     return factories  # type: ignore[return-value]
 
 
 def _internal_schemas() -> dict[str, Any]:
-    from dataplane.tunnel.http_auth import TYPE, TunnelHttpAuthConfig
+    from dataplane.tunnel import http_auth, http_route
 
-    return {TYPE: TunnelHttpAuthConfig}
+    return {http_auth.TYPE: http_auth.TunnelHttpAuthConfig, http_route.TYPE: http_route.TunnelHttpRouteConfig}
 
 
 _INTERNAL_SCHEMAS = _internal_schemas()

@@ -264,7 +264,8 @@ def test_two_nodes_share_one_limit(prefix: str) -> None:
             await reactor.sleep(0.005)
 
     async def main() -> None:
-        async with node(REDIS_URL, REDIS_URL) as (reactor, _n, clients):
+        # a generous timeout: this test is about the shared bound, not the fallback on a slow Redis
+        async with node(REDIS_URL, REDIS_URL, timeout=2.0) as (reactor, _n, clients):
             for client in clients:
                 with trio.fail_after(3):
                     await client.wait_up()
