@@ -38,6 +38,8 @@ from controlplane.registry.adapters.manager import RegistrySourceManager
 from controlplane.registry.alerts import AlertManager, alert_rules
 from controlplane.registry.health import HealthProber
 from controlplane.registry.store import RegistryStore
+from controlplane.rollouts.driver import RolloutManager
+from controlplane.rollouts.store import RolloutStore
 from controlplane.secretbox import SecretBox, SecretKeyError, load_secret_key
 from controlplane.store import encryption
 from controlplane.store.config_store import ConfigStore
@@ -49,6 +51,7 @@ from fluxcommon.durations import parse_duration_ms
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
 from fluxcommon.trust import pin_hex
+from fluxcommon.version import version_text
 
 log = logging.getLogger("flux.controlplane")
 
@@ -73,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("FLUX_DB", "sqlite:///data/flux.db"),
         help="sqlite:///PATH (default sqlite:///data/flux.db) or mysql+pymysql://USER:PASS@HOST/DB",
     )
+    p.add_argument("--version", action="version", version=version_text("flux-controlplane"))
     p.add_argument("--http", default="127.0.0.1:9080", help="REST listen address (default 127.0.0.1:9080)")
     p.add_argument("--grpc", default="127.0.0.1:18000", help="discovery listen address (default 127.0.0.1:18000)")
     p.add_argument(
@@ -179,6 +183,8 @@ async def serve(args: argparse.Namespace) -> int:
         tunnel_sessions=tunnels,
     )
     watcher = ConfigWatcher(store, cache, poll_interval=args.poll_interval)
+    rollouts = RolloutManager(store, RolloutStore(engine), nodes, cache, cp_id)  # canaries, groups in turn
+    watcher.before_publish = rollouts.sync_hold
     loop = asyncio.get_running_loop()
     registry.bind_loop(loop)
     registry.subscribe(cache.registry_changed)
@@ -205,6 +211,7 @@ async def serve(args: argparse.Namespace) -> int:
     sources = RegistrySourceManager(registry)  # external registries (etcd, ZooKeeper, ...): leader only
     app.state.registry_sources = sources
     app.state.node_trust = trust
+    app.state.rollouts = rollouts
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     grpc_host = split_host_port(args.grpc)[0]
@@ -238,6 +245,7 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.create_task(alerts.run(), name="registry-alerts"),
         asyncio.create_task(sources.run(store, cache), name="registry-sources"),
         asyncio.create_task(servicer.watch_revocations(), name="node-revocations"),
+        asyncio.create_task(rollouts.run(), name="rollouts"),
         asyncio.create_task(_prune_trust(trust), name="node-trust-prune"),
     ]
     stopper = asyncio.create_task(stop.wait())

@@ -18,6 +18,7 @@ from dataplane.worker import NodeOptions, NodeWorker
 from fluxcommon.durations import parse_duration_ms
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
+from fluxcommon.version import version_text
 
 log = logging.getLogger("flux.node")
 
@@ -43,6 +44,7 @@ def _workers(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flux-node", description="FLUX Gateway data-plane node.")
+    p.add_argument("--version", action="version", version=version_text("flux-node"))
     p.add_argument(
         "--control-plane",
         default=os.environ.get("FLUX_CONTROL_PLANE", "127.0.0.1:18000"),

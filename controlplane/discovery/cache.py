@@ -12,6 +12,11 @@ modify index of those services), so the same database state names the same
 version on every control plane. Streams decide what to send by a local,
 monotonic sequence number per group (`group_seq`), which moves whenever the
 group's snapshot may have changed.
+
+Per-node pinning: while a rollout runs, `set_hold(Hold)` (controlplane.discovery.hold)
+keeps the nodes of the groups it changes on the version before, except the nodes and
+groups it released; streams ask `node_version` / `node_snapshot` with their node id.
+Held groups are rendered from the held config, once per change, like the others.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable, Iterable
 
 from google.protobuf import any_pb2
 
+from controlplane.discovery.hold import Hold
 from controlplane.snapshot import SNAPSHOT_TYPE_URL, RegistryView, render_snapshot, select, snapshot_version
 from controlplane.spec import ConfigSet
 from flux.v1 import config_pb2
@@ -50,6 +56,9 @@ class SnapshotCache:
         self._flush: asyncio.TimerHandle | None = None
         self.renders = 0
         self.last_render_ms = 0.0
+        self.hold: Hold | None = None
+        self._held: dict[str, asyncio.Future[tuple[str, any_pb2.Any]]] = {}  # renders of the held config
+        self._held_services: dict[str, frozenset[str]] = {}
 
     @property
     def ready(self) -> bool:
@@ -86,16 +95,17 @@ class SnapshotCache:
             return
         touched = False
         for group in list(self._known_groups()):
-            if self.services(group) & changed:
+            if (self.services(group) | self._services_held(group)) & changed:
                 self._seq += 1
                 self._group_seq[group] = self._seq
                 self._rendered.pop(group, None)
+                self._held.pop(group, None)
                 touched = True
         if touched:
             self._wake()
 
     def _known_groups(self) -> set[str]:
-        return set(self._services) | set(self._rendered) | set(self._group_seq)
+        return set(self._services) | set(self._rendered) | set(self._group_seq) | set(self._held)
 
     def refresh(self) -> None:
         """Re-render every group (e.g. the registry was reloaded from the database)."""
@@ -103,7 +113,35 @@ class SnapshotCache:
         self._base_seq = self._seq
         self._group_seq = {}
         self._rendered = {}
+        self._held = {}
         self._wake()
+
+    def set_hold(self, hold: Hold | None) -> None:
+        """Pin nodes to an earlier version while a rollout runs (None: every node gets the current one)."""
+        old = self.hold
+        if (hold is None and old is None) or (hold is not None and hold.same_pins(old)):
+            self.hold = hold
+            return
+        if old is None or hold is None or old.version != hold.version:
+            self._held = {}
+            self._held_services = {}
+        self.hold = hold
+        self._seq += 1
+        for group in (old.groups if old else frozenset()) | (hold.groups if hold else frozenset()):
+            self._group_seq[group] = self._seq
+        self._wake()
+
+    def holds(self, group: str, node_id: str) -> bool:
+        return self.hold is not None and self.hold.holds(group, node_id)
+
+    def _services_held(self, group: str) -> frozenset[str]:
+        hold = self.hold
+        if hold is None or group not in hold.groups:
+            return frozenset()
+        found = self._held_services.get(group)
+        if found is None:
+            found = self._held_services[group] = frozenset(select(hold.config, group).services)
+        return found
 
     def _wake(self) -> None:
         for event in self._subscribers:
@@ -131,6 +169,35 @@ class SnapshotCache:
     def group_version(self, group: str) -> str:
         """The version the group's snapshot has now ("42" or "42.1037")."""
         return snapshot_version(self.version, self.services(group), self.registry)
+
+    def node_version(self, group: str, node_id: str) -> str:
+        """The version node `node_id` of `group` should run now (held by a rollout, or the group's)."""
+        hold = self.hold
+        if hold is not None and hold.holds(group, node_id):
+            return snapshot_version(hold.version, self._services_held(group), self.registry)
+        return self.group_version(group)
+
+    async def node_snapshot(self, group: str, node_id: str) -> tuple[int, str, any_pb2.Any]:
+        """(sequence, version, packed snapshot) node `node_id` of `group` should run now."""
+        hold = self.hold
+        if hold is None or not hold.holds(group, node_id):
+            return await self.snapshot(group)
+        seq = self.group_seq(group)
+        fut = self._held.get(group)
+        if fut is None:
+            version = self.node_version(group, node_id)
+            fut = asyncio.get_running_loop().create_future()
+            self._held[group] = fut
+            try:
+                packed = await asyncio.to_thread(self._render, hold.config, version, group)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                if self._held.get(group) is fut:
+                    self._held.pop(group, None)
+                raise
+            fut.set_result((version, packed))
+        version, packed = await asyncio.shield(fut)
+        return seq, version, packed
 
     async def snapshot(self, group: str) -> tuple[int, str, any_pb2.Any]:
         """(sequence, version, packed snapshot) of `group` as it is now."""

@@ -51,6 +51,8 @@ class NodeState:
     last_nack_at: datetime | None = None
     connected_since: datetime | None = field(default_factory=_now)
     last_seen: datetime | None = field(default_factory=_now)
+    load: dict[str, Any] | None = None  # the last load report (controlplane.rollouts.load)
+    load_at: datetime | None = None
     stream: int = 0
 
     def as_dict(self, current_version: int | str | None = None) -> dict[str, Any]:
@@ -78,7 +80,12 @@ class NodeState:
             ),
             "connected_since": iso(self.connected_since),
             "last_seen": iso(self.last_seen),
-        }
+            "load": (
+                {"requests": self.load.get("requests", 0), "server_errors": self.load.get("server_errors", 0),
+                 "at": iso(self.load_at)}
+                if self.load else None
+            ),
+        }  # fmt: skip
 
 
 class NodeRegistry:
@@ -90,6 +97,7 @@ class NodeRegistry:
         self._forgotten: set[str] = set()  # revoked: their rows are deleted at the next flush
         self._lock = threading.Lock()
         self._streams = 0
+        self.eager_load = False  # a rollout runs: write load reports at the next flush, not the next touch
 
     # -- stream events (called on the event loop) ---------------------------------
 
@@ -110,6 +118,7 @@ class NodeRegistry:
             state.last_nack_version = prev.last_nack_version
             state.last_nack_message = prev.last_nack_message
             state.last_nack_at = prev.last_nack_at
+            state.load, state.load_at = prev.load, prev.load_at
         self._set(state)
         log.info("node %s (group %s) connected from %s", node_id, group, address)
         return state
@@ -130,6 +139,18 @@ class NodeRegistry:
     def nack(self, state: NodeState, version: str, message: str) -> None:
         log.warning("node %s rejected version %s: %s", state.node_id, version, message)
         self._update(state, last_nack_version=version, last_nack_message=message[:4000], last_nack_at=_now())
+
+    def report_load(self, state: NodeState, load: dict[str, Any]) -> None:
+        """A load report: kept at once, written with the next touch (every few seconds), or
+        the next flush while `eager_load` (a rollout compares nodes' counters)."""
+        current = self._nodes.get(state.node_id)
+        if current is None or current.stream != state.stream:
+            return
+        now = _now()
+        with self._lock:
+            self._nodes[state.node_id] = replace(current, load=load, load_at=now, last_seen=now)
+            if self.eager_load:
+                self._dirty.add(state.node_id)
 
     def _update(self, state: NodeState, **changes: Any) -> None:
         current = self._nodes.get(state.node_id)
@@ -186,7 +207,7 @@ class NodeRegistry:
                     for attr in (
                         "node_group", "address", "hostname", "build_version", "control_plane_id", "connected",
                         "acked_version", "sent_version", "last_nack_version", "last_nack_message",
-                        "last_nack_at", "connected_since", "last_seen",
+                        "last_nack_at", "connected_since", "last_seen", "load", "load_at",
                     ):  # fmt: skip
                         setattr(row, attr, getattr(st, attr))
                     s.add(row)
@@ -222,6 +243,7 @@ class NodeRegistry:
                     st.connected_since = _aware(st.connected_since)
                     st.last_seen = _aware(st.last_seen)
                     st.last_nack_at = _aware(st.last_nack_at)
+                    st.load_at = _aware(st.load_at)
                     if st.connected and st.last_seen and _now() - st.last_seen > STALE_AFTER:
                         st.connected = False  # its control plane stopped updating it
                     merged[st.node_id] = st

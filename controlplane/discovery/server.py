@@ -5,7 +5,9 @@ cache holds a version newer than the last one sent, but keeps at most one
 response unanswered: while a node has not ACKed or NACKed, newer versions wait
 and only the newest is sent after the answer. Together with the watcher's
 coalescing this bounds the pushes per node by its round trips, whatever the
-write rate. A NACKed version is not sent again; the next version is.
+write rate. A NACKed version is not sent again; the next version is. While a rollout
+runs, the cache may pin a node to the version before (controlplane.discovery.hold); load
+reports on the stream (requests with no nonce) go to the node registry.
 
 Every call is authenticated first (controlplane.discovery.authn): nothing is sent to a
 peer without a node certificate of this control plane's CA, or to one claiming another
@@ -29,6 +31,7 @@ import grpc
 from controlplane.discovery.authn import NodeAuthenticator, PeerNode, Refused
 from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry, NodeState
+from controlplane.rollouts.load import load_from_proto
 from controlplane.snapshot import SNAPSHOT_TYPE_URL
 from controlplane.tunnel_sessions import TunnelSessions
 from flux.v1 import discovery_pb2, discovery_pb2_grpc
@@ -194,6 +197,10 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     async def _read(self, stream: _Stream, requests: AsyncIterator[discovery_pb2.StreamConfigRequest]) -> None:
         try:
             async for req in requests:
+                if req.HasField("load_report"):  # the node's request counters (config canaries)
+                    self.nodes.report_load(stream.state, load_from_proto(req.load_report))
+                    if not req.response_nonce:
+                        continue
                 if stream.outstanding is None or req.response_nonce != stream.outstanding:
                     continue  # stale or unsolicited: Envoy's rule, ignore
                 if req.HasField("error_detail") and req.error_detail.message:
@@ -216,10 +223,10 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
             waiting_ack = stream.outstanding is not None and (time.monotonic() - stream.outstanding_since < ACK_TIMEOUT)
             seq = cache.group_seq(group) if cache.ready else -1
             if seq > stream.sent_seq and not waiting_ack:
-                if cache.group_version(group) == stream.held_version:
+                if cache.node_version(group, stream.state.node_id) == stream.held_version:
                     stream.sent_seq = seq  # the node runs this version already (a resumed stream)
                     continue
-                seq, version, packed = await cache.snapshot(group)
+                seq, version, packed = await cache.node_snapshot(group, stream.state.node_id)  # a rollout may pin it
                 nonce = secrets.token_hex(8)
                 stream.outstanding, stream.outstanding_since = nonce, time.monotonic()
                 stream.sent_seq = seq

@@ -3,13 +3,16 @@
 Local writes poke it at once; a poll of the version row every `poll_interval`
 catches writes made by other control planes on the same database. After a
 change it waits `coalesce` seconds before loading, so a burst of writes becomes
-one published version.
+one published version. `before_publish` (the rollout manager's `sync_hold`) runs before
+each new version is published, so the nodes a rollout holds back never see it early.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from controlplane.discovery.cache import SnapshotCache
 from controlplane.store.config_store import ConfigStore
@@ -32,6 +35,7 @@ class ConfigWatcher:
         self.coalesce = coalesce
         self._poke = asyncio.Event()
         self.publishes = 0
+        self.before_publish: Callable[[], Awaitable[Any]] | None = None
 
     def poke(self) -> None:
         """Wake the watcher now (safe only on the event loop; see `poke_threadsafe`)."""
@@ -43,6 +47,8 @@ class ConfigWatcher:
     async def load_once(self) -> None:
         version, config = await asyncio.to_thread(self.store.current)
         if version != self.cache.version:
+            if self.before_publish is not None:
+                await self.before_publish()
             self.cache.publish(version, config)
             self.publishes += 1
             log.info("publishing config version %d", version)

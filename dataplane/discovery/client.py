@@ -14,6 +14,10 @@ The stream runs over mutual TLS with the node's credentials
 (dataplane.discovery.credentials), asked for at every connection attempt: a node
 without any keeps serving what it has, says so, and looks again every few seconds.
 `reconnect(serial)` reopens the stream at once when the certificate changed (renewal).
+
+With a `load` reporter (dataplane.discovery.load) the stream also carries the node's
+request counters about once a second while they move (`load_report` on a request with no
+nonce), which config canaries compare between canary nodes and the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import grpc
 import trio
 
 from dataplane.discovery.credentials import NodeCredentials, channel_options
+from dataplane.discovery.load import LoadReporter
 from flux.v1 import config_pb2, discovery_pb2, discovery_pb2_grpc
 
 log = logging.getLogger("flux.node.discovery")
@@ -38,6 +43,7 @@ ApplyFn = Callable[[config_pb2.Snapshot], Awaitable[str | None]]
 
 CredentialsFn = Callable[[], NodeCredentials | None]
 NO_CREDENTIALS_RETRY = 5.0
+LOAD_REPORT_INTERVAL = 1.0  # seconds between load reports while traffic flows
 _TRUST_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 CHANNEL_OPTIONS = [
@@ -63,6 +69,7 @@ class DiscoveryClient:
         *,
         version: str = "",
         credentials: CredentialsFn = lambda: None,
+        load: LoadReporter | None = None,
         backoff_base: float = 0.25,
         backoff_max: float = 10.0,
     ) -> None:
@@ -85,6 +92,8 @@ class DiscoveryClient:
         self._said_no_credentials = False
         self._said_expired = ""
         self._limiter = trio.CapacityLimiter(2)
+        self.load = load
+        self.load_reports_sent = 0
 
     def reconnect(self, serial: str) -> None:
         """Reopen the stream now if it runs on another certificate than `serial` (renewed)."""
@@ -211,6 +220,8 @@ class DiscoveryClient:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_thread, pump)
+                if self.load is not None:
+                    nursery.start_soon(self._report_load, self.load, outbox)
                 first = True
                 async for item in receive:
                     if isinstance(item, _StreamEnded):
@@ -229,6 +240,19 @@ class DiscoveryClient:
             outbox.put(None)
         if ended is not None:
             raise ended
+
+    async def _report_load(
+        self, load: LoadReporter, outbox: queue.SimpleQueue[discovery_pb2.StreamConfigRequest | None]
+    ) -> None:
+        """Put the request counters on the stream every LOAD_REPORT_INTERVAL while they move."""
+        load.forget()  # a new stream: its control plane has none of our counters yet
+        while True:
+            await trio.sleep(LOAD_REPORT_INTERVAL)
+            report = load.report()
+            if report is not None:
+                req = discovery_pb2.StreamConfigRequest(version_info=self.version, node=self.node, load_report=report)
+                outbox.put(req)
+                self.load_reports_sent += 1
 
     async def _pump_thread(self, pump: Callable[[], None]) -> None:
         await trio.to_thread.run_sync(pump, limiter=self._limiter, abandon_on_cancel=True)

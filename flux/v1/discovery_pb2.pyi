@@ -37,20 +37,36 @@ class ErrorDetail(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StreamConfigRequest(_message.Message):
-    __slots__ = ("version_info", "node", "resource_names", "type_url", "response_nonce", "error_detail")
+    __slots__ = ("version_info", "node", "resource_names", "type_url", "response_nonce", "error_detail", "load_report")
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_NAMES_FIELD_NUMBER: _ClassVar[int]
     TYPE_URL_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_NONCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    LOAD_REPORT_FIELD_NUMBER: _ClassVar[int]
     version_info: str
     node: Node
     resource_names: _containers.RepeatedScalarFieldContainer[str]
     type_url: str
     response_nonce: str
     error_detail: ErrorDetail
-    def __init__(self, version_info: _Optional[str] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., resource_names: _Optional[_Iterable[str]] = ..., type_url: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
+    load_report: LoadReport
+    def __init__(self, version_info: _Optional[str] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., resource_names: _Optional[_Iterable[str]] = ..., type_url: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., load_report: _Optional[_Union[LoadReport, _Mapping]] = ...) -> None: ...
+
+class LoadReport(_message.Message):
+    __slots__ = ("requests", "server_errors", "latency_bounds", "latency_counts", "latency_sum_seconds")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    server_errors: int
+    latency_bounds: _containers.RepeatedScalarFieldContainer[float]
+    latency_counts: _containers.RepeatedScalarFieldContainer[int]
+    latency_sum_seconds: float
+    def __init__(self, requests: _Optional[int] = ..., server_errors: _Optional[int] = ..., latency_bounds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_seconds: _Optional[float] = ...) -> None: ...
 
 class StreamConfigResponse(_message.Message):
     __slots__ = ("version_info", "resources", "type_url", "nonce", "control_plane_id")
