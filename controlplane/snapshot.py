@@ -112,6 +112,7 @@ def _listener(spec: ListenerSpec) -> pb.Listener:
             else None
         ),
         mode=pb.ListenerMode.Value(f"LISTENER_MODE_{spec.mode.upper()}"),
+        http2=spec.http2,
         forward=(
             pb.ForwardProxy(
                 allow_hosts=spec.forward.allow_hosts,
@@ -143,6 +144,7 @@ def _cluster(spec: ClusterSpec, registry: RegistryView) -> pb.Cluster:
         ],
         outlier_detection=pb.OutlierDetection(
             consecutive_failures=spec.outlier_detection.consecutive_failures,
+            consecutive_5xx=spec.outlier_detection.consecutive_5xx,
             base_ejection_ms=spec.outlier_detection.base_ejection,
             max_ejection_ms=spec.outlier_detection.max_ejection,
             max_ejection_percent=spec.outlier_detection.max_ejection_percent,
@@ -158,6 +160,7 @@ def _cluster(spec: ClusterSpec, registry: RegistryView) -> pb.Cluster:
         policies=spec.policies,
         scheme=spec.scheme,
         tunnel=spec.tunnel or "",
+        protocol=spec.protocol,
     )
     if spec.tls is not None:
         t = spec.tls
@@ -211,6 +214,7 @@ def _route(spec: RouteSpec) -> pb.Route:
         timeout_ms=spec.timeout,
         prefix_rewrite=spec.prefix_rewrite or "",
         host_rewrite=spec.host_rewrite or "",
+        grpc_web=spec.grpc_web,
     )
     if spec.grayscale:
         gs = spec.grayscale
@@ -314,6 +318,8 @@ def _tunnel(spec: TunnelSpec) -> pb.Tunnel:
         ],
         domains=spec.domains,
         vhost_overrides_routes=spec.vhost_overrides_routes,
+        tcpmux_httpconnect_port=spec.tcpmux_httpconnect_port,
+        tcpmux_passthrough=spec.tcpmux_passthrough,
     )
 
 

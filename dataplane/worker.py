@@ -32,6 +32,7 @@ from dataplane.config.runtime import ConfigHolder
 from dataplane.discovery.cache import SnapshotFile
 from dataplane.discovery.client import DiscoveryClient
 from dataplane.discovery.credentials import CredentialSource, CredentialStore, Renewer
+from dataplane.discovery.load import LoadReporter
 from dataplane.health.checker import HealthService
 from dataplane.http.proxy import ProxyServices, ProxySettings
 from dataplane.http.request import RequestHead
@@ -44,12 +45,13 @@ from dataplane.tunnel.manager import TunnelConfigError, TunnelManager
 from dataplane.tunnel.reporter import TunnelReporter
 from dataplane.tunnel.vhost import PREFIX as TUNNEL_PREFIX
 from dataplane.tunnel.vhost import overlay
-from dataplane.upstream.pool import SPECIAL_OPENERS, PoolRegistry
+from dataplane.upstream.pool import PoolRegistry
 from flux.v1 import config_pb2, discovery_pb2
+from fluxcommon.version import package_version
 
 log = logging.getLogger("flux.node")
 
-BUILD_VERSION = "0.1.0"
+BUILD_VERSION = package_version()  # what nodes report (Node.build_version)
 
 
 @dataclass
@@ -110,7 +112,7 @@ class NodeWorker:
         self.listeners = ListenerManager(self.svc)
         # Tunnel servers run in the first worker only: agents keep one connection to one process.
         self.tunnels = TunnelManager(self._tunnels_changed, enabled=opts.worker_index == 0)
-        SPECIAL_OPENERS[TUNNEL_PREFIX] = self.tunnels.endpoints.open
+        self.pools.openers[TUNNEL_PREFIX] = self.tunnels.endpoints.open
         self._snapshot: config_pb2.Snapshot | None = None  # the last applied snapshot, as received
         self._reapply_pending = False
         self.cache = SnapshotFile(opts.cache_dir, opts.group)
@@ -452,7 +454,12 @@ class NodeWorker:
                     if await self.apply(cached) is None:
                         version = cached.version
                 discovery = self.discovery = DiscoveryClient(
-                    opts.control_planes, node, self.apply, version=version, credentials=self.credentials.current
+                    opts.control_planes,
+                    node,
+                    self.apply,
+                    version=version,
+                    credentials=self.credentials.current,
+                    load=LoadReporter(self.metrics),  # request counters for config canaries
                 )
                 services.start_soon(discovery.run)
                 self.renewer = Renewer(

@@ -84,7 +84,14 @@ class HealthCheckSpec(Strict):
 
 
 class OutlierDetectionSpec(Strict):
-    consecutive_failures: int = Field(default=5, ge=1, le=1000)
+    """Passive ejection of endpoints by the outcome of proxied requests (Envoy's outlier detection)."""
+
+    consecutive_failures: int = Field(
+        default=5, ge=1, le=1000, description="gateway failures in a row (connect, reset, timeout, 502-504)"
+    )
+    consecutive_5xx: int = Field(
+        default=0, ge=0, le=1000, description="any 5xx response (or gateway failure) in a row, as Envoy's; 0: off"
+    )
     base_ejection: Duration = 30_000
     max_ejection: Duration = 300_000
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
@@ -134,6 +141,7 @@ class ClusterSpec(Resource):
     pool: PoolSpec = PoolSpec()
     scheme: Literal["http", "https"] = "http"
     tls: UpstreamTlsSpec | None = None  # scheme https without tls: verified against the system's CAs
+    protocol: Literal["http1", "http2"] = "http1"  # http2: h2c, or h2 by ALPN with tls (gRPC needs it)
     policies: list[Name] = []
     description: str = ""
 

@@ -102,6 +102,8 @@ class ListenerSpec(Resource):
     tls: ListenerTlsSpec | None = None
     mode: Literal["reverse", "forward"] = "reverse"
     forward: ForwardSpec | None = None
+    # HTTP/2: h2c with prior knowledge on http listeners (default off); h2 by ALPN on https (default on)
+    http2: bool | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -123,6 +125,8 @@ class ListenerSpec(Resource):
                 raise ValueError("forward: a forward proxy needs forward.allow_hosts (the destinations it may reach)")
         elif self.forward is not None:
             raise ValueError("forward: only with mode: forward")
+        if self.http2 and self.protocol not in ("http", "https"):
+            raise ValueError("http2: only http and https listeners speak HTTP/2")
         return self
 
     @property

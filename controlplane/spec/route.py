@@ -100,6 +100,7 @@ class RouteSpec(Resource):
     prefix_rewrite: str | None = None
     host_rewrite: str | None = None
     grayscale: GrayscaleSpec | None = None
+    grpc_web: bool = False  # translate gRPC-Web (browsers) to gRPC for an http2 cluster
     description: str = ""
 
     @field_validator("hosts")

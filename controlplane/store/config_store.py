@@ -130,6 +130,9 @@ class ConfigStore:
         self._lock = threading.Lock()
         self._cache: tuple[int, ConfigSet] | None = None
         self._listeners: list[Callable[[int], None]] = []
+        # Called in every write's transaction right after the version lock, with the write's
+        # `rollout`: a guard raises ConfigError to refuse it (controlplane.rollouts.store).
+        self.write_guards: list[Callable[[Session, str], None]] = []
 
     # -- reading -----------------------------------------------------------------
 
@@ -201,11 +204,16 @@ class ConfigStore:
         replace_all: bool = False,
         dry_run: bool = False,
         allow_missing_deletes: bool = False,
+        rollout: str = "",
+        before_commit: Callable[[Session, int, ConfigSet, ConfigSet], None] | None = None,
     ) -> ApplyResult:
         """Commit puts and deletes as one new version, or raise ConfigError / NotFound.
 
         `create_only` refuses puts of names that exist (409); `replace_all` deletes
         every resource the puts do not name (rollback, `apply --prune` of all kinds).
+        `rollout` names the rollout this write belongs to (its guard lets it through);
+        `before_commit(session, version, before, after)` runs in the transaction of a write
+        that changes something, just before it commits (a rollout starts there).
         """
         puts = list(puts)
         deletes = list(deletes)
@@ -213,6 +221,13 @@ class ConfigStore:
             s.execute(update(ConfigStateRow).where(ConfigStateRow.id == 1).values(version=ConfigStateRow.version + 1))
             new_version = int(s.execute(select(ConfigStateRow.version).where(ConfigStateRow.id == 1)).one()[0])
             base_version = new_version - 1
+            if not dry_run:
+                try:
+                    for guard in self.write_guards:
+                        guard(s, rollout)
+                except Exception:
+                    s.rollback()
+                    raise
             cached = self._cache
             base = cached[1] if cached and cached[0] == base_version else self._load_at(s, base_version)
             try:
@@ -252,6 +267,8 @@ class ConfigStore:
             s.execute(update(ConfigStateRow).where(ConfigStateRow.id == 1).values(updated_at=utcnow()))
             if self.history_limit > 0:
                 s.execute(delete(ConfigHistoryRow).where(ConfigHistoryRow.version <= new_version - self.history_limit))
+            if before_commit is not None:
+                before_commit(s, new_version, base, target)
             s.commit()
             self._cache = (new_version, target)
         log.info("config version %d committed by %s: %s", new_version, author or "?", summary)
@@ -334,12 +351,13 @@ class ConfigStore:
             raise ConfigError(errors)
         return changes, target, stored_puts, real_deletes
 
-    def rollback(self, version: int, *, author: str = "") -> ApplyResult:
+    def rollback(self, version: int, *, author: str = "", rollout: str = "", summary: str = "") -> ApplyResult:
         """Make the config of `version` current again, as a new version."""
         old = self.config_at(version)
         return self.apply(
             [(plural, spec) for plural, spec in old.iter_all()],
             replace_all=True,
             author=author,
-            summary=f"rollback to version {version}",
+            summary=summary or f"rollback to version {version}",
+            rollout=rollout,
         )

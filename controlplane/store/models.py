@@ -54,6 +54,7 @@ class ListenerRow(_Row, table=True):
     tls: dict[str, Any] | None = _json_opt()
     mode: str = Field(default="reverse", max_length=8)
     forward: dict[str, Any] | None = _json_opt()
+    http2: bool | None = None
 
 
 class ClusterRow(_Row, table=True):
@@ -68,6 +69,7 @@ class ClusterRow(_Row, table=True):
     pool: dict[str, Any] = _json({})
     scheme: str = Field(default="http", max_length=8)
     tls: dict[str, Any] | None = _json_opt()
+    protocol: str = Field(default="http1", max_length=8)
     policies: list[str] = _json([])
 
 
@@ -101,6 +103,7 @@ class RouteRow(_Row, table=True):
     retry: dict[str, Any] | None = _json_opt()
     prefix_rewrite: str | None = Field(default=None, max_length=1024)
     host_rewrite: str | None = Field(default=None, max_length=255)
+    grpc_web: bool = False
 
 
 class PolicyRow(_Row, table=True):
@@ -157,6 +160,8 @@ class TunnelRow(_Row, table=True):
     users: list[dict[str, Any]] = _json([])  # tunnel users; their tokens sealed (TunnelSpec.secret_paths)
     domains: list[str] = _json([])
     vhost_overrides_routes: bool = False
+    tcpmux_httpconnect_port: int = 0
+    tcpmux_passthrough: bool = False
 
 
 class TunnelMappingRow(SQLModel, table=True):
@@ -217,6 +222,9 @@ class NodeRow(SQLModel, table=True):
     last_nack_at: datetime | None = None
     connected_since: datetime | None = None
     last_seen: datetime | None = None
+    # The node's last load report (controlplane.rollouts): cumulative request counters.
+    load: dict[str, Any] | None = _json_opt()
+    load_at: datetime | None = None
 
 
 class RegistrySourceRow(_Row, table=True):
@@ -303,3 +311,37 @@ class NodeCertificateRow(SQLModel, table=True):
     not_after: datetime
     join_token: str = Field(default="", max_length=32)  # the token of the enrolment it comes from
     revoked_at: datetime | None = None
+
+
+class RolloutRow(SQLModel, table=True):
+    """A staged config rollout (controlplane.rollouts): canary nodes first and/or node groups
+    one after another. While `status` is `running`, the nodes of `groups` not yet released
+    stay on `from_version`; `owner` drives it while its lease holds, any control plane after."""
+
+    __tablename__ = "rollouts"
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: str = Field(max_length=32, unique=True, index=True)
+    status: str = Field(default="running", max_length=16, index=True)  # running | promoted | rolled_back
+    from_version: int = Field(sa_type=BigInteger)
+    to_version: int = Field(sa_type=BigInteger)
+    canary_percent: int = 0
+    bake_ms: int = Field(default=0, sa_type=BigInteger)
+    by_group: bool = False
+    groups: list[str] = _json([])  # the affected groups, in the order they are released
+    canaries: list[str] = _json([])  # node ids (without a worker suffix) that got to_version first
+    stage: int = 0  # index into the stages (controlplane.rollouts.plan)
+    released_groups: list[str] = _json([])
+    stage_started_at: datetime = Field(default_factory=utcnow)
+    stage_acked_at: datetime | None = None  # every node of the stage answered: the bake starts
+    marks: dict[str, Any] = _json({})  # node id -> its load report when the bake started
+    criteria: dict[str, Any] = _json({})
+    analysis: dict[str, Any] | None = _json_opt()
+    events: list[Any] = _json([])
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    rollback_version: int | None = Field(default=None, sa_type=BigInteger)
+    owner: str = Field(default="", max_length=255)
+    lease_until: datetime = Field(default_factory=utcnow)
+    author: str = Field(default="", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None

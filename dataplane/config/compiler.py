@@ -180,6 +180,7 @@ def _cluster(
     od = spec.outlier_detection
     outlier = OutlierPolicy(
         consecutive_failures=od.consecutive_failures or 5,
+        consecutive_5xx=od.consecutive_5xx,
         base_ejection_s=_ms(od.base_ejection_ms, 30_000),
         max_ejection_s=_ms(od.max_ejection_ms, 300_000),
         max_ejection_percent=od.max_ejection_percent if spec.HasField("outlier_detection") else 50,
@@ -219,8 +220,11 @@ def _cluster(
             upstream_tls = UpstreamTls.build(spec, certificates or {})
         except TlsConfigError as exc:
             raise CompileError(str(exc)) from None
+    if spec.protocol not in ("", "http1", "http2"):
+        raise CompileError(f"cluster {spec.name!r}: protocol {spec.protocol!r}: use http1 or http2")
     return ClusterRuntime(
         tls=upstream_tls,
+        protocol=spec.protocol or "http1",
         name=spec.name,
         endpoints=tuple(endpoints),
         balancer=balancer,
@@ -288,6 +292,7 @@ def _route(spec: pb.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
         retry_on_idempotent=on_idem,
         retry_on_other=on_other,
         grayscale=_grayscale(spec) if spec.HasField("grayscale") else None,
+        grpc_web=spec.grpc_web,
     )
 
 
@@ -407,9 +412,11 @@ def compile_snapshot(
             if cluster is None:
                 raise CompileError(f"listener {lst.name!r}: unknown cluster {lst.cluster!r}")
         tls = None
+        settings = _listener_settings(lst)
         if protocol == "https":
             try:
-                tls = TlsHolder(ServerTls.build(lst, certificates))
+                alpn = ("h2", "http/1.1") if settings.http2 else ("http/1.1",)
+                tls = TlsHolder(ServerTls.build(lst, certificates, alpn))
             except TlsConfigError as exc:
                 raise CompileError(str(exc)) from None
         forward = None
@@ -431,7 +438,7 @@ def compile_snapshot(
             lst.port,
             matcher,
             cluster,
-            _listener_settings(lst),
+            settings,
             tls,
             forward,
             chain,
@@ -487,6 +494,8 @@ def _listener_settings(lst: pb.Listener) -> ListenerSettings:
             merge_slashes=pn.merge_slashes if pn.HasField("merge_slashes") else True,
             escaped_slashes=escaped,
         ),
+        # https listeners offer h2 by ALPN unless http2 is false; http listeners take h2c only with http2
+        http2=lst.http2 if lst.HasField("http2") else lst.protocol == pb.PROTOCOL_HTTPS,
     )
 
 

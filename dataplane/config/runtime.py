@@ -75,6 +75,7 @@ class ClusterRuntime:
     max_requests: int = 0  # concurrent requests allowed to the cluster (0: no limit)
     state: ClusterState = field(default_factory=lambda: ClusterState())
     tls: UpstreamTls | None = None  # TLS to the endpoints
+    protocol: str = "http1"  # http1 | http2
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -92,6 +93,7 @@ class RouteRuntime:
     retry_on_other: frozenset[str] = frozenset({"connect_failure"})
     chain: PolicyChain = EMPTY_CHAIN  # global, listener and route policies, in order
     grayscale: GrayscalePlan | None = None
+    grpc_web: bool = False  # translate gRPC-Web requests for a gRPC upstream
 
     def pick_cluster(self) -> ClusterRuntime:
         clusters = self.clusters
@@ -111,6 +113,7 @@ class ListenerSettings:
     max_connections: int = 0
     max_connections_per_ip: int = 0
     path_rules: PathRules = DEFAULT_RULES
+    http2: bool = False  # h2c with prior knowledge (http listeners); https listeners offer h2 by ALPN
 
 
 DEFAULT_LISTENER_SETTINGS = ListenerSettings()

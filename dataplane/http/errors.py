@@ -15,6 +15,18 @@ CODES = {
 }  # fmt: skip
 
 
+def error_body(status: int, message: str, request_id: bytes = b"", code: str | None = None) -> bytes:
+    """The JSON body of the node's own answer (HTTP/2 sends it without the HTTP/1.1 head)."""
+    return json.dumps(
+        {
+            "error": code or CODES.get(status, "error"),
+            "message": message,
+            "status": status,
+            "request_id": request_id.decode("latin-1"),
+        }
+    ).encode()
+
+
 def error_response(
     status: int,
     message: str,

@@ -28,6 +28,8 @@ from dataplane.http.request import MESSAGE_END, RequestHead
 from dataplane.http.response import ResponseReader, UpstreamProtocolError
 from dataplane.policies.base import LocalResponse, RequestContext
 from dataplane.reactor import ConnectError, RSock, connect
+from dataplane.upstream import h1
+from dataplane.upstream.h1 import ClientGone
 
 if TYPE_CHECKING:
     from dataplane.config.runtime import ListenerRuntime
@@ -134,12 +136,7 @@ async def _tunnel(conn: HttpConnection, head: RequestHead, up: RSock) -> bool:
     await conn.sock.send_all(ESTABLISHED)
     conn.conn.deadline = float("inf")
     counts = await splice(conn.svc.reactor, conn.sock, up, conn.reader.tail)
-    elapsed = time.perf_counter() - ex.started
-    conn.svc.metrics.request(ex.listener, "forward", "forward", 200, elapsed, counts[0], counts[1])
-    conn.svc.access_log.log(
-        ex.rid, conn.client_ip, "CONNECT", head.host, "", "forward", "forward", ex.upstream, 200,
-        counts[0], counts[1], elapsed, consumer=ex.consumer, client_cert=ex.client_cert,
-    )  # fmt: skip
+    ex.record(200, counts[0], counts[1])
     return False
 
 
@@ -156,7 +153,15 @@ async def _relay_request(conn: HttpConnection, head: RequestHead, up: RSock) -> 
     )  # fmt: skip
     try:
         try:
-            body_sent = await conn._send_request(up, head_bytes, head, READ_TIMEOUT, None, replay=False)
+            if head.has_body:
+                chunked = head.chunked or head.content_length is None
+                body_sent = await h1.send_body(up, head_bytes, ex, conn.body, conn.conn, chunked, False, READ_TIMEOUT)
+            else:
+                conn.body.take()
+                body_sent = 0
+                await up.send_all(head_bytes)
+        except ClientGone:
+            raise
         except OSError as exc:
             return await conn._reply_error(502, f"{ex.upstream} reset the connection: {exc}", close=True)
         reader = ResponseReader(head_request=head.method == "HEAD")
@@ -202,12 +207,7 @@ async def _relay_request(conn: HttpConnection, head: RequestHead, up: RSock) -> 
                     raise ConnectionResetError("upstream closed mid-response")
                 continue
             reader.feed(data)
-        elapsed = time.perf_counter() - ex.started
-        conn.svc.metrics.request(ex.listener, "forward", "forward", resp.status, elapsed, body_sent, bytes_out)
-        conn.svc.access_log.log(
-            ex.rid, conn.client_ip, head.method, head.host, head.path, "forward", "forward", ex.upstream,
-            resp.status, body_sent, bytes_out, elapsed, consumer=ex.consumer, client_cert=ex.client_cert,
-        )  # fmt: skip
+        ex.record(resp.status, body_sent, bytes_out)
         return not close
     finally:
         up.close()

@@ -110,6 +110,49 @@ def upstream_request_head(
     return b"".join(parts)
 
 
+_H2_SKIP = frozenset({b"host", b"te"})
+
+
+def upstream_request_fields(
+    req: RequestHead,
+    client_ip: str,
+    proto: bytes,
+    request_id: bytes,
+    host: bytes | None = None,
+    add: Iterable[Header] = (),
+    remove: frozenset[bytes] = frozenset(),
+) -> list[Header]:
+    """The regular header fields of an HTTP/2 request upstream (lower-case names), with the same
+    rules as `upstream_request_head`: hop-by-hop and node-set headers dropped, X-Forwarded-*
+    and X-Request-Id set, `add` appended. Host travels as :authority (`host` or the client's);
+    `te: trailers` is kept, as gRPC needs it."""
+    extra_hop = connection_tokens(req.connection) if req.connection else frozenset()
+    out: list[Header] = []
+    xff = b""
+    te_trailers = False
+    for name, value in req.headers:
+        low = name.lower()
+        if low == b"te":
+            te_trailers = te_trailers or b"trailers" in value.lower()
+            continue
+        if low in _SKIP_UP or low in extra_hop or low in remove or low in _H2_SKIP:
+            if low == b"x-forwarded-for":
+                xff = xff + b", " + value if xff else value
+            continue
+        out.append((low, value))
+    if te_trailers:
+        out.append((b"te", b"trailers"))
+    out.append((b"x-forwarded-for", xff + b", " + client_ip.encode() if xff else client_ip.encode()))
+    out.append((b"x-forwarded-proto", proto))
+    out.append((b"x-request-id", request_id))
+    if req.host:
+        out.append((b"x-forwarded-host", req.host.encode("latin-1")))
+    if req.has_body and req.content_length is not None:
+        out.append((b"content-length", str(req.content_length).encode()))
+    out += [(n.lower(), v) for n, v in add if n.lower() not in (b"connection", b"upgrade")]
+    return out
+
+
 def client_response_head(
     resp: ResponseHead,
     *,

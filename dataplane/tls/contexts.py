@@ -228,7 +228,7 @@ class UpstreamTls:
         t = cluster.tls
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(list(ALPN_HTTP1))
+        ctx.set_alpn_protocols(["h2"] if cluster.protocol == "http2" else list(ALPN_HTTP1))
         verify = t.verify if t.HasField("verify") else True
         if verify:
             ctx.check_hostname = True  # against tls.sni, or the endpoint's address
@@ -252,7 +252,7 @@ class UpstreamTls:
             except (ssl.SSLError, OSError) as exc:
                 raise TlsConfigError(f"certificate {cert.name!r}: cannot be loaded ({exc})") from None
         cert_pem = certificates[t.certificate].cert_pem if t.certificate else ""
-        return cls(ctx, t.sni, (t.sni, t.ca, str(verify), t.certificate, cert_pem))
+        return cls(ctx, t.sni, (t.sni, t.ca, str(verify), t.certificate, cert_pem, cluster.protocol))
 
     def wrap(self, sock: object, address: str) -> ssl.SSLSocket:
         name = self.sni or address

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -30,6 +31,7 @@ from dataplane.tls.contexts import UpstreamTls
 from dataplane.tls.rsock import TlsRSock
 
 log = logging.getLogger("flux.upstream")
+Opener = Callable[[str], socket.socket]  # an address -> a connected socket (a tunnel endpoint)
 
 
 class PoolOverflow(Exception):
@@ -70,15 +72,23 @@ class UpstreamTlsError(ConnectError):
 
 class EndpointPool:
     __slots__ = (
-        "address", "closed", "connecting", "idle", "in_use", "limits", "port", "reactor", "stats_reused", "tls",
-        "waiters",
+        "address", "closed", "connecting", "h2", "idle", "in_use", "limits", "opener", "port", "reactor",
+        "stats_reused", "tls", "waiters",
     )  # fmt: skip
 
     def __init__(
-        self, reactor: Reactor, address: str, port: int, limits: PoolLimits, tls: UpstreamTls | None = None
+        self,
+        reactor: Reactor,
+        address: str,
+        port: int,
+        limits: PoolLimits,
+        tls: UpstreamTls | None = None,
+        opener: Opener | None = None,
     ) -> None:
         self.reactor = reactor
+        self.opener = opener  # endpoints reached another way than host:port (a tunnel), else None
         self.tls = tls  # connections are TLS with this cluster's context
+        self.h2: Any = None  # the shared HTTP/2 connection of a protocol: http2 cluster (dataplane.upstream.h2)
         self.address = address
         self.port = port
         self.limits = limits
@@ -106,6 +116,16 @@ class EndpointPool:
             return conn
         return None
 
+    async def open(self, connect_timeout: float) -> RSock:
+        """A new connection to the endpoint: TCP (then TLS when the cluster says so), or the opener's."""
+        if self.opener is None:
+            sock = await connect(self.reactor, self.address, self.port, connect_timeout)
+            return await self._start_tls(sock, connect_timeout) if self.tls is not None else sock
+        try:
+            return self.reactor.wrap(self.opener(self.address))
+        except OSError as exc:
+            raise ConnectError(exc.errno or errno.ECONNREFUSED, str(exc.strerror or exc)) from None
+
     async def acquire(self, connect_timeout: float) -> tuple[UpstreamConn, bool]:
         """A connection to use for one request and whether it was reused."""
         while True:
@@ -115,16 +135,7 @@ class EndpointPool:
             if self.total < self.limits.max_connections:
                 self.connecting += 1
                 try:
-                    opener = special_opener(self.address)
-                    if opener is None:
-                        sock = await connect(self.reactor, self.address, self.port, connect_timeout)
-                        if self.tls is not None:
-                            sock = await self._start_tls(sock, connect_timeout)
-                    else:
-                        try:
-                            sock = self.reactor.wrap(opener(self.address))
-                        except OSError as exc:
-                            raise ConnectError(exc.errno or errno.ECONNREFUSED, str(exc.strerror or exc)) from None
+                    sock = await self.open(connect_timeout)
                 finally:
                     self.connecting -= 1
                 self.in_use += 1
@@ -198,6 +209,10 @@ class EndpointPool:
             self.waiters.popleft().set()
 
     def close_expired(self, now: float) -> int:
+        h2conn = self.h2
+        if h2conn is not None and h2conn.expired(now, self.limits.idle_timeout):
+            h2conn.close()
+            self.h2 = None
         keep, closed = [], 0
         for conn in self.idle:
             if now - conn.idle_since > self.limits.idle_timeout or not conn.sock.still_usable():
@@ -214,6 +229,9 @@ class EndpointPool:
         for conn in self.idle:
             conn.sock.close()
         self.idle = []
+        if self.h2 is not None:
+            self.h2.close()
+            self.h2 = None
         while self.waiters:
             self.waiters.popleft().set()
 
@@ -242,22 +260,23 @@ def _quiet(sock: RSock) -> bool:
 
 PoolKey = tuple[str, str, int]  # (cluster, address, port)
 
-# Endpoints that are not host:port but reached another way, by address prefix: "tunnel:" ->
-# a function giving a connected socket (set by the node's tunnel manager).
-SPECIAL_OPENERS: dict[str, Callable[[str], socket.socket]] = {}
-
-
-def special_opener(address: str) -> Callable[[str], socket.socket] | None:
-    scheme, sep, _ = address.partition(":")
-    return SPECIAL_OPENERS.get(scheme + sep) if sep and not scheme.isdigit() and "." not in scheme else None
-
 
 class PoolRegistry:
-    """Every upstream pool of a worker, by (cluster, address, port)."""
+    """Every upstream pool of a worker, by (cluster, address, port).
 
-    def __init__(self, reactor: Reactor) -> None:
+    `openers` maps an address prefix ("tunnel:") to a function giving a connected socket for
+    endpoints that are not host:port but reached another way (the node's tunnel manager)."""
+
+    def __init__(self, reactor: Reactor, openers: dict[str, Opener] | None = None) -> None:
         self.reactor = reactor
+        self.openers: dict[str, Opener] = dict(openers or {})
         self.pools: dict[PoolKey, EndpointPool] = {}
+
+    def opener_for(self, address: str) -> Opener | None:
+        scheme, sep, _ = address.partition(":")
+        if not sep or scheme.isdigit() or "." in scheme:
+            return None  # host:port, an IPv6 literal or a dotted name
+        return self.openers.get(scheme + sep)
 
     def get(
         self, cluster: str, address: str, port: int, limits: PoolLimits, tls: UpstreamTls | None = None
@@ -269,7 +288,8 @@ class PoolRegistry:
         if pool is None or pool.limits != limits or (pool.tls.key if pool.tls is not None else None) != tls_key:
             if pool is not None:
                 pool.close()
-            pool = self.pools[key] = EndpointPool(self.reactor, address, port, limits, tls)
+            opener = self.opener_for(address)
+            pool = self.pools[key] = EndpointPool(self.reactor, address, port, limits, tls, opener)
         elif tls is not None:
             pool.tls = tls  # the same settings, the contexts of this version
         return pool

@@ -79,7 +79,7 @@ PATH_TYPE_EXACT: PathType
 PATH_TYPE_REGEX: PathType
 
 class Listener(_message.Message):
-    __slots__ = ("name", "protocol", "address", "port", "node_group", "policies", "certificates", "cluster", "timeouts", "limits", "path_normalization", "tls", "mode", "forward")
+    __slots__ = ("name", "protocol", "address", "port", "node_group", "policies", "certificates", "cluster", "timeouts", "limits", "path_normalization", "tls", "mode", "forward", "http2")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class Listener(_message.Message):
     TLS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
+    HTTP2_FIELD_NUMBER: _ClassVar[int]
     name: str
     protocol: Protocol
     address: str
@@ -108,7 +109,8 @@ class Listener(_message.Message):
     tls: ListenerTls
     mode: ListenerMode
     forward: ForwardProxy
-    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., node_group: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., certificates: _Optional[_Iterable[str]] = ..., cluster: _Optional[str] = ..., timeouts: _Optional[_Union[ListenerTimeouts, _Mapping]] = ..., limits: _Optional[_Union[ListenerLimits, _Mapping]] = ..., path_normalization: _Optional[_Union[PathNormalization, _Mapping]] = ..., tls: _Optional[_Union[ListenerTls, _Mapping]] = ..., mode: _Optional[_Union[ListenerMode, str]] = ..., forward: _Optional[_Union[ForwardProxy, _Mapping]] = ...) -> None: ...
+    http2: bool
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., node_group: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., certificates: _Optional[_Iterable[str]] = ..., cluster: _Optional[str] = ..., timeouts: _Optional[_Union[ListenerTimeouts, _Mapping]] = ..., limits: _Optional[_Union[ListenerLimits, _Mapping]] = ..., path_normalization: _Optional[_Union[PathNormalization, _Mapping]] = ..., tls: _Optional[_Union[ListenerTls, _Mapping]] = ..., mode: _Optional[_Union[ListenerMode, str]] = ..., forward: _Optional[_Union[ForwardProxy, _Mapping]] = ..., http2: _Optional[bool] = ...) -> None: ...
 
 class ListenerTls(_message.Message):
     __slots__ = ("min_version", "ciphers", "client_ca", "client_auth")
@@ -204,16 +206,18 @@ class HealthCheck(_message.Message):
     def __init__(self, type: _Optional[str] = ..., path: _Optional[str] = ..., host: _Optional[str] = ..., interval_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., healthy_threshold: _Optional[int] = ..., unhealthy_threshold: _Optional[int] = ..., expected_statuses: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class OutlierDetection(_message.Message):
-    __slots__ = ("consecutive_failures", "base_ejection_ms", "max_ejection_ms", "max_ejection_percent")
+    __slots__ = ("consecutive_failures", "base_ejection_ms", "max_ejection_ms", "max_ejection_percent", "consecutive_5xx")
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     BASE_EJECTION_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_EJECTION_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_5XX_FIELD_NUMBER: _ClassVar[int]
     consecutive_failures: int
     base_ejection_ms: int
     max_ejection_ms: int
     max_ejection_percent: int
-    def __init__(self, consecutive_failures: _Optional[int] = ..., base_ejection_ms: _Optional[int] = ..., max_ejection_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ...) -> None: ...
+    consecutive_5xx: int
+    def __init__(self, consecutive_failures: _Optional[int] = ..., base_ejection_ms: _Optional[int] = ..., max_ejection_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., consecutive_5xx: _Optional[int] = ...) -> None: ...
 
 class Timeouts(_message.Message):
     __slots__ = ("connect_ms", "read_ms", "idle_ms")
@@ -266,7 +270,7 @@ class ServiceSelector(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., zone: _Optional[str] = ..., namespace: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "lb", "hash_on", "session_affinity", "endpoints", "service", "health_check", "outlier_detection", "timeouts", "pool", "policies", "scheme", "tunnel", "tls")
+    __slots__ = ("name", "lb", "hash_on", "session_affinity", "endpoints", "service", "health_check", "outlier_detection", "timeouts", "pool", "policies", "scheme", "tunnel", "tls", "protocol")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LB_FIELD_NUMBER: _ClassVar[int]
     HASH_ON_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +285,7 @@ class Cluster(_message.Message):
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     name: str
     lb: LbPolicy
     hash_on: str
@@ -295,7 +300,8 @@ class Cluster(_message.Message):
     scheme: str
     tunnel: str
     tls: UpstreamTls
-    def __init__(self, name: _Optional[str] = ..., lb: _Optional[_Union[LbPolicy, str]] = ..., hash_on: _Optional[str] = ..., session_affinity: _Optional[_Union[SessionAffinity, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., service: _Optional[_Union[ServiceSelector, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., scheme: _Optional[str] = ..., tunnel: _Optional[str] = ..., tls: _Optional[_Union[UpstreamTls, _Mapping]] = ...) -> None: ...
+    protocol: str
+    def __init__(self, name: _Optional[str] = ..., lb: _Optional[_Union[LbPolicy, str]] = ..., hash_on: _Optional[str] = ..., session_affinity: _Optional[_Union[SessionAffinity, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., service: _Optional[_Union[ServiceSelector, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., scheme: _Optional[str] = ..., tunnel: _Optional[str] = ..., tls: _Optional[_Union[UpstreamTls, _Mapping]] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class UpstreamTls(_message.Message):
     __slots__ = ("sni", "ca", "verify", "certificate")
@@ -379,7 +385,7 @@ class Grayscale(_message.Message):
     def __init__(self, versions: _Optional[_Mapping[str, int]] = ..., rules: _Optional[_Iterable[_Union[GrayRule, _Mapping]]] = ..., sticky_cookie: _Optional[str] = ..., sticky_ttl_ms: _Optional[int] = ..., sticky_hash: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("name", "listener", "hosts", "path", "path_type", "methods", "headers", "cluster", "clusters", "priority", "policies", "timeout_ms", "retry", "prefix_rewrite", "host_rewrite", "grayscale")
+    __slots__ = ("name", "listener", "hosts", "path", "path_type", "methods", "headers", "cluster", "clusters", "priority", "policies", "timeout_ms", "retry", "prefix_rewrite", "host_rewrite", "grayscale", "grpc_web")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -403,6 +409,7 @@ class Route(_message.Message):
     PREFIX_REWRITE_FIELD_NUMBER: _ClassVar[int]
     HOST_REWRITE_FIELD_NUMBER: _ClassVar[int]
     GRAYSCALE_FIELD_NUMBER: _ClassVar[int]
+    GRPC_WEB_FIELD_NUMBER: _ClassVar[int]
     name: str
     listener: str
     hosts: _containers.RepeatedScalarFieldContainer[str]
@@ -419,7 +426,8 @@ class Route(_message.Message):
     prefix_rewrite: str
     host_rewrite: str
     grayscale: Grayscale
-    def __init__(self, name: _Optional[str] = ..., listener: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., path_type: _Optional[_Union[PathType, str]] = ..., methods: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., cluster: _Optional[str] = ..., clusters: _Optional[_Iterable[_Union[WeightedCluster, _Mapping]]] = ..., priority: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., prefix_rewrite: _Optional[str] = ..., host_rewrite: _Optional[str] = ..., grayscale: _Optional[_Union[Grayscale, _Mapping]] = ...) -> None: ...
+    grpc_web: bool
+    def __init__(self, name: _Optional[str] = ..., listener: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., path_type: _Optional[_Union[PathType, str]] = ..., methods: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., cluster: _Optional[str] = ..., clusters: _Optional[_Iterable[_Union[WeightedCluster, _Mapping]]] = ..., priority: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., prefix_rewrite: _Optional[str] = ..., host_rewrite: _Optional[str] = ..., grayscale: _Optional[_Union[Grayscale, _Mapping]] = ..., grpc_web: _Optional[bool] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("name", "type", "config", "is_global")
@@ -503,7 +511,7 @@ class TunnelMapping(_message.Message):
     def __init__(self, name: _Optional[str] = ..., agent: _Optional[str] = ..., type: _Optional[str] = ..., remote_port: _Optional[int] = ..., local_ip: _Optional[str] = ..., local_port: _Optional[int] = ...) -> None: ...
 
 class Tunnel(_message.Message):
-    __slots__ = ("name", "node_group", "bind_port", "bind_address", "tokens", "allow_ports", "vhost_http_port", "vhost_https_port", "subdomain_host", "tls_force", "tls_certificate", "tls_client_ca_pem", "mappings", "heartbeat_timeout_ms", "users", "domains", "vhost_overrides_routes")
+    __slots__ = ("name", "node_group", "bind_port", "bind_address", "tokens", "allow_ports", "vhost_http_port", "vhost_https_port", "subdomain_host", "tls_force", "tls_certificate", "tls_client_ca_pem", "mappings", "heartbeat_timeout_ms", "users", "domains", "vhost_overrides_routes", "tcpmux_httpconnect_port", "tcpmux_passthrough")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_GROUP_FIELD_NUMBER: _ClassVar[int]
     BIND_PORT_FIELD_NUMBER: _ClassVar[int]
@@ -521,6 +529,8 @@ class Tunnel(_message.Message):
     USERS_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     VHOST_OVERRIDES_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    TCPMUX_HTTPCONNECT_PORT_FIELD_NUMBER: _ClassVar[int]
+    TCPMUX_PASSTHROUGH_FIELD_NUMBER: _ClassVar[int]
     name: str
     node_group: str
     bind_port: int
@@ -538,7 +548,9 @@ class Tunnel(_message.Message):
     users: _containers.RepeatedCompositeFieldContainer[TunnelUser]
     domains: _containers.RepeatedScalarFieldContainer[str]
     vhost_overrides_routes: bool
-    def __init__(self, name: _Optional[str] = ..., node_group: _Optional[str] = ..., bind_port: _Optional[int] = ..., bind_address: _Optional[str] = ..., tokens: _Optional[_Iterable[str]] = ..., allow_ports: _Optional[str] = ..., vhost_http_port: _Optional[int] = ..., vhost_https_port: _Optional[int] = ..., subdomain_host: _Optional[str] = ..., tls_force: _Optional[bool] = ..., tls_certificate: _Optional[str] = ..., tls_client_ca_pem: _Optional[str] = ..., mappings: _Optional[_Iterable[_Union[TunnelMapping, _Mapping]]] = ..., heartbeat_timeout_ms: _Optional[int] = ..., users: _Optional[_Iterable[_Union[TunnelUser, _Mapping]]] = ..., domains: _Optional[_Iterable[str]] = ..., vhost_overrides_routes: _Optional[bool] = ...) -> None: ...
+    tcpmux_httpconnect_port: int
+    tcpmux_passthrough: bool
+    def __init__(self, name: _Optional[str] = ..., node_group: _Optional[str] = ..., bind_port: _Optional[int] = ..., bind_address: _Optional[str] = ..., tokens: _Optional[_Iterable[str]] = ..., allow_ports: _Optional[str] = ..., vhost_http_port: _Optional[int] = ..., vhost_https_port: _Optional[int] = ..., subdomain_host: _Optional[str] = ..., tls_force: _Optional[bool] = ..., tls_certificate: _Optional[str] = ..., tls_client_ca_pem: _Optional[str] = ..., mappings: _Optional[_Iterable[_Union[TunnelMapping, _Mapping]]] = ..., heartbeat_timeout_ms: _Optional[int] = ..., users: _Optional[_Iterable[_Union[TunnelUser, _Mapping]]] = ..., domains: _Optional[_Iterable[str]] = ..., vhost_overrides_routes: _Optional[bool] = ..., tcpmux_httpconnect_port: _Optional[int] = ..., tcpmux_passthrough: _Optional[bool] = ...) -> None: ...
 
 class TunnelUser(_message.Message):
     __slots__ = ("name", "token", "allow_ports", "domains", "max_proxies", "bandwidth_limit")

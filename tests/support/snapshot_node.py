@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import resource
 import socket
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -46,12 +46,6 @@ class SnapshotNode:
         stored = [(plural, spec.keep_secrets_from(None)) for plural, spec in cfg.iter_all()]  # as the store keeps them
         snap = render_snapshot(ConfigSet().with_changes(stored, []), 1, "default")
         SnapshotFile(self.workdir / "cache", "default").save(snap)
-        nofile = self.nofile
-
-        def limit() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
         cmd = [
             executable("flux-node"),
             "--control-plane", "127.0.0.1:1",  # nobody: the node serves its cached snapshot
@@ -60,9 +54,15 @@ class SnapshotNode:
             "--admin", f"127.0.0.1:{self.admin_port}",
             "--access-log", str(self.workdir / "access.log"),
         ]  # fmt: skip
+        if self.nofile is not None:  # set in a small exec wrapper: no Python runs between fork and exec
+            wrapper = (
+                "import os, resource, sys; n = int(sys.argv[1]); "
+                "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+            )
+            cmd = [sys.executable, "-c", wrapper, str(self.nofile), *cmd]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=limit,
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
         try:
