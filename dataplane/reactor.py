@@ -239,6 +239,10 @@ class RSock(_Park):
                 pass
             return conn, addr[:2]
 
+    def shutdown_write(self) -> None:
+        """Half-close: the peer reads EOF; this side can still receive. OSError when gone."""
+        self.sock.shutdown(socket.SHUT_WR)
+
     def still_usable(self) -> bool:
         """For an idle pooled connection: no EOF, reset or unexpected bytes arrived."""
         return not self.hup and not self.readable

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from typing import TYPE_CHECKING, Any
 
 from dataplane.config.runtime import DEFAULT_LISTENER_SETTINGS
@@ -500,7 +499,7 @@ async def splice(reactor: Reactor, client: RSock, upstream: RSock, first: bytes 
         except OSError:
             pass
         try:
-            dst.sock.shutdown(socket.SHUT_WR)
+            dst.shutdown_write()
         except OSError:
             pass
         running[0] -= 1

@@ -35,7 +35,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -46,6 +46,7 @@ from dataplane.tunnel.ports import HttpsVhostPort, TcpPort, UdpPort, _Port, bind
 from dataplane.tunnel.registry import ClaimError, Group, ProxyRef, ProxyRegistry
 from dataplane.tunnel.streams import PrefixedStream, local_of, peer_of
 from dataplane.tunnel.tcpmux import TcpmuxPort
+from dataplane.upstream.bridge import ReactorEnd, bridge
 from flux.v1 import config_pb2 as pb
 from fluxcommon.netaddr import parse_port_ranges
 from fluxcommon.tunnel.control import VisitorRequested
@@ -56,6 +57,9 @@ from fluxcommon.tunnel.pipe import Bandwidth, bandwidth, combined, pipe, transfo
 from fluxcommon.tunnel.proxies import ProxyOptions
 from fluxcommon.tunnel.sockstream import BulkSocketStream
 from fluxcommon.tunnel.tlsstream import TLSStream
+
+if TYPE_CHECKING:
+    from dataplane.reactor import Reactor
 
 log = logging.getLogger("flux.tunnel")
 
@@ -528,12 +532,11 @@ class TunnelServer:
         finally:
             ref.connections -= 1
 
-    def open_for_http(self, ref: ProxyRef, client: str) -> Any:
-        """Start carrying a gateway upstream connection to `ref`; returns the socket the proxy uses."""
-        mine, theirs = socket.socketpair()
-        mine.setblocking(False)
-        theirs.setblocking(False)
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+    def open_for_http(self, ref: ProxyRef, client: str, reactor: Reactor) -> ReactorEnd:
+        """Start carrying a gateway upstream connection to `ref`: the proxy's (reactor) end of an
+        in-memory stream whose trio end this spliced to a new work connection to the agent.
+        When the agent cannot reach its service the stream just ends (the proxy answers 502)."""
+        mine, theirs = bridge(reactor)
 
         async def carry() -> None:
             try:
@@ -541,9 +544,9 @@ class TunnelServer:
                 if work is None:
                     self.metrics.connect_failures += 1
                     return
-                await self._splice(ref, stream, work)
+                await self._splice(ref, theirs, work)
             finally:
-                await _aclose(stream)
+                await _aclose(theirs)
 
         self.nursery.start_soon(carry)
         return mine

@@ -28,8 +28,8 @@ server pipes into a work stream.
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Container, Iterable
+from typing import TYPE_CHECKING
 
 from google.protobuf.struct_pb2 import Struct
 
@@ -39,7 +39,11 @@ from dataplane.tunnel.http_route import TYPE as ROUTE_TYPE
 from dataplane.tunnel.ownership import gateway_hosts, shadowing_route
 from dataplane.tunnel.registry import Group, ProxyRef, route_user
 from dataplane.tunnel.server import TunnelServer
+from dataplane.upstream.bridge import ReactorEnd
 from flux.v1 import config_pb2 as pb
+
+if TYPE_CHECKING:
+    from dataplane.reactor import Reactor
 
 PREFIX = "tunnel:"
 OVERRIDE_PRIORITY = 1_000_000
@@ -200,8 +204,9 @@ class TunnelEndpoints:
     def __init__(self) -> None:
         self.servers: dict[str, TunnelServer] = {}
 
-    def open(self, address: str) -> socket.socket:
-        """A connected socket carrying to the proxy named by `address`; OSError if none serves it."""
+    def open(self, reactor: Reactor, address: str) -> ReactorEnd:
+        """A stream carried to the proxy named by `address` (for the upstream pool, on `reactor`);
+        ConnectionRefusedError if no agent serves it."""
         name, _, rest = address[len(PREFIX) :].partition("/")
         serial, _, proxy = rest.partition("/")
         server = self.servers.get(name)
@@ -210,5 +215,5 @@ class TunnelEndpoints:
                 if str(conn.serial) == serial:
                     ref = conn.refs.get(proxy)
                     if ref is not None:
-                        return server.open_for_http(ref, "")
+                        return server.open_for_http(ref, "", reactor)
         raise ConnectionRefusedError(errno.ECONNREFUSED, f"no tunnel agent serves {proxy!r} any more")

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,8 +30,12 @@ from dataplane.reactor import ConnectError, Reactor, REvent, RSock, connect
 from dataplane.tls.contexts import UpstreamTls
 from dataplane.tls.rsock import TlsRSock
 
+if TYPE_CHECKING:
+    from dataplane.upstream.bridge import ReactorEnd
+
 log = logging.getLogger("flux.upstream")
-Opener = Callable[[str], socket.socket]  # an address -> a connected socket (a tunnel endpoint)
+# (reactor, address) -> a connected stream for an endpoint that is not host:port (a tunnel's)
+Opener = Callable[[Reactor, str], "ReactorEnd"]
 
 
 class PoolOverflow(Exception):
@@ -122,7 +126,7 @@ class EndpointPool:
             sock = await connect(self.reactor, self.address, self.port, connect_timeout)
             return await self._start_tls(sock, connect_timeout) if self.tls is not None else sock
         try:
-            return self.reactor.wrap(self.opener(self.address))
+            return self.opener(self.reactor, self.address)  # type: ignore[return-value]
         except OSError as exc:
             raise ConnectError(exc.errno or errno.ECONNREFUSED, str(exc.strerror or exc)) from None
 
@@ -245,8 +249,9 @@ def _quiet(sock: RSock) -> bool:
     events: when none came since the last recv that returned data, nothing can wait (a recv
     takes all there is), so the usual case costs no system call.
     """
-    if type(sock) is TlsRSock:
-        return sock.quiet()  # a TLS record may wait in OpenSSL's buffer; the kernel's is polled
+    if type(sock) is not RSock:
+        # TLS: a record may wait in OpenSSL's buffer (the kernel's is polled); a bridge: its own
+        return sock.quiet()  # type: ignore[attr-defined, no-any-return]
     if not sock.readable or sock.edges == sock.recv_edges:
         return True
     try:

@@ -10,7 +10,6 @@ the listener's compiled route table, so the tests see what a client of the vhost
 from __future__ import annotations
 
 import base64
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,12 +23,14 @@ from hypothesis import strategies as st
 from dataplane.config.compiler import Compiled, EndpointRegistry, compile_snapshot
 from dataplane.http.request import RequestHead
 from dataplane.policies.base import LocalResponse, RequestContext
+from dataplane.reactor import Reactor
 from dataplane.routing import RouteRule
 from dataplane.tunnel.agentconn import AgentConn
 from dataplane.tunnel.http_auth import TYPE as AUTH_TYPE
 from dataplane.tunnel.registry import ClaimError, ProxyRef
 from dataplane.tunnel.server import TunnelMetrics, TunnelServer
 from dataplane.tunnel.vhost import PREFIX, TunnelEndpoints, endpoint_address, overlay, serves
+from dataplane.upstream.bridge import ReactorEnd
 from flux.v1 import config_pb2 as pb
 from fluxcommon.tunnel.proxies import ProxyOptions, ProxyOptionsError, parse_new_proxy
 
@@ -542,36 +543,44 @@ def test_tunnel_endpoints_refuse_addresses_nobody_serves(server: TunnelServer) -
     alice = login(server, "alice")
     ref = attach_ref(alice, "alice.web", "tcp")
     endpoints = TunnelEndpoints()
+    reactor = Reactor()
     with pytest.raises(ConnectionRefusedError):
-        endpoints.open(endpoint_address(server, ref))  # no server of that name yet
+        endpoints.open(reactor, endpoint_address(server, ref))  # no server of that name yet
     endpoints.servers[server.name] = server
     for address in ("tunnel:t1/99/alice.web", "tunnel:t1/1/bob.web", "tunnel:t9/1/alice.web", "tunnel:t1"):
         with pytest.raises(ConnectionRefusedError, match="no tunnel agent serves"):
-            endpoints.open(address)
+            endpoints.open(reactor, address)
 
 
-def test_tunnel_endpoints_open_a_socket_carried_by_the_named_agent(server: TunnelServer) -> None:
+def test_tunnel_endpoints_open_a_stream_carried_by_the_named_agent(server: TunnelServer) -> None:
+    """No socket between the proxy and the tunnel: an in-memory stream the reactor reads."""
     alice = login(server, "alice")
     ref = attach_ref(alice, "alice.web", "tcp")
     endpoints = TunnelEndpoints()
     endpoints.servers[server.name] = server
+    got: list[bytes] = []
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            reactor = await nursery.start(Reactor().run)
             server.nursery = nursery
-            sock = endpoints.open(endpoint_address(server, ref))
-            try:
-                assert isinstance(sock, socket.socket)
-                # This session never accepted the proxy, so the carrier gives up and closes its end.
-                await trio.testing.wait_all_tasks_blocked()
-                assert server.metrics.connect_failures == 1
-                sock.setblocking(True)
-                sock.settimeout(5)
-                assert sock.recv(1) == b""
-            finally:
-                sock.close()
+            end = endpoints.open(reactor, endpoint_address(server, ref))
+            assert isinstance(end, ReactorEnd)
+            done = trio.Event()
+
+            async def read() -> None:
+                got.append(await end.recv())
+                done.set()
+
+            reactor.spawn(read())
+            # This session never accepted the proxy, so the carrier gives up and ends the stream.
+            with trio.fail_after(5):
+                await done.wait()
+            end.close()
+            nursery.cancel_scope.cancel()
 
     trio.run(main)
+    assert got == [b""]
     assert server.metrics.connect_failures == 1
 
 

@@ -349,6 +349,30 @@ def test_http_vhosts_domains_locations_auth_and_headers(
     # subdomain under subdomain_host
     r = get("app.tun.example.test")
     assert r.status_code == 200 and r.json()["server"] == "a", r.text
+    # a body larger than the buffers between the proxy and the tunnel (backpressure both ways)
+    big = bytes(range(256)) * 8192  # 2 MiB
+    r = httpx.post(base + "/echo", content=big, headers={"Host": "app.tun.example.test"}, timeout=10)
+    assert r.status_code == 200 and r.json()["body_length"] == len(big), r.text
+    # an upgraded connection is piped both ways through the tunnel, half-closes included
+    with socket.create_connection(("127.0.0.1", vhost), timeout=5) as s:
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: app.tun.example.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        data = b""
+        while b"greeting-from-a\n" not in data:
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 101"), data
+        for message in (b"frame-one", b"y" * 300_000):
+            s.sendall(message)
+            echoed = b""
+            while len(echoed) < len(message):
+                chunk = s.recv(65536)
+                assert chunk, len(echoed)
+                echoed += chunk
+            assert echoed == message
     # locations route one domain to two agents by path
     assert get("paths.example.net", "/a/x").text.strip() == "hello from a"
     assert get("paths.example.net", "/b/x").text.strip() == "hello from b"
