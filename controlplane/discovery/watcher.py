@@ -49,6 +49,8 @@ class ConfigWatcher:
         if version != self.cache.version:
             if self.before_publish is not None:
                 await self.before_publish()
+                if version == self.cache.version:
+                    return  # the rollout manager published it (a rollout that just ended)
             self.cache.publish(version, config)
             self.publishes += 1
             log.info("publishing config version %d", version)

@@ -94,6 +94,13 @@ class RolloutManager:
     async def _sync_hold(self) -> RolloutRow | None:
         row = await asyncio.to_thread(self.rollouts.active)
         if row is None:
+            if self.cache.hold is not None:
+                # The rollout just ended. A rollback committed a version the watcher may not have
+                # loaded yet: publish it before the hold goes, or the nodes held back would be
+                # sent the cache's version of the moment, the one rolled back.
+                version, config = await asyncio.to_thread(self.store.current)
+                if version != self.cache.version:
+                    self.cache.publish(version, config)
             self.cache.set_hold(None)
             self.nodes.eager_load = False
             return None
