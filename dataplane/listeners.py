@@ -19,6 +19,7 @@ from functools import partial
 import trio
 
 from dataplane import net
+from dataplane.config.isolation import Fault
 from dataplane.config.runtime import DEFAULT_LISTENER_SETTINGS, ListenerRuntime, RuntimeConfig
 from dataplane.http.errors import error_response
 from dataplane.http.proxy import ProxyServices, serve_http
@@ -33,7 +34,11 @@ SocketKey = tuple[str, str, int, str]  # (transport, address, port, protocol)
 
 
 class ListenError(Exception):
-    pass
+    """A listener's socket cannot be opened on this node (`fault`: that listener)."""
+
+    def __init__(self, message: str, listener: str) -> None:
+        super().__init__(message)
+        self.fault = Fault("listener", listener)
 
 
 @dataclass
@@ -85,7 +90,8 @@ class ListenerManager:
                 except OSError as exc:
                     raise ListenError(
                         f"listener {lst.name!r}: cannot listen on {lst.protocol} {lst.address}:{lst.port}: "
-                        f"{exc.strerror or exc}"
+                        f"{exc.strerror or exc}",
+                        lst.name,
                     ) from None
                 opened.append(_Active(key, sock, lst.name))
         except ListenError:

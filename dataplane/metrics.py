@@ -40,6 +40,7 @@ class Metrics:
         self.config_version = ""
         self.config_applied = 0
         self.config_rejected = 0
+        self.config_failing: list[tuple[str, str]] = []  # (kind, name) set aside in the applied version
         self.gauges: list[Callable[[], Iterator[Any]]] = []
 
     def request(
@@ -118,6 +119,14 @@ class Metrics:
         except ValueError:
             numeric = -1
         yield GaugeMetricFamily("flux_config_version", "Applied config version (numeric)", value=numeric)
+        failing = GaugeMetricFamily(
+            "flux_config_failing_resources",
+            "Resources of the applied version this node could not apply (1 each; see /stats)",
+            labels=["kind", "name"],
+        )
+        for kind, name in self.config_failing:
+            failing.add_metric([kind, name], 1)
+        yield failing
         for name, value, doc in (
             ("flux_config_applied", self.config_applied, "Snapshots applied"),
             ("flux_config_rejected", self.config_rejected, "Snapshots refused (NACKed)"),

@@ -3,8 +3,10 @@
 Start-up: open the admin port, apply the cached snapshot if there is one (so
 the node serves at once, even with no control plane), then subscribe to the
 control plane. Each snapshot is compiled, its new sockets bound, and only then
-swapped in as one reference; anything that fails refuses the version whole
-(NACK) and the previous config keeps serving. SIGTERM/SIGINT: stop accepting,
+swapped in as one reference. A failure of one resource on this node (a port
+taken, a certificate that does not load) sets that resource aside and the rest
+applies (dataplane.config.isolation; the ACK lists it); anything else refuses
+the version whole (NACK) and the previous config keeps serving. SIGTERM/SIGINT: stop accepting,
 let in-flight requests finish up to the drain deadline, exit 0.
 """
 
@@ -28,6 +30,7 @@ from dataplane.accesslog import AccessLog
 from dataplane.admin import AdminServer, json_body, masked_snapshot
 from dataplane.admission import FdBudget
 from dataplane.config.compiler import CompileError, EndpointRegistry, compile_snapshot
+from dataplane.config.isolation import MAX_ISOLATED, Failure, Fault, set_aside
 from dataplane.config.runtime import ConfigHolder
 from dataplane.discovery.cache import SnapshotFile
 from dataplane.discovery.client import DiscoveryClient
@@ -114,6 +117,8 @@ class NodeWorker:
         self.tunnels = TunnelManager(self._tunnels_changed, enabled=opts.worker_index == 0)
         self.pools.openers[TUNNEL_PREFIX] = self.tunnels.endpoints.open
         self._snapshot: config_pb2.Snapshot | None = None  # the last applied snapshot, as received
+        self._applied: config_pb2.Snapshot | None = None  # what of it runs (resources set aside: not)
+        self.failing: list[Failure] = []  # resources of the current version set aside on this node
         self._reapply_pending = False
         self.cache = SnapshotFile(opts.cache_dir, opts.group)
         self.discovery: DiscoveryClient | None = None
@@ -161,13 +166,45 @@ class NodeWorker:
         return None
 
     def _swap(self, snap: config_pb2.Snapshot) -> str | None:
+        """Apply `snap`, setting aside the resources that fail on this node alone.
+
+        The snapshot is tried whole; when an error belongs to one listener, cluster or tunnel
+        (a port taken here, a certificate that does not load), that resource keeps its
+        previous version or is left out (dataplane.config.isolation) and the rest is tried
+        again. None on success (`self.failing` lists what was set aside); otherwise why the
+        version is refused, with nothing changed."""
+        failures: dict[Fault, Failure] = {}
+        work = snap
+        while True:
+            error, fault = self._try_swap(work)
+            if error is None:
+                self.failing = list(failures.values())
+                self.metrics.config_failing = [(f.kind, f.name) for f in self.failing]
+                self._applied = work
+                for f in self.failing:
+                    kept = "keeps its previous version" if f.kept_previous else "is not served"
+                    log.error("config version %s: %s %r %s on this node: %s", snap.version, f.kind, f.name, kept,
+                              f.message)  # fmt: skip
+                return None
+            if fault is None or len(failures) >= MAX_ISOLATED:
+                return error
+            first_time = fault not in failures
+            if not first_time and not failures[fault].kept_previous:
+                return error  # set aside already and it still fails: a bug, refuse the version
+            # first failure: its previous version if it had one; that failing too: leave it out
+            work, kept = set_aside(work, fault, self._applied, use_previous=first_time)
+            message = error if first_time else failures[fault].message
+            failures[fault] = Failure(fault.kind, fault.name, message, kept)
+
+    def _try_swap(self, snap: config_pb2.Snapshot) -> tuple[str | None, Fault | None]:
         """Compile `snap` with the tunnel servers' routes, bind what it adds, swap it in.
 
-        None on success; otherwise why, with nothing changed."""
+        (None, None) on success; otherwise (why, the resource at fault if one is), with
+        nothing changed."""
         try:
             tunnel_plan = self.tunnels.prepare(snap)
         except TunnelConfigError as exc:
-            return str(exc)
+            return str(exc), exc.fault
         servers = [s for s, _ in tunnel_plan.update] + tunnel_plan.start
         env = PolicyEnv(services=self.services, reactor=self.reactor, workers=self.opts.workers)
         try:
@@ -176,11 +213,11 @@ class NodeWorker:
             plan = self.listeners.prepare(compiled.config)
         except (CompileError, ListenError) as exc:
             self.tunnels.discard(tunnel_plan)
-            return str(exc)
+            return str(exc), exc.fault
         except Exception as exc:  # a bug must cost a NACK, never the node
             self.tunnels.discard(tunnel_plan)
             log.exception("compiling config version %s failed", snap.version)
-            return f"internal error while compiling: {exc!r}"
+            return f"internal error while compiling: {exc!r}", None
         self.holder.current = compiled.config
         compiled.commit(self.endpoints)
         self.listeners.commit(plan)
@@ -189,7 +226,7 @@ class NodeWorker:
             {(c.name, ep.address, ep.port) for c in compiled.config.clusters.values() for ep in c.endpoints}
         )
         self.health.reconcile(compiled.config)
-        return None
+        return None, None
 
     def _tunnels_changed(self) -> None:
         """An http tunnel proxy came or went: rebuild the routes soon (changes coalesce)."""
@@ -281,6 +318,8 @@ class NodeWorker:
             "ready": self.ready,
             "draining": self.draining,
             "last_error": self.last_error,
+            # resources of this version set aside here (a port taken, a certificate that does not load)
+            "failing_resources": [f.as_dict() for f in self.failing],
             "downstream_connections": self.metrics.downstream_active,
             "requests_in_flight": self.svc.in_flight,
             "access_log": {"written": self.access_log.written, "dropped": self.access_log.dropped},
@@ -457,6 +496,7 @@ class NodeWorker:
                     opts.control_planes,
                     node,
                     self.apply,
+                    failing=lambda: self.failing,  # reported with each ACK
                     version=version,
                     credentials=self.credentials.current,
                     load=LoadReporter(self.metrics),  # request counters for config canaries

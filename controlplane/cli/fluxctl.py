@@ -152,6 +152,7 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
         ("STATE", lambda r: "connected" if r["connected"] else "gone"),
         ("ACKED", lambda r: r["acked_version"] or "-"),
         ("SYNC", lambda r: "yes" if r["in_sync"] else "no"),
+        ("FAILING", lambda r: ", ".join(f"{f['kind']}s/{f['name']}" for f in r.get("failing_resources") or []) or "-"),
         ("LAST NACK", lambda r: (f"v{r['last_nack']['version']}: {r['last_nack']['message']}"
                                  if r.get("last_nack") else "-")),
         ("LAST SEEN", lambda r: (r.get("last_seen") or "-")[:19]),
@@ -380,6 +381,10 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
     else:
         print(f"config version {result['version']}")
         print(table(result["items"], COLUMNS["nodes"], whole=True) if result["items"] else "no nodes have connected")
+        for node in result["items"]:
+            for f in node.get("failing_resources") or []:
+                kept = "keeps its previous version" if f.get("kept_previous") else "not served"
+                print(f"  {node['id']}: {f['kind']}s/{f['name']} ({kept}): {f['message']}")
     return 0
 
 

@@ -54,7 +54,7 @@ def cmd_rollouts(client: Any, args: argparse.Namespace, out: Print = print) -> i
     for e in doc.get("events", []):
         out(f"  {e['at'][11:19]} {e['message']}")
     for n in doc.get("nodes", []):
-        extra = f": {n['resource'] or '-'}: {n['reason']}" if n["state"] == "refused" else ""
+        extra = f": {n['resource'] or '-'}: {n['reason']}" if n["state"] in ("refused", "failing") else ""
         out(f"  node {n['id']} (group {n['group']}, {n['role']}): {n['state']} v{n['acked_version'] or '-'}{extra}")
     return 0
 

@@ -6,7 +6,8 @@ ACKed or NACKed it, then prints one line per node that refused it (node, resourc
 reason). `follow_rollout` prints a rollout's events as they happen
 (`GET /api/v1/rollouts/{id}`) and, once promoted, waits for the rest of the nodes.
 
-Exit codes (what `fluxctl` returns): 0 every node took it; 2 a node refused it;
+Exit codes (what `fluxctl` returns): 0 every node took it; 2 a node refused it or could
+not apply one of its resources (the rest applied: FAILING lines);
 3 the rollout was rolled back; 4 nodes still had not answered when the wait ran out.
 """
 
@@ -35,6 +36,10 @@ def _refusals(nodes: list[dict[str, Any]], out: Print) -> None:
         if n["state"] == "refused":
             where = n.get("resource") or "-"
             out(f"  REFUSED {n['id']} (group {n['group']}): {where}: {n.get('reason', '')}")
+        elif n["state"] == "failing":
+            for f in n.get("failing_resources", []):
+                kept = "keeps its previous version" if f.get("kept_previous") else "not served"
+                out(f"  FAILING {n['id']} (group {n['group']}): {f['kind']}s/{f['name']} ({kept}): {f['message']}")
 
 
 def wait_for_version(client: _Client, version: int, wait: float, out: Print = print) -> int:
@@ -56,6 +61,7 @@ def wait_for_version(client: _Client, version: int, wait: float, out: Print = pr
         return OK
     out(
         f"version {version} on group(s) {groups}: {status['acked']} of {total} node(s) took it"
+        + (f", {status['failing']} applied it without some of its resources" if status.get("failing") else "")
         + (f", {status['refused']} refused it" if status["refused"] else "")
         + (f", {status['pending']} did not answer within {wait:g}s" if status["pending"] else "")
     )
@@ -63,7 +69,7 @@ def wait_for_version(client: _Client, version: int, wait: float, out: Print = pr
     for n in status["nodes"]:
         if n["state"] == "pending":
             out(f"  PENDING {n['id']} (group {n['group']}): still on version {n.get('acked_version') or '-'}")
-    if status["refused"]:
+    if status["refused"] or status.get("failing"):
         return REFUSED
     return TIMED_OUT if status["pending"] else OK
 

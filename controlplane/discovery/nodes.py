@@ -52,6 +52,9 @@ class NodeState:
     connected_since: datetime | None = field(default_factory=_now)
     last_seen: datetime | None = field(default_factory=_now)
     load: dict[str, Any] | None = None  # the last load report (controlplane.rollouts.load)
+    # Resources of the acked version the node set aside (dataplane.config.isolation): kind,
+    # name, message, kept_previous. None or empty: everything applied.
+    failing_resources: list[dict[str, Any]] | None = None
     load_at: datetime | None = None
     stream: int = 0
 
@@ -78,6 +81,7 @@ class NodeState:
                 if self.last_nack_message
                 else None
             ),
+            "failing_resources": list(self.failing_resources or []),
             "connected_since": iso(self.connected_since),
             "last_seen": iso(self.last_seen),
             "load": (
@@ -119,6 +123,7 @@ class NodeRegistry:
             state.last_nack_message = prev.last_nack_message
             state.last_nack_at = prev.last_nack_at
             state.load, state.load_at = prev.load, prev.load_at
+            state.failing_resources = prev.failing_resources
         self._set(state)
         log.info("node %s (group %s) connected from %s", node_id, group, address)
         return state
@@ -133,8 +138,12 @@ class NodeRegistry:
     def sent(self, state: NodeState, version: str) -> None:
         self._update(state, sent_version=version)
 
-    def ack(self, state: NodeState, version: str) -> None:
-        self._update(state, acked_version=version)
+    def ack(self, state: NodeState, version: str, failing: list[dict[str, Any]] | None = None) -> None:
+        """An ACK; `failing`: the resources of that version the node could not apply."""
+        for f in failing or []:
+            log.warning("node %s applied version %s without %s %r: %s", state.node_id, version, f["kind"], f["name"],
+                        f["message"])  # fmt: skip
+        self._update(state, acked_version=version, failing_resources=failing or None)
 
     def nack(self, state: NodeState, version: str, message: str) -> None:
         log.warning("node %s rejected version %s: %s", state.node_id, version, message)
@@ -207,7 +216,7 @@ class NodeRegistry:
                     for attr in (
                         "node_group", "address", "hostname", "build_version", "control_plane_id", "connected",
                         "acked_version", "sent_version", "last_nack_version", "last_nack_message",
-                        "last_nack_at", "connected_since", "last_seen", "load", "load_at",
+                        "last_nack_at", "connected_since", "last_seen", "load", "load_at", "failing_resources",
                     ):  # fmt: skip
                         setattr(row, attr, getattr(st, attr))
                     s.add(row)

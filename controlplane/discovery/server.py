@@ -40,6 +40,7 @@ log = logging.getLogger("flux.discovery")
 
 ACK_TIMEOUT = 10.0  # a node silent this long after a push is sent newer versions anyway
 REVOCATION_POLL = 1.0  # seconds between the database checks of the streams' certificates
+MAX_RESOURCE_ERRORS = 64  # resources a node may report as set aside in one ACK
 
 
 class _Stream:
@@ -206,7 +207,11 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                 if req.HasField("error_detail") and req.error_detail.message:
                     self.nodes.nack(stream.state, stream.sent_version, req.error_detail.message)
                 else:
-                    self.nodes.ack(stream.state, req.version_info)
+                    failing = [
+                        {"kind": e.kind, "name": e.name, "message": e.message[:4000], "kept_previous": e.kept_previous}
+                        for e in req.resource_errors[:MAX_RESOURCE_ERRORS]
+                    ]
+                    self.nodes.ack(stream.state, req.version_info, failing)
                     stream.held_version = req.version_info
                 stream.outstanding = None
                 stream.wake.set()

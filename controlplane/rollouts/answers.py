@@ -1,5 +1,8 @@
 """Which nodes took a config version: ACKed it (or a later one), refused it, or not yet.
 
+A node that ACKed it but set resources aside (a port it cannot bind: per-resource isolation,
+dataplane.config.isolation) answered `failing`: the rest of the version serves there.
+
 `fluxctl apply/rollback/delete` wait on this (GET /api/v1/config/versions/{v}/nodes), and
 so do rollouts for the nodes they release. A node refused a version when its last NACK is
 of that version or a later one and it has not ACKed one since. The resource at fault is
@@ -16,7 +19,7 @@ from typing import Any, Literal
 
 from controlplane.discovery.nodes import NodeState
 
-State = Literal["acked", "refused", "pending"]
+State = Literal["acked", "failing", "refused", "pending"]
 
 _RESOURCE = re.compile(
     r"^(?:version \S+: )?(listener|route|cluster|policy|consumer|certificate|tunnel)s? '([^']+)'[:,]?\s*(.*)$", re.S
@@ -47,6 +50,7 @@ class Answer:
     acked_version: str
     resource: str = ""
     reason: str = ""
+    failing: tuple[dict[str, Any], ...] = ()  # resources set aside: kind, name, message, kept_previous
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,12 +60,20 @@ class Answer:
             "acked_version": self.acked_version,
             "resource": self.resource,
             "reason": self.reason,
+            "failing_resources": [dict(f) for f in self.failing],
         }
 
 
 def answer(node: NodeState, version: int) -> Answer:
     acked = config_version(node.acked_version)
     if acked >= version:
+        failing = tuple(node.failing_resources or ())
+        if failing:
+            first = failing[0]
+            return Answer(
+                node.node_id, node.node_group, "failing", node.acked_version,
+                f"{_PLURAL.get(first['kind'], first['kind'] + 's')}/{first['name']}", first["message"], failing,
+            )  # fmt: skip
         return Answer(node.node_id, node.node_group, "acked", node.acked_version)
     if node.last_nack_message and config_version(node.last_nack_version) >= version:
         resource, reason = resource_of(node.last_nack_message)
@@ -76,7 +88,7 @@ def answers(nodes: Iterable[NodeState], version: int, groups: Iterable[str] | No
 
 
 def summary(items: list[Answer]) -> dict[str, int]:
-    out = {"acked": 0, "refused": 0, "pending": 0}
+    out = {"acked": 0, "failing": 0, "refused": 0, "pending": 0}
     for a in items:
         out[a.state] += 1
     return out

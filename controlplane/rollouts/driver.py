@@ -146,13 +146,15 @@ class RolloutManager:
         nodes = await asyncio.to_thread(self.nodes.list)
         scope = [n for n in nodes if n.connected and _in_stage(row, stage, n)]
         replies = answers(scope, row.to_version)
-        refused = [a for a in replies if a.state == "refused"]
+        # a node that could not apply a resource of the version (set it aside) counts as refusing it
+        refused = [a for a in replies if a.state in ("refused", "failing")]
         if refused:
             first = refused[0]
             where = f" ({first.resource})" if first.resource else ""
             more = f" and {len(refused) - 1} more" if len(refused) > 1 else ""
+            said = "refused" if first.state == "refused" else "could not apply part of"
             await self._roll_back(
-                row, f"node {first.node_id}{more} refused version {row.to_version}{where}: {first.reason}", now
+                row, f"node {first.node_id}{more} {said} version {row.to_version}{where}: {first.reason}", now
             )
             return
         if row.stage_acked_at is None:

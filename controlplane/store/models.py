@@ -225,6 +225,8 @@ class NodeRow(SQLModel, table=True):
     # The node's last load report (controlplane.rollouts): cumulative request counters.
     load: dict[str, Any] | None = _json_opt()
     load_at: datetime | None = None
+    # Resources of the acked version the node could not apply (controlplane.discovery.nodes).
+    failing_resources: list[dict[str, Any]] | None = _json_opt()
 
 
 class RegistrySourceRow(_Row, table=True):

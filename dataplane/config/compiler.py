@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 
 from dataplane.balancing import AffinityIndex, EndpointState, endpoint_key, make_balancer
+from dataplane.config.isolation import Fault
 from dataplane.config.runtime import (
     Affinity,
     ClusterRuntime,
@@ -79,7 +80,14 @@ _CONNECT_ONLY = frozenset({"connect_failure"})
 
 
 class CompileError(Exception):
-    """A snapshot the node refuses (NACKs); the message names the resource at fault."""
+    """A snapshot the node refuses (NACKs); the message names the resource at fault.
+
+    `fault` is set when the error belongs to one resource and to this node (a certificate
+    that does not load here): the worker then applies the rest (dataplane.config.isolation)."""
+
+    def __init__(self, message: str, fault: Fault | None = None) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 PoolFactory = Callable[[str, str, int, PoolLimits], EndpointPool]
@@ -219,7 +227,7 @@ def _cluster(
         try:
             upstream_tls = UpstreamTls.build(spec, certificates or {})
         except TlsConfigError as exc:
-            raise CompileError(str(exc)) from None
+            raise CompileError(str(exc), Fault("cluster", spec.name)) from None
     if spec.protocol not in ("", "http1", "http2"):
         raise CompileError(f"cluster {spec.name!r}: protocol {spec.protocol!r}: use http1 or http2")
     return ClusterRuntime(
@@ -418,7 +426,7 @@ def compile_snapshot(
                 alpn = ("h2", "http/1.1") if settings.http2 else ("http/1.1",)
                 tls = TlsHolder(ServerTls.build(lst, certificates, alpn))
             except TlsConfigError as exc:
-                raise CompileError(str(exc)) from None
+                raise CompileError(str(exc), Fault("listener", lst.name)) from None
         forward = None
         chain = EMPTY_CHAIN
         if lst.mode == pb.LISTENER_MODE_FORWARD:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import queue
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import grpc
 import trio
 
+from dataplane.config.isolation import Failure
 from dataplane.discovery.credentials import NodeCredentials, channel_options
 from dataplane.discovery.load import LoadReporter
 from flux.v1 import config_pb2, discovery_pb2, discovery_pb2_grpc
@@ -67,6 +68,7 @@ class DiscoveryClient:
         node: discovery_pb2.Node,
         apply: ApplyFn,
         *,
+        failing: Callable[[], Sequence[Failure]] = lambda: (),
         version: str = "",
         credentials: CredentialsFn = lambda: None,
         load: LoadReporter | None = None,
@@ -78,6 +80,7 @@ class DiscoveryClient:
         self.addresses = addresses
         self.node = node
         self.apply = apply
+        self.failing = failing  # resources the node set aside in the version it applied
         self.version = version
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -273,7 +276,11 @@ class DiscoveryClient:
             error = await self.apply(snapshot)
         if error is None:
             self.version = resp.version_info
-            outbox.put(self._request(resp.nonce))
+            ack = self._request(resp.nonce)
+            for f in self.failing():
+                err = ack.resource_errors.add(kind=f.kind, name=f.name, message=f.message[:4000])
+                err.kept_previous = f.kept_previous
+            outbox.put(ack)
         else:
             self.nacks_sent += 1
             log.error("rejected config version %s: %s", resp.version_info, error)

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from dataplane.config.isolation import Fault
 from dataplane.tunnel.ownership import gateway_hosts
 from dataplane.tunnel.server import BindError, TunnelMetrics, TunnelServer
 from dataplane.tunnel.vhost import TunnelEndpoints
@@ -39,7 +40,11 @@ _REBIND_FIELDS = ("bind_port", "bind_address", "tls_force", "tls_certificate", "
 
 
 class TunnelConfigError(Exception):
-    pass
+    """A tunnel server this node cannot start (`fault`: that tunnel)."""
+
+    def __init__(self, message: str, tunnel: str) -> None:
+        super().__init__(message)
+        self.fault = Fault("tunnel", tunnel)
 
 
 def _rebind_key(spec: pb.Tunnel, certs: dict[str, pb.Certificate]) -> tuple[Any, ...]:
@@ -75,7 +80,9 @@ class TunnelManager:
         if spec.tls_certificate:
             cert = certs.get(spec.tls_certificate)
             if cert is None:
-                raise TunnelConfigError(f"tunnel {spec.name!r}: unknown certificate {spec.tls_certificate!r}")
+                raise TunnelConfigError(
+                    f"tunnel {spec.name!r}: unknown certificate {spec.tls_certificate!r}", spec.name
+                )
             pem, key = cert.cert_pem, cert.key_pem
         else:
             if self._self_signed is None:
@@ -85,7 +92,7 @@ class TunnelManager:
         try:
             return server_context(pem, key, spec.tls_client_ca_pem), own_end_point(pem)
         except (ssl.SSLError, ValueError, OSError) as exc:
-            raise TunnelConfigError(f"tunnel {spec.name!r}: bad TLS settings: {exc}") from None
+            raise TunnelConfigError(f"tunnel {spec.name!r}: bad TLS settings: {exc}", spec.name) from None
 
     def prepare(self, snap: pb.Snapshot) -> TunnelPlan:
         """Bind what the snapshot adds; TunnelConfigError (nothing kept open) if it cannot."""
@@ -108,7 +115,7 @@ class TunnelManager:
                 try:
                     server.bind(take_over=current)  # the running server keeps serving until commit()
                 except BindError as exc:
-                    raise TunnelConfigError(f"tunnel {name!r}: {exc.strerror}") from None
+                    raise TunnelConfigError(f"tunnel {name!r}: {exc.strerror}", name) from None
                 plan.start.append(server)
                 if current is not None:
                     plan.stop.append(current)

@@ -37,7 +37,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StreamConfigRequest(_message.Message):
-    __slots__ = ("version_info", "node", "resource_names", "type_url", "response_nonce", "error_detail", "load_report")
+    __slots__ = ("version_info", "node", "resource_names", "type_url", "response_nonce", "error_detail", "load_report", "resource_errors")
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class StreamConfigRequest(_message.Message):
     RESPONSE_NONCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
     LOAD_REPORT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     version_info: str
     node: Node
     resource_names: _containers.RepeatedScalarFieldContainer[str]
@@ -52,7 +53,20 @@ class StreamConfigRequest(_message.Message):
     response_nonce: str
     error_detail: ErrorDetail
     load_report: LoadReport
-    def __init__(self, version_info: _Optional[str] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., resource_names: _Optional[_Iterable[str]] = ..., type_url: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., load_report: _Optional[_Union[LoadReport, _Mapping]] = ...) -> None: ...
+    resource_errors: _containers.RepeatedCompositeFieldContainer[ResourceError]
+    def __init__(self, version_info: _Optional[str] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., resource_names: _Optional[_Iterable[str]] = ..., type_url: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., load_report: _Optional[_Union[LoadReport, _Mapping]] = ..., resource_errors: _Optional[_Iterable[_Union[ResourceError, _Mapping]]] = ...) -> None: ...
+
+class ResourceError(_message.Message):
+    __slots__ = ("kind", "name", "message", "kept_previous")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KEPT_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    message: str
+    kept_previous: bool
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., message: _Optional[str] = ..., kept_previous: _Optional[bool] = ...) -> None: ...
 
 class LoadReport(_message.Message):
     __slots__ = ("requests", "server_errors", "latency_bounds", "latency_counts", "latency_sum_seconds")

@@ -14,7 +14,7 @@ from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.hold import Hold, base_node_id
 from controlplane.discovery.nodes import NodeState
 from controlplane.rollouts.analysis import Criteria, judge
-from controlplane.rollouts.answers import answer, answers, config_version, resource_of
+from controlplane.rollouts.answers import answer, answers, config_version, resource_of, summary
 from controlplane.rollouts.load import Load, total
 from controlplane.rollouts.plan import affected_groups, pick_canaries, stages
 from controlplane.spec import ConfigSet
@@ -160,6 +160,18 @@ def test_answers_read_acks_nacks_and_the_resource_at_fault() -> None:
     assert config_version("") == -1 and config_version("7.3") == 7
     assert resource_of("policy 'rl': bad") == ("policies/rl", "bad")
     assert resource_of("snapshot does not parse") == ("", "snapshot does not parse")
+
+
+def test_a_node_that_set_a_resource_aside_answers_failing() -> None:
+    blocked = {"kind": "listener", "name": "web", "message": "listener 'web': cannot listen", "kept_previous": True}
+    partial = NodeState("n1", "g", acked_version="12.40", failing_resources=[blocked])
+    a = answer(partial, 12)
+    assert (a.state, a.resource, a.reason) == ("failing", "listeners/web", "listener 'web': cannot listen")
+    assert a.as_dict()["failing_resources"] == [blocked]
+    assert answer(partial, 13).state == "pending"
+    assert summary([a, answer(NodeState("n2", "g", acked_version="12"), 12)]) == {
+        "acked": 1, "failing": 1, "refused": 0, "pending": 0,
+    }  # fmt: skip
 
 
 # -- pinning in the snapshot cache ----------------------------------------------------------

@@ -1,10 +1,11 @@
-"""End-to-end: `fluxctl apply/rollback/delete` wait for the nodes and report refusals.
+"""End-to-end: `fluxctl apply/rollback/delete` wait for the nodes and report what they did.
 
 One control plane, two real nodes in two groups (`a`, `b`). A listener on a port the test
-holds (without SO_REUSEPORT, so the node cannot share it) makes node-a refuse the version:
-fluxctl prints one line for it (node, resource, reason) and exits 2, and node-b, whose
-group the version does not change, is not waited for. `fluxctl nodes` shows the whole
-NACK reason. A rollback that drops the listener is ACKed again: exit 0.
+holds (without SO_REUSEPORT, so the node cannot share it) is one resource node-a cannot
+apply: it applies the rest of the version (per-resource isolation), fluxctl prints one
+FAILING line for it (node, resource, reason) and exits 2, and node-b, whose group the
+version does not change, is not waited for. Later versions keep reaching node-a, which
+opens the listener once the port is free.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from support.node import NodeProcess, UpstreamProcess
@@ -74,47 +76,93 @@ def config(up: UpstreamProcess, port_a: int, port_b: int) -> dict[str, Any]:
     }
 
 
-def test_apply_waits_reports_a_refusing_node_and_rollback_recovers(stack: dict[str, Any]) -> None:
+def held_port() -> socket.socket:
+    """A port the test holds (without SO_REUSEPORT): a node asked to listen on it cannot."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    return held
+
+
+def http_status(port: int, path: str = "/") -> int:
+    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code
+
+
+def test_a_listener_one_node_cannot_open_blocks_nothing_else(stack: dict[str, Any]) -> None:
+    """Per-resource isolation: node-a applies the version without the listener it cannot open,
+    says so (fluxctl FAILING line, exit 2, /api/v1/nodes/node-a), keeps taking later versions,
+    and opens the listener with the first version after the port is free."""
     cp, up, base = stack["cp"], stack["up"], stack["base"]
-    first = write(base / "v1.yaml", config(up, free_port(), free_port()))
+    port_a = free_port()
+    first = write(base / "v1.yaml", config(up, port_a, free_port()))
     done = fluxctl(cp, "apply", "-f", first)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "on group(s) a, b: 2 of 2 node(s) took it" in done.stdout, done.stdout
     good = cp.version()
 
-    held = socket.socket()  # the port node-a is asked to listen on: taken, and not shareable
-    held.bind(("127.0.0.1", 0))
-    held.listen()
+    held = held_port()
+    blocked = held.getsockname()[1]
     try:
         doc = yaml.safe_load(pathlib.Path(first).read_text())  # v1, and a listener node-a cannot open
         doc["listeners"].append(
-            {"name": "blocked", "protocol": "http", "address": "127.0.0.1", "port": held.getsockname()[1],
-             "node_group": "a"}
-        )  # fmt: skip
-        refused = fluxctl(cp, "apply", "-f", write(base / "v2.yaml", doc), "--wait", "20s")
-        assert refused.returncode == 2, refused.stdout + refused.stderr
-        lines = [line for line in refused.stdout.splitlines() if "REFUSED" in line]
-        assert len(lines) == 1, refused.stdout
-        assert "node-a (group a): listeners/blocked: cannot listen on http 127.0.0.1:" in lines[0], lines[0]
-        assert "on group(s) a:" in refused.stdout  # group b's snapshot did not change: not waited for
-        assert "0 of 1 node(s) took it, 1 refused it" in refused.stdout
+            {"name": "blocked", "protocol": "http", "address": "127.0.0.1", "port": blocked, "node_group": "a"}
+        )
+        out = fluxctl(cp, "apply", "-f", write(base / "v2.yaml", doc), "--wait", "20s")
+        assert out.returncode == 2, out.stdout + out.stderr
+        lines = [line for line in out.stdout.splitlines() if "FAILING" in line or "REFUSED" in line]
+        assert len(lines) == 1, out.stdout
+        assert f"FAILING node-a (group a): listeners/blocked (not served): listener 'blocked': cannot listen on " \
+               f"http 127.0.0.1:{blocked}" in lines[0], lines[0]  # fmt: skip
+        assert "on group(s) a:" in out.stdout  # group b's snapshot did not change: not waited for
+        assert "0 of 1 node(s) took it, 1 applied it without some of its resources" in out.stdout, out.stdout
+        v2 = cp.version()
+        node_a = stack["nodes"]["a"]
+        node_a.wait_version(v2, 5)  # ACKed: the rest of the version runs there
+        assert http_status(port_a) == 200
+        with cp.client() as c:
+            shown = c.get("/api/v1/nodes/node-a").json()
+        assert shown["acked_version"].partition(".")[0] == str(v2) and shown["last_nack"] is None, shown
+        [failing] = shown["failing_resources"]
+        assert failing["kind"] == "listener" and failing["name"] == "blocked" and not failing["kept_previous"]
+        assert "address already in use" in failing["message"].lower(), failing
+        stats = node_a.get("/stats").json()
+        assert [f["name"] for f in stats["failing_resources"]] == ["blocked"], stats
+        assert 'flux_config_failing_resources{kind="listener",name="blocked"} 1.0' in node_a.get("/metrics").text
 
         nodes = fluxctl(cp, "nodes")
         assert nodes.returncode == 0
         row = next(line for line in nodes.stdout.splitlines() if line.startswith("node-a"))
-        assert "address already in use" in row.lower() and "\u2026" not in row, row  # the whole reason
+        assert "listeners/blocked" in row and "\u2026" not in row, row
+        assert "node-a: listeners/blocked (not served): listener 'blocked': cannot listen" in nodes.stdout
 
-        skipped = fluxctl(cp, "apply", "-f", write(base / "v2b.yaml", {**doc, "routes": [
-            {"name": "all", "path": "/", "cluster": "app", "priority": 1}]}), "--no-wait")  # fmt: skip
-        assert skipped.returncode == 0, skipped.stdout + skipped.stderr
-        assert "took it" not in skipped.stdout
+        # later versions keep flowing to node-a, and it tries the listener again with each
+        doc["routes"] = [{"name": "all", "path": "/", "cluster": "app", "priority": 1}]
+        again = fluxctl(cp, "apply", "-f", write(base / "v2b.yaml", doc), "--wait", "20s")
+        assert again.returncode == 2 and "FAILING node-a" in again.stdout, again.stdout
+        node_a.wait_version(cp.version(), 5)
 
-        back = fluxctl(cp, "rollback", str(good), "--wait", "20s")
-        assert back.returncode == 0, back.stdout + back.stderr
-        assert "2 of 2 node(s) took it" in back.stdout, back.stdout  # the route changed in both groups
+        # a listener that moves to a port it cannot open keeps serving on its old one
+        moved = yaml.safe_load(pathlib.Path(first).read_text())
+        moved["listeners"][0]["port"] = blocked
+        out = fluxctl(cp, "apply", "-f", write(base / "v2c.yaml", moved), "--prune", "--wait", "20s")
+        assert out.returncode == 2, out.stdout
+        assert "FAILING node-a (group a): listeners/web-a (keeps its previous version)" in out.stdout, out.stdout
+        assert http_status(port_a) == 200
     finally:
         held.close()
 
+    # the port is free: the next version opens the listener (node-a retries every version)
+    moved["routes"] = [{"name": "all", "path": "/", "cluster": "app", "priority": 2}]
+    out = fluxctl(cp, "apply", "-f", write(base / "v2d.yaml", moved), "--wait", "20s")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "FAILING" not in out.stdout and "2 of 2 node(s) took it" in out.stdout, out.stdout
+    assert http_status(blocked) == 200
+    with cp.client() as c:
+        assert c.get("/api/v1/nodes/node-a").json()["failing_resources"] == []
+
+    back = fluxctl(cp, "rollback", str(good), "--wait", "20s")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "2 of 2 node(s) took it" in back.stdout, back.stdout  # the route changed in both groups
     with_extra = yaml.safe_load(pathlib.Path(first).read_text())
     with_extra["routes"].append({"name": "extra", "path": "/extra", "cluster": "app"})
     assert fluxctl(cp, "apply", "-f", write(base / "v3.yaml", with_extra)).returncode == 0
@@ -171,15 +219,15 @@ def test_by_group_rollout_stops_at_a_refusing_group(stack: dict[str, Any]) -> No
     doc = config(up, free_port(), free_port())
     assert fluxctl(cp, "apply", "-f", write(base / "h1.yaml", doc), "--prune").returncode == 0
     before = cp.version()
-    held = socket.socket()
-    held.bind(("127.0.0.1", 0))
-    held.listen()
+    held = held_port()
     try:
         doc["listeners"][0]["port"] = held.getsockname()[1]  # group a's listener: a port node-a cannot take
         doc["routes"][0]["priority"] = 7  # and a change for group b too
         out, seen = watch(stack, background(cp, "apply", "-f", write(base / "h2.yaml", doc), "--by-group"))
     finally:
         held.close()
-    assert "ROLLED BACK" in out and "node node-a refused version" in out and "listeners/web-a" in out, out
+    # node-a applies the rest and keeps web-a on its old port, but a rollout stops at that
+    assert "ROLLED BACK" in out and "node node-a could not apply part of version" in out, out
+    assert "listeners/web-a" in out, out
     assert all(b != str(before + 1) for _a, b in seen), (sorted(set(seen)), out)  # group b never got it
     stack["nodes"]["b"].wait_version(str(before + 2), 10)

@@ -335,11 +335,12 @@ def test_hot_rotation_through_the_control_plane(tmp_path: pathlib.Path, ca: Test
             echo.stop()
 
 
-def test_unusable_certificate_is_nacked_and_the_old_config_keeps_serving(tmp_path: pathlib.Path, ca: TestCA) -> None:
-    """The control plane checks PEM at write time; a snapshot the node still cannot load (here a
-    cipher string this node's OpenSSL lacks is impossible to send, so a snapshot is written by
-    hand) is refused whole."""
+def test_unusable_certificate_is_pinned_on_its_listener(tmp_path: pathlib.Path, ca: TestCA) -> None:
+    """The control plane checks PEM at write time; a snapshot the node still cannot load (a key
+    of another certificate, written by hand) fails on the listener that offers it, so the node
+    sets that listener aside and applies the rest (dataplane.config.isolation)."""
     from dataplane.config.compiler import CompileError, EndpointRegistry, compile_snapshot
+    from dataplane.config.isolation import Fault
     from flux.v1 import config_pb2 as pb
 
     cert, key = ca.issue("x.test", ("x.test",))
@@ -349,6 +350,16 @@ def test_unusable_certificate_is_nacked_and_the_old_config_keeps_serving(tmp_pat
         certificates=[pb.Certificate(name="c", cert_pem=cert, key_pem=other_key)],  # key of another cert
         listeners=[pb.Listener(name="l", protocol=pb.PROTOCOL_HTTPS, port=1, certificates=["c"])],
     )
-    with pytest.raises(CompileError, match="certificate 'c'"):
+    with pytest.raises(CompileError, match="certificate 'c'") as caught:
         compile_snapshot(snap, EndpointRegistry(), lambda *a: object())  # type: ignore[arg-type,return-value]
+    assert caught.value.fault == Fault("listener", "l")
+    snap.listeners[0].ClearField("certificates")
+    snap.clusters.add(
+        name="up", scheme="https", endpoints=[pb.Endpoint(address="127.0.0.1", port=9)],
+        tls=pb.UpstreamTls(certificate="c"),
+    )  # fmt: skip
+    del snap.listeners[:]
+    with pytest.raises(CompileError) as caught:
+        compile_snapshot(snap, EndpointRegistry(), lambda *a: object())  # type: ignore[arg-type,return-value]
+    assert caught.value.fault == Fault("cluster", "up"), caught.value
     del key
