@@ -86,6 +86,8 @@ class NodeState:
             "last_seen": iso(self.last_seen),
             "load": (
                 {"requests": self.load.get("requests", 0), "server_errors": self.load.get("server_errors", 0),
+                 "routes": {name: {"requests": c[0], "server_errors": c[1]}
+                            for name, c in (self.load.get("routes") or {}).items()},
                  "at": iso(self.load_at)}
                 if self.load else None
             ),

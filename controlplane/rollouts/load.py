@@ -13,6 +13,8 @@ from typing import Any
 
 from flux.v1 import discovery_pb2
 
+MAX_ROUTES = 500  # per load report kept (the node sends its busiest routes)
+
 
 def load_from_proto(report: discovery_pb2.LoadReport) -> dict[str, Any]:
     """A load report as the node registry keeps it (JSON-able)."""
@@ -22,6 +24,9 @@ def load_from_proto(report: discovery_pb2.LoadReport) -> dict[str, Any]:
         "bounds": [float(b) for b in report.latency_bounds],
         "counts": [int(c) for c in report.latency_counts],
         "seconds": float(report.latency_sum_seconds),
+        "routes": {
+            name[:255]: [int(r.requests), int(r.server_errors)] for name, r in list(report.routes.items())[:MAX_ROUTES]
+        },
     }
 
 

@@ -6,10 +6,10 @@ tunnel agents from `/api/v1/tunnels/sessions`, registry services from `/api/v1/s
 version from `/api/v1/config`. A part the session's token may not read is shown as such.
 
 Request and error rates per node come from the nodes' load reports (cumulative `requests`
-and `server_errors` a node sends over its config stream about once a second; `/api/v1/nodes`
-shows the last one as `load`, with its time): `RateMeter` turns two reports of a node into
-per-second rates. Nodes count per node only, so there are no per-route rates to show; a
-node that sends no load reports (an older build) shows none.
+and `server_errors` a node sends over its config stream about once a second, and the same
+per route; `/api/v1/nodes` shows the last one as `load`, with its time): `RateMeter` turns
+two reports of a node into per-second rates, and a route's rate is the sum of its rates on
+every node. A node that sends no load reports (an older build) shows none.
 """
 
 from __future__ import annotations
@@ -78,11 +78,46 @@ class RateMeter:
 
 
 @dataclass
+class RouteRate:
+    name: str  # "" for requests no route matched
+    requests: float  # per second, summed over the nodes
+    errors: float
+    nodes: int  # nodes that reported the route
+
+
+MAX_ROUTE_ROWS = 50
+
+
+def route_rates(nodes: list[dict[str, Any]], meter: RateMeter) -> list[RouteRate]:
+    """Per-route rates summed over the nodes' load reports (the busiest MAX_ROUTE_ROWS)."""
+    sums: dict[str, RouteRate] = {}
+    for node in nodes:
+        load = node.get("load")
+        at = _seconds(load.get("at")) if isinstance(load, dict) else None
+        routes = load.get("routes") if isinstance(load, dict) else None
+        if at is None or not isinstance(routes, dict):
+            continue
+        for name, counts in routes.items():
+            if not isinstance(counts, dict):
+                continue
+            requests, errors = float(counts.get("requests", 0)), float(counts.get("server_errors", 0))
+            rate = meter.rate(f"{node.get('id')}\x00{name}", at, requests, errors)
+            if rate is None:
+                continue
+            row = sums.setdefault(name, RouteRate(name, 0.0, 0.0, 0))
+            row.requests += rate[0]
+            row.errors += rate[1]
+            row.nodes += 1
+    return sorted(sums.values(), key=lambda r: (-r.requests, r.name))[:MAX_ROUTE_ROWS]
+
+
+@dataclass
 class Dashboard:
     config: dict[str, Any] | None = None
     nodes: list[dict[str, Any]] = field(default_factory=list)
     nodes_error: str = ""
     rates_reported: bool = False
+    routes: list[RouteRate] = field(default_factory=list)  # busiest first
     sessions: list[dict[str, Any]] = field(default_factory=list)
     sessions_error: str = ""
     services: list[dict[str, Any]] = field(default_factory=list)
@@ -120,6 +155,7 @@ async def gather(api: Api, meter: RateMeter) -> Dashboard:
             if counters is not None:
                 d.rates_reported = True
                 node["rates"] = meter.rate(str(node.get("id")), *counters)
+        d.routes = route_rates(d.nodes, meter)
     sessions, err = await api.get_or_none("/api/v1/tunnels/sessions")
     d.sessions, d.sessions_error = (sessions or {}).get("items", []), _why(err) if err else ""
     services, err = await api.get_or_none("/api/v1/services", limit=1000)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lux/v1/discovery.proto\x12\x07\x66lux.v1\x1a\x19google/protobuf/any.proto\"\xaa\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x15\n\rbuild_version\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12-\n\x08metadata\x18\x05 \x03(\x0b\x32\x1b.flux.v1.Node.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x02\n\x13StreamConfigRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\x1b\n\x04node\x18\x02 \x01(\x0b\x32\r.flux.v1.Node\x12\x16\n\x0eresource_names\x18\x03 \x03(\t\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x05 \x01(\t\x12*\n\x0c\x65rror_detail\x18\x06 \x01(\x0b\x32\x14.flux.v1.ErrorDetail\x12(\n\x0bload_report\x18\x07 \x01(\x0b\x32\x13.flux.v1.LoadReport\x12/\n\x0fresource_errors\x18\x08 \x03(\x0b\x32\x16.flux.v1.ResourceError\"S\n\rResourceError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x15\n\rkept_previous\x18\x04 \x01(\x08\"\x82\x01\n\nLoadReport\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x15\n\rserver_errors\x18\x02 \x01(\x04\x12\x16\n\x0elatency_bounds\x18\x03 \x03(\x01\x12\x16\n\x0elatency_counts\x18\x04 \x03(\x04\x12\x1b\n\x13latency_sum_seconds\x18\x05 \x01(\x01\"\x90\x01\n\x14StreamConfigResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x10\n\x08type_url\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x18\n\x10\x63ontrol_plane_id\x18\x05 \x01(\t\"\xc9\x01\n\x11TunnelProxyStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0bremote_port\x18\x03 \x01(\r\x12\x0f\n\x07\x64omains\x18\x04 \x03(\t\x12\r\n\x05group\x18\x05 \x01(\t\x12\x0e\n\x06static\x18\x06 \x01(\x08\x12\x13\n\x0b\x63onnections\x18\x07 \x01(\r\x12\x19\n\x11total_connections\x18\x08 \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\t \x01(\x04\x12\x11\n\tbytes_out\x18\n \x01(\x04\"\x85\x02\n\x13TunnelSessionStatus\x12\x0e\n\x06tunnel\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0b\n\x03tls\x18\x06 \x01(\x08\x12\x17\n\x0f\x63onnected_since\x18\x07 \x01(\x01\x12\x10\n\x08\x62ytes_in\x18\x08 \x01(\x04\x12\x11\n\tbytes_out\x18\t \x01(\x04\x12\x13\n\x0b\x63onnections\x18\n \x01(\r\x12+\n\x07proxies\x18\x0b \x03(\x0b\x32\x1a.flux.v1.TunnelProxyStatus\x12\x10\n\x08visitors\x18\x0c \x03(\t\"c\n\x14ReportTunnelsRequest\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.flux.v1.Node\x12.\n\x08sessions\x18\x02 \x03(\x0b\x32\x1c.flux.v1.TunnelSessionStatus\"\x17\n\x15ReportTunnelsResponse2\xb3\x01\n\x10\x44iscoveryService\x12O\n\x0cStreamConfig\x12\x1c.flux.v1.StreamConfigRequest\x1a\x1d.flux.v1.StreamConfigResponse(\x01\x30\x01\x12N\n\rReportTunnels\x12\x1d.flux.v1.ReportTunnelsRequest\x1a\x1e.flux.v1.ReportTunnelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lux/v1/discovery.proto\x12\x07\x66lux.v1\x1a\x19google/protobuf/any.proto\"\xaa\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x15\n\rbuild_version\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12-\n\x08metadata\x18\x05 \x03(\x0b\x32\x1b.flux.v1.Node.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x02\n\x13StreamConfigRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\x1b\n\x04node\x18\x02 \x01(\x0b\x32\r.flux.v1.Node\x12\x16\n\x0eresource_names\x18\x03 \x03(\t\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x05 \x01(\t\x12*\n\x0c\x65rror_detail\x18\x06 \x01(\x0b\x32\x14.flux.v1.ErrorDetail\x12(\n\x0bload_report\x18\x07 \x01(\x0b\x32\x13.flux.v1.LoadReport\x12/\n\x0fresource_errors\x18\x08 \x03(\x0b\x32\x16.flux.v1.ResourceError\"S\n\rResourceError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x15\n\rkept_previous\x18\x04 \x01(\x08\"\xf6\x01\n\nLoadReport\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x15\n\rserver_errors\x18\x02 \x01(\x04\x12\x16\n\x0elatency_bounds\x18\x03 \x03(\x01\x12\x16\n\x0elatency_counts\x18\x04 \x03(\x04\x12\x1b\n\x13latency_sum_seconds\x18\x05 \x01(\x01\x12/\n\x06routes\x18\x06 \x03(\x0b\x32\x1f.flux.v1.LoadReport.RoutesEntry\x1a\x41\n\x0bRoutesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.flux.v1.RouteLoad:\x02\x38\x01\"4\n\tRouteLoad\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x15\n\rserver_errors\x18\x02 \x01(\x04\"\x90\x01\n\x14StreamConfigResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x10\n\x08type_url\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x18\n\x10\x63ontrol_plane_id\x18\x05 \x01(\t\"\xc9\x01\n\x11TunnelProxyStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0bremote_port\x18\x03 \x01(\r\x12\x0f\n\x07\x64omains\x18\x04 \x03(\t\x12\r\n\x05group\x18\x05 \x01(\t\x12\x0e\n\x06static\x18\x06 \x01(\x08\x12\x13\n\x0b\x63onnections\x18\x07 \x01(\r\x12\x19\n\x11total_connections\x18\x08 \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\t \x01(\x04\x12\x11\n\tbytes_out\x18\n \x01(\x04\"\x85\x02\n\x13TunnelSessionStatus\x12\x0e\n\x06tunnel\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0b\n\x03tls\x18\x06 \x01(\x08\x12\x17\n\x0f\x63onnected_since\x18\x07 \x01(\x01\x12\x10\n\x08\x62ytes_in\x18\x08 \x01(\x04\x12\x11\n\tbytes_out\x18\t \x01(\x04\x12\x13\n\x0b\x63onnections\x18\n \x01(\r\x12+\n\x07proxies\x18\x0b \x03(\x0b\x32\x1a.flux.v1.TunnelProxyStatus\x12\x10\n\x08visitors\x18\x0c \x03(\t\"c\n\x14ReportTunnelsRequest\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.flux.v1.Node\x12.\n\x08sessions\x18\x02 \x03(\x0b\x32\x1c.flux.v1.TunnelSessionStatus\"\x17\n\x15ReportTunnelsResponse2\xb3\x01\n\x10\x44iscoveryService\x12O\n\x0cStreamConfig\x12\x1c.flux.v1.StreamConfigRequest\x1a\x1d.flux.v1.StreamConfigResponse(\x01\x30\x01\x12N\n\rReportTunnels\x12\x1d.flux.v1.ReportTunnelsRequest\x1a\x1e.flux.v1.ReportTunnelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_METADATAENTRY']._loaded_options = None
   _globals['_NODE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_LOADREPORT_ROUTESENTRY']._loaded_options = None
+  _globals['_LOADREPORT_ROUTESENTRY']._serialized_options = b'8\001'
   _globals['_NODE']._serialized_start=64
   _globals['_NODE']._serialized_end=234
   _globals['_NODE_METADATAENTRY']._serialized_start=187
@@ -45,17 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCEERROR']._serialized_start=558
   _globals['_RESOURCEERROR']._serialized_end=641
   _globals['_LOADREPORT']._serialized_start=644
-  _globals['_LOADREPORT']._serialized_end=774
-  _globals['_STREAMCONFIGRESPONSE']._serialized_start=777
-  _globals['_STREAMCONFIGRESPONSE']._serialized_end=921
-  _globals['_TUNNELPROXYSTATUS']._serialized_start=924
-  _globals['_TUNNELPROXYSTATUS']._serialized_end=1125
-  _globals['_TUNNELSESSIONSTATUS']._serialized_start=1128
-  _globals['_TUNNELSESSIONSTATUS']._serialized_end=1389
-  _globals['_REPORTTUNNELSREQUEST']._serialized_start=1391
-  _globals['_REPORTTUNNELSREQUEST']._serialized_end=1490
-  _globals['_REPORTTUNNELSRESPONSE']._serialized_start=1492
-  _globals['_REPORTTUNNELSRESPONSE']._serialized_end=1515
-  _globals['_DISCOVERYSERVICE']._serialized_start=1518
-  _globals['_DISCOVERYSERVICE']._serialized_end=1697
+  _globals['_LOADREPORT']._serialized_end=890
+  _globals['_LOADREPORT_ROUTESENTRY']._serialized_start=825
+  _globals['_LOADREPORT_ROUTESENTRY']._serialized_end=890
+  _globals['_ROUTELOAD']._serialized_start=892
+  _globals['_ROUTELOAD']._serialized_end=944
+  _globals['_STREAMCONFIGRESPONSE']._serialized_start=947
+  _globals['_STREAMCONFIGRESPONSE']._serialized_end=1091
+  _globals['_TUNNELPROXYSTATUS']._serialized_start=1094
+  _globals['_TUNNELPROXYSTATUS']._serialized_end=1295
+  _globals['_TUNNELSESSIONSTATUS']._serialized_start=1298
+  _globals['_TUNNELSESSIONSTATUS']._serialized_end=1559
+  _globals['_REPORTTUNNELSREQUEST']._serialized_start=1561
+  _globals['_REPORTTUNNELSREQUEST']._serialized_end=1660
+  _globals['_REPORTTUNNELSRESPONSE']._serialized_start=1662
+  _globals['_REPORTTUNNELSRESPONSE']._serialized_end=1685
+  _globals['_DISCOVERYSERVICE']._serialized_start=1688
+  _globals['_DISCOVERYSERVICE']._serialized_end=1867
 # @@protoc_insertion_point(module_scope)

@@ -69,18 +69,35 @@ class ResourceError(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., message: _Optional[str] = ..., kept_previous: _Optional[bool] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("requests", "server_errors", "latency_bounds", "latency_counts", "latency_sum_seconds")
+    __slots__ = ("requests", "server_errors", "latency_bounds", "latency_counts", "latency_sum_seconds", "routes")
+    class RoutesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: RouteLoad
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[RouteLoad, _Mapping]] = ...) -> None: ...
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ERRORS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BOUNDS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     requests: int
     server_errors: int
     latency_bounds: _containers.RepeatedScalarFieldContainer[float]
     latency_counts: _containers.RepeatedScalarFieldContainer[int]
     latency_sum_seconds: float
-    def __init__(self, requests: _Optional[int] = ..., server_errors: _Optional[int] = ..., latency_bounds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_seconds: _Optional[float] = ...) -> None: ...
+    routes: _containers.MessageMap[str, RouteLoad]
+    def __init__(self, requests: _Optional[int] = ..., server_errors: _Optional[int] = ..., latency_bounds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_seconds: _Optional[float] = ..., routes: _Optional[_Mapping[str, RouteLoad]] = ...) -> None: ...
+
+class RouteLoad(_message.Message):
+    __slots__ = ("requests", "server_errors")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    server_errors: int
+    def __init__(self, requests: _Optional[int] = ..., server_errors: _Optional[int] = ...) -> None: ...
 
 class StreamConfigResponse(_message.Message):
     __slots__ = ("version_info", "resources", "type_url", "nonce", "control_plane_id")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,6 +180,24 @@ def test_dashboard_shows_the_live_node_and_refreshes_without_reloading(stack: St
     expect(page.get_by_test_id("config-version")).to_have_text(str(version), timeout=10_000)
     expect(node.get_by_test_id("acked")).to_have_text(re.compile(rf"^{version}(\.\d+)?$"), timeout=10_000)
     assert page.evaluate("window.__notReloaded") is True  # swapped in place, not reloaded
+    # per-route rates: the nodes' load reports carry counters per route (bounded traffic meanwhile)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            httpx.get(f"http://127.0.0.1:{stack.gateway_port}/echo", timeout=5)
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        expect(page.locator('tr[data-route="root"]').get_by_test_id("route-rps")).not_to_have_text(
+            "0.0", timeout=15_000
+        )
+    finally:
+        stop.set()
+        worker.join(10)
     shot(page, "dashboard")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from controlplane.api_tokens import BOOTSTRAP_ADMIN, Principal
 from controlplane.spec import KINDS
-from controlplane.ui.dashboard import RateMeter, counters_of
+from controlplane.ui.dashboard import RateMeter, counters_of, route_rates
 from controlplane.ui.diffs import dry_run_diffs, version_diffs
 from controlplane.ui.forms import defaults, fields_of, from_form, place_errors, to_form
 from controlplane.ui.sessions import CsrfRefused, SessionStore, check_write
@@ -128,3 +130,19 @@ def test_rates_from_load_reports() -> None:
     assert meter.rate("n", at + 2, 300, 8) == (100.0, 2.0)
     assert meter.rate("n", at + 2, 300, 8) == (100.0, 2.0)  # the same report again: the same rate
     assert meter.rate("n", at + 3, 5, 0) is None  # the node restarted: counters from zero
+
+
+def test_route_rates_are_summed_over_the_nodes() -> None:
+    def node(name: str, at: str, api: tuple[int, int], web: tuple[int, int]) -> dict[str, Any]:
+        routes = {
+            "api": {"requests": api[0], "server_errors": api[1]},
+            "web": {"requests": web[0], "server_errors": web[1]},
+        }
+        return {"id": name, "load": {"requests": 0, "server_errors": 0, "at": at, "routes": routes}}
+
+    meter = RateMeter()
+    t0, t1 = "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:02+00:00"
+    assert route_rates([node("a", t0, (0, 0), (0, 0)), node("b", t0, (10, 0), (0, 0))], meter) == []  # one report each
+    rows = route_rates([node("a", t1, (100, 10), (2, 0)), node("b", t1, (50, 0), (0, 0))], meter)
+    assert [(r.name, r.requests, r.errors, r.nodes) for r in rows] == [("api", 70.0, 5.0, 2), ("web", 1.0, 0.0, 2)]
+    assert route_rates([{"id": "x", "load": None}, {"id": "y"}], meter) == []  # no report, no row
