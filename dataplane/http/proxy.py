@@ -28,6 +28,8 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from hyperframe.frame import GoAwayFrame, SettingsFrame
+
 from dataplane.config.runtime import DEFAULT_LISTENER_SETTINGS
 from dataplane.exchange.commands import (
     Attempt,
@@ -73,6 +75,9 @@ if TYPE_CHECKING:
 __all__ = ["HttpConnection", "ProxyServices", "ProxySettings", "serve_http", "splice"]
 
 log = logging.getLogger("flux.proxy")
+_h2c_refusal_logged = [-math.inf]  # when the last "h2c on an HTTP/1.1 listener" line was logged
+# The server preface (empty SETTINGS) and GOAWAY(last stream 0, HTTP_1_1_REQUIRED = 0xd).
+H2C_REFUSAL = SettingsFrame(0).serialize() + GoAwayFrame(0, last_stream_id=0, error_code=0xD).serialize()
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -200,10 +205,10 @@ class HttpConnection:
                         if not data:
                             return
                         if conn.phase == IDLE:
-                            if not served and self.http2 and data[:3] == b"PRI":
+                            if not served and data[:3] == b"PRI":
                                 data = await self._maybe_h2c(data)
                                 if data is None:
-                                    return  # served as HTTP/2
+                                    return  # served as HTTP/2, or told to use HTTP/1.1
                             conn.phase = READING
                             if served:
                                 conn.deadline = now() + self.header_timeout
@@ -251,8 +256,28 @@ class HttpConnection:
             data += more
         if not data.startswith(H2_PREFACE):
             return data
+        if not self.http2:
+            await self._refuse_h2c()
+            return None
         await self._serve_h2(data)
         return None
+
+    async def _refuse_h2c(self) -> None:
+        """HTTP/2 with prior knowledge on a listener without `http2: true`: answer in HTTP/2 that
+        HTTP/1.1 is required (GOAWAY HTTP_1_1_REQUIRED, RFC 9113 7), so the client says why."""
+        self.svc.metrics.count("h2c_refused")
+        now_s = now()
+        if now_s - _h2c_refusal_logged[0] >= 60.0:
+            _h2c_refusal_logged[0] = now_s
+            log.warning(
+                "listener %s: an HTTP/2 (h2c, prior knowledge) connection from %s; the listener serves "
+                "HTTP/1.1 only: set http2: true on it to serve h2c (logged once a minute)",
+                self.listener, self.client_ip,
+            )  # fmt: skip
+        try:
+            await self.sock.send_all(H2C_REFUSAL)
+        except OSError:
+            pass
 
     async def _serve_h2(self, first: bytes) -> None:
         from dataplane.http.h2_front import H2Connection

@@ -146,9 +146,27 @@ def test_h2c_with_prior_knowledge_and_http11_on_the_same_port(node: dict[str, An
     assert status_of(exchange(node["port"], b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")) == 200
 
 
-def test_a_listener_without_http2_answers_the_preface_as_http11(node: dict[str, Any]) -> None:
-    r = exchange(node["plain"], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    assert status_of(r) in (400, 405)
+def test_a_listener_without_http2_tells_an_h2c_client_to_use_http11(node: dict[str, Any]) -> None:
+    """Not an empty reply: an HTTP/2 GOAWAY with HTTP_1_1_REQUIRED (RFC 9113 7), which clients
+    report; the node logs why once a minute. HTTP/1.1 on the same port is unaffected."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    with socket.create_connection(("127.0.0.1", node["plain"]), timeout=5) as s:
+        s.sendall(conn.data_to_send())
+        events: list[Any] = []
+        while not any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+            data = s.recv(65536)
+            assert data, events
+            events += conn.receive_data(data)
+    [ended] = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert ended.error_code == h2.errors.ErrorCodes.HTTP_1_1_REQUIRED
+    out = subprocess.run(
+        ["curl", "-sSv", "--http2-prior-knowledge", f"http://127.0.0.1:{node['plain']}/echo"],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert out.returncode != 0 and "GOAWAY, error=13" in out.stderr, out.stderr  # 13: HTTP_1_1_REQUIRED
+    assert "serves HTTP/1.1 only: set http2: true" in node["node"].output()
+    assert status_of(exchange(node["plain"], b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")) == 200
 
 
 def test_curl_http2_both_ways(node: dict[str, Any]) -> None:
