@@ -92,6 +92,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.2,
         help="seconds between checks for versions written by other control planes",
     )
+    p.add_argument(
+        "--forget-nodes-after",
+        type=_grace,
+        default=timedelta(hours=24),
+        metavar="DURATION",
+        help="drop a node disconnected this long from /api/v1/nodes and the nodes table (default 24h; 0: never)",
+    )
     p.add_argument("--log-level", default=os.environ.get("FLUX_LOG_LEVEL", "info"))
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     tls = p.add_argument_group(
@@ -119,6 +126,19 @@ def _duration_s(text: str) -> float:
     if seconds < 10:
         raise argparse.ArgumentTypeError("at least 10s")
     return seconds
+
+
+def _grace(text: str) -> timedelta | None:
+    """--forget-nodes-after: a duration (at least 1s), or 0 for never."""
+    try:
+        ms = parse_duration_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if ms == 0:
+        return None
+    if ms < 1000:
+        raise argparse.ArgumentTypeError("at least 1s (or 0: never)")
+    return timedelta(milliseconds=ms)
 
 
 def _node_ca(args: argparse.Namespace, engine: Engine, box: SecretBox) -> tuple[CertificateAuthority, str]:
@@ -169,7 +189,7 @@ async def serve(args: argparse.Namespace) -> int:
     registry = RegistryStore(engine, cp_id)
     await asyncio.to_thread(registry.load)
     cache = SnapshotCache(registry=registry)
-    nodes = NodeRegistry(engine, cp_id)
+    nodes = NodeRegistry(engine, cp_id, forget_after=args.forget_nodes_after)
     tunnels = TunnelSessions()
     servicer = DiscoveryServicer(cache, nodes, cp_id, tunnels, auth=authenticator)
     cp = ControlPlane(

@@ -34,17 +34,6 @@ async def recv(sock: socket.socket, size: int = RECV_SIZE) -> bytes:
             await wait_readable(sock)
 
 
-async def recv_later(sock: socket.socket, size: int = RECV_SIZE) -> bytes:
-    """`recv` for data that cannot be there yet (an upstream's answer right after the
-    request went out): park first, saving the system call that would say "not yet"."""
-    await wait_readable(sock)
-    while True:
-        try:
-            return sock.recv(size)
-        except BlockingIOError:
-            await wait_readable(sock)
-
-
 async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:
     """Write all of `data`. Raises OSError (BrokenPipe, ConnectionReset) when the peer is gone."""
     try:

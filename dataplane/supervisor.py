@@ -25,8 +25,7 @@ from typing import Any
 import trio
 
 from dataplane import net
-from dataplane.admin import AdminServer, Reply, json_body
-from dataplane.http.request import RequestHead
+from dataplane.admin import AdminRequest, AdminServer, Reply, json_body
 from dataplane.http.response import ResponseReader
 
 log = logging.getLogger("flux.supervisor")
@@ -128,7 +127,7 @@ class Supervisor:
             }
         )
 
-    async def _ready(self, _head: RequestHead) -> Reply:
+    async def _ready(self, _head: AdminRequest) -> Reply:
         states = []
         for w in self.workers:
             ok = False
@@ -142,7 +141,7 @@ class Supervisor:
         ready = all(s["ready"] for s in states) and not self.stopping
         return (200 if ready else 503), "application/json", json_body({"ready": ready, "workers": states})
 
-    async def _metrics(self, _head: RequestHead) -> Reply:
+    async def _metrics(self, _head: AdminRequest) -> Reply:
         parts = []
         for w in self.workers:
             if w.admin_port:

@@ -4,7 +4,8 @@
     python scripts/gen_proto.py --check   # exit 1 if the committed code differs
 
 The generated package is `flux` (from the proto package `flux.v1`); nothing in
-it is edited by hand.
+it is edited by hand. A proto file without a service gets no `*_pb2_grpc.py`: protoc's gRPC
+plugin writes one anyway, holding only a grpcio version check, and it is removed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def _generate(out: pathlib.Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    for grpc_file in (out / "flux").rglob("*_pb2_grpc.py"):
+        if "\nclass " not in grpc_file.read_text():  # no service in that proto file: nothing to call
+            grpc_file.unlink()
     # Only the packages protoc wrote (under out/flux): `out` may be the repository root, where
     # .venv holds other projects' *_pb2.py files whose __init__.py must not be touched.
     for pkg in {p.parent for p in (out / "flux").rglob("*_pb2.py")} | {out / "flux"}:

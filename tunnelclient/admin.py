@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from dataplane.admin import AdminServer, Reply, json_body
-from dataplane.http.request import RequestHead
+from fluxcommon.adminhttp import AdminRequest, AdminServer, Reply, json_body
 from tunnelclient.config import ConfigError
 from tunnelclient.errors import StartError
 
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flux.tunnel.admin")
 
 
-def _authorized(agent: Agent, head: RequestHead) -> bool:
+def _authorized(agent: Agent, head: AdminRequest) -> bool:
     admin = agent.config.admin
     if admin is None or not admin.user:
         return True
@@ -39,17 +38,17 @@ def _authorized(agent: Agent, head: RequestHead) -> bool:
 
 def _routes(agent: Agent) -> dict[str, Any]:
     def guarded(fn: Any) -> Any:
-        def handler(head: RequestHead) -> Reply:
+        def handler(head: AdminRequest) -> Reply:
             if not _authorized(agent, head):
                 return 401, "application/json", json_body({"error": "unauthorized"})
             return fn(head)
 
         return handler
 
-    def status(_h: RequestHead) -> Reply:
+    def status(_h: AdminRequest) -> Reply:
         return 200, "application/json", json_body(agent.describe())
 
-    def reload(_h: RequestHead) -> Reply:
+    def reload(_h: AdminRequest) -> Reply:
         try:
             result = agent.reload()
         except ConfigError as exc:

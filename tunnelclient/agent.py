@@ -3,7 +3,7 @@
 Life cycle: dial the node (TLS by default), log in with the token digest (the token of
 ``user``'s tunnel user, or a shared one) bound to the TLS connection, check the node's proof
 that it holds the same token (a relay or fake node without it is refused before anything else
-is sent, see fluxcommon.tunnel.binding), register every proxy and visitor, then serve work
+is sent, see fluxcommon.tunnel.protocol.binding), register every proxy and visitor, then serve work
 streams until the connection ends; reconnect with exponential back-off and jitter (1 s
 doubling to 30 s), except that a failed first login ends the agent while `loginFailExit` is
 true (the default, as in frp). An agent started with `exit_on_refusal` (the quick forms, which
@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 import trio
 
 from fluxcommon.proxy_protocol import encode_v1, encode_v2
-from fluxcommon.tunnel.binding import NO_BINDING, peer_end_point
-from fluxcommon.tunnel.control import (
+from fluxcommon.tunnel.protocol.binding import NO_BINDING, peer_end_point
+from fluxcommon.tunnel.protocol.control import (
     PROTOCOL_VERSION,
     ClientSession,
     LoginFailed,
@@ -48,12 +48,12 @@ from fluxcommon.tunnel.control import (
     VisitorRejected,
     WorkStreamOpened,
 )
-from fluxcommon.tunnel.link import SEND_BUFFER, TunnelLink, TunnelStream, error_text
-from fluxcommon.tunnel.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
-from fluxcommon.tunnel.pipe import bandwidth, pipe, transformed
-from fluxcommon.tunnel.proxies import wire_options
-from fluxcommon.tunnel.sockstream import UDP_BATCH, BulkSocketStream, drain_datagrams
-from fluxcommon.tunnel.tlsstream import TLSStream
+from fluxcommon.tunnel.protocol.mux import GoAway, Mux, ResetCode, StreamError, UdpPacket
+from fluxcommon.tunnel.protocol.proxies import wire_options
+from fluxcommon.tunnel.transport.link import SEND_BUFFER, TunnelLink, TunnelStream, error_text
+from fluxcommon.tunnel.transport.pipe import bandwidth, pipe, transformed
+from fluxcommon.tunnel.transport.sockstream import UDP_BATCH, BulkSocketStream, drain_datagrams
+from fluxcommon.tunnel.transport.tlsstream import TLSStream
 from tunnelclient.config import AgentConfig, ProxyConfig, frp_wording, load_config
 from tunnelclient.plugins import Plugin, make_plugin
 

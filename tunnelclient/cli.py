@@ -31,7 +31,7 @@ from typing import Any, Literal, NoReturn
 
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
-from fluxcommon.tunnel.control import PROTOCOL_VERSION
+from fluxcommon.tunnel.protocol.control import PROTOCOL_VERSION
 from tunnelclient.config import (
     LOG_LEVELS,
     AgentConfig,

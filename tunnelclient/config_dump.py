@@ -7,15 +7,15 @@ import math
 import re
 from typing import Any
 
-from fluxcommon.tunnel.proxies import ProxyOptions
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions
 from tunnelclient.config import (
-    _OPTION_PATHS,
     AgentConfig,
     HealthCheckConfig,
     ProxyConfig,
     VisitorConfig,
     format_bandwidth,
 )
+from tunnelclient.config.frp_fields import OPTION_PATHS
 
 
 def _put(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -31,7 +31,7 @@ def dump_proxy(proxy: ProxyConfig) -> dict[str, Any]:
     if proxy.local_ip != "127.0.0.1":
         d["localIP"] = proxy.local_ip
     d["localPort"] = proxy.local_port
-    for wire_name, frp_path in _OPTION_PATHS.items():
+    for wire_name, frp_path in OPTION_PATHS.items():
         value = getattr(proxy.options, wire_name)
         if value != ProxyOptions.model_fields[wire_name].default:
             _put(

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fluxcommon.tunnel.control import NatHoleAnswered, NatHoleInvited, VisitorAccepted, VisitorRejected
-from fluxcommon.tunnel.mux import StreamError, UdpPacket
-from fluxcommon.tunnel.pipe import pipe, transformed
+from fluxcommon.tunnel.protocol.control import NatHoleAnswered, NatHoleInvited, VisitorAccepted, VisitorRejected
+from fluxcommon.tunnel.protocol.mux import StreamError, UdpPacket
+from fluxcommon.tunnel.transport.pipe import pipe, transformed
 from tunnelclient import p2p
 from tunnelclient.config import AgentConfig, VisitorConfig
 

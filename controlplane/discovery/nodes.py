@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from controlplane.store.models import NodeRow
 log = logging.getLogger("flux.nodes")
 
 STALE_AFTER = timedelta(seconds=30)
+FORGET_AFTER = timedelta(hours=24)  # default grace period of a disconnected node
 
 
 def _now() -> datetime:
@@ -33,6 +35,14 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _row_state(row: NodeRow, now: datetime) -> NodeState:
+    """Whether a row's node counts as connected, and since when it was seen: a row its control
+    plane stopped updating (no touch for STALE_AFTER) is a disconnected node."""
+    last_seen = _aware(row.last_seen)
+    connected = bool(row.connected) and last_seen is not None and now - last_seen <= STALE_AFTER
+    return NodeState(row.node_id, row.node_group, connected=connected, last_seen=last_seen)
 
 
 @dataclass
@@ -95,9 +105,20 @@ class NodeState:
 
 
 class NodeRegistry:
-    def __init__(self, engine: Engine | None, control_plane_id: str) -> None:
+    def __init__(
+        self,
+        engine: Engine | None,
+        control_plane_id: str,
+        *,
+        forget_after: timedelta | None = FORGET_AFTER,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        """`forget_after`: how long a disconnected node stays listed (None: for ever);
+        `clock`: the current time, aware, in UTC (tests pass a fake one)."""
         self.engine = engine
         self.control_plane_id = control_plane_id
+        self.forget_after = forget_after
+        self._clock = clock
         self._nodes: dict[str, NodeState] = {}
         self._dirty: set[str] = set()
         self._forgotten: set[str] = set()  # revoked: their rows are deleted at the next flush
@@ -117,6 +138,8 @@ class NodeRegistry:
             hostname=hostname,
             build_version=build_version,
             control_plane_id=self.control_plane_id,
+            connected_since=self._clock(),
+            last_seen=self._clock(),
             stream=self._streams,
         )
         if prev is not None:  # keep what the node told us before it reconnected
@@ -134,7 +157,7 @@ class NodeRegistry:
         current = self._nodes.get(state.node_id)
         if current is None or current.stream != state.stream:
             return  # a newer stream of the same node took over
-        self._set(replace(current, connected=False, last_seen=_now()))
+        self._set(replace(current, connected=False, last_seen=self._clock()))
         log.info("node %s disconnected", state.node_id)
 
     def sent(self, state: NodeState, version: str) -> None:
@@ -149,7 +172,7 @@ class NodeRegistry:
 
     def nack(self, state: NodeState, version: str, message: str) -> None:
         log.warning("node %s rejected version %s: %s", state.node_id, version, message)
-        self._update(state, last_nack_version=version, last_nack_message=message[:4000], last_nack_at=_now())
+        self._update(state, last_nack_version=version, last_nack_message=message[:4000], last_nack_at=self._clock())
 
     def report_load(self, state: NodeState, load: dict[str, Any]) -> None:
         """A load report: kept at once, written with the next touch (every few seconds), or
@@ -157,7 +180,7 @@ class NodeRegistry:
         current = self._nodes.get(state.node_id)
         if current is None or current.stream != state.stream:
             return
-        now = _now()
+        now = self._clock()
         with self._lock:
             self._nodes[state.node_id] = replace(current, load=load, load_at=now, last_seen=now)
             if self.eager_load:
@@ -167,7 +190,7 @@ class NodeRegistry:
         current = self._nodes.get(state.node_id)
         if current is None or current.stream != state.stream:
             return
-        self._set(replace(current, last_seen=_now(), **changes))
+        self._set(replace(current, last_seen=self._clock(), **changes))
 
     def _set(self, state: NodeState) -> None:
         with self._lock:
@@ -191,7 +214,7 @@ class NodeRegistry:
         """Write changed states (and, with `touch`, last_seen of connected ones); blocking."""
         if self.engine is None:
             return 0
-        now = _now()
+        now = self._clock()
         with self._lock:
             if touch:
                 for node_id, st in self._nodes.items():
@@ -231,15 +254,56 @@ class NodeRegistry:
             return 0
         return len(batch)
 
-    async def run_flusher(self, interval: float = 1.0, touch_every: int = 5) -> None:
+    async def run_flusher(self, interval: float = 1.0, touch_every: int = 5, prune_every: int = 60) -> None:
         tick = 0
         while True:
             await asyncio.sleep(interval)
             tick += 1
             await asyncio.to_thread(self.flush, touch=tick % touch_every == 0)
+            if tick % prune_every == 0:
+                try:
+                    await asyncio.to_thread(self.prune)
+                except Exception:
+                    log.exception("could not drop long-disconnected nodes; will retry")
+
+    # -- disconnected nodes ------------------------------------------------------------
+
+    def _expired(self, state: NodeState, now: datetime) -> bool:
+        """Disconnected for longer than forget_after (a connected node never expires)."""
+        if self.forget_after is None or state.connected or state.last_seen is None:
+            return False
+        return now - state.last_seen > self.forget_after
+
+    def prune(self) -> list[str]:
+        """Drop the nodes disconnected for longer than `forget_after`: from memory and their rows
+        from the table (those of every control plane on the database); blocking. Their ids."""
+        if self.forget_after is None:
+            return []
+        now = self._clock()
+        with self._lock:
+            dropped = [k for k, v in self._nodes.items() if self._expired(v, now)]
+            for node_id in dropped:
+                del self._nodes[node_id]
+                self._dirty.discard(node_id)
+            ours = set(self._nodes)
+        if self.engine is not None:
+            with Session(self.engine) as s:
+                rows = [
+                    row.node_id
+                    for row in s.execute(select(NodeRow)).scalars()
+                    if row.node_id not in ours and self._expired(_row_state(row, now), now)
+                ]
+                if rows:
+                    s.execute(delete(NodeRow).where(NodeRow.node_id.in_(rows)))  # type: ignore[attr-defined]
+                    s.commit()
+            dropped = sorted(set(dropped) | set(rows))
+        for node_id in dropped:
+            log.info("node %s forgotten: disconnected for more than %s", node_id, self.forget_after)
+        return dropped
 
     def list(self) -> list[NodeState]:
         """Every node known to any control plane on this database; ours are freshest."""
+        now = self._clock()
         merged: dict[str, NodeState] = {}
         if self.engine is not None:
             with Session(self.engine) as s:
@@ -255,7 +319,7 @@ class NodeRegistry:
                     st.last_seen = _aware(st.last_seen)
                     st.last_nack_at = _aware(st.last_nack_at)
                     st.load_at = _aware(st.load_at)
-                    if st.connected and st.last_seen and _now() - st.last_seen > STALE_AFTER:
+                    if st.connected and st.last_seen and now - st.last_seen > STALE_AFTER:
                         st.connected = False  # its control plane stopped updating it
                     merged[st.node_id] = st
         with self._lock:
@@ -269,12 +333,5 @@ class NodeRegistry:
                 )
                 if not newer_elsewhere:
                     merged[node_id] = replace(ours)
-        return sorted(merged.values(), key=lambda n: (n.node_group, n.node_id))
-
-    def forget_disconnected(self, older_than: timedelta = timedelta(hours=24)) -> None:
-        cutoff = _now() - older_than
-        with self._lock:
-            for node_id in [
-                k for k, v in self._nodes.items() if not v.connected and v.last_seen and v.last_seen < cutoff
-            ]:
-                del self._nodes[node_id]
+        listed = [n for n in merged.values() if not self._expired(n, now)]
+        return sorted(listed, key=lambda n: (n.node_group, n.node_id))

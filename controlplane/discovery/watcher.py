@@ -37,11 +37,8 @@ class ConfigWatcher:
         self.publishes = 0
         self.before_publish: Callable[[], Awaitable[Any]] | None = None
 
-    def poke(self) -> None:
-        """Wake the watcher now (safe only on the event loop; see `poke_threadsafe`)."""
-        self._poke.set()
-
     def poke_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the watcher now (a committed write, from the request's worker thread)."""
         loop.call_soon_threadsafe(self._poke.set)
 
     async def load_once(self) -> None:

@@ -1,6 +1,6 @@
 """ConfigSet: the whole gateway config at one version, as immutable specs.
 
-A ConfigSet is a value: changes make a new one (`with_put`, `with_delete`),
+A ConfigSet is a value: changes make a new one (`with_put`, `with_changes`),
 sharing the untouched specs. Its canonical document (sorted, stored form,
 secrets included) is what the history table keeps and what rollback restores.
 """
@@ -99,11 +99,6 @@ class ConfigSet:
     def with_put(self, plural: str, spec: Resource) -> ConfigSet:
         new = dict(self._items)
         new[plural] = {**self._items[plural], spec.name: spec}
-        return ConfigSet(new)
-
-    def with_delete(self, plural: str, name: str) -> ConfigSet:
-        new = dict(self._items)
-        new[plural] = {k: v for k, v in self._items[plural].items() if k != name}
         return ConfigSet(new)
 
     def with_changes(self, puts: list[tuple[str, Resource]], deletes: list[tuple[str, str]]) -> ConfigSet:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 from dataplane.balancing import AffinityIndex, EndpointState, endpoint_key, make_balancer
 from dataplane.config.isolation import Fault
@@ -30,12 +31,16 @@ from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
 from dataplane.http.forward import ForwardRules
 from dataplane.http.target import PathRules, TargetError, canonical_route_path
 from dataplane.policies.base import ConsumerIndex, Policy, PolicyEnv
-from dataplane.policies.chain import EMPTY_CHAIN, PolicyBuildError, PolicyChain, build_policies
+from dataplane.policies.build import PolicyBuildError, build_policies
+from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.routing import RouteMatcher, RouteRule
 from dataplane.routing.grayscale import GrayRule, GrayscalePlan
 from dataplane.tls.contexts import ServerTls, TlsConfigError, UpstreamTls
-from dataplane.upstream.pool import EndpointPool, PoolLimits
+from dataplane.upstream.limits import PoolLimits
 from flux.v1 import config_pb2 as pb
+
+if TYPE_CHECKING:
+    from dataplane.upstream.pool import EndpointPool
 
 _LB = {
     pb.LB_POLICY_UNSPECIFIED: "round_robin",
@@ -90,7 +95,7 @@ class CompileError(Exception):
         self.fault = fault
 
 
-PoolFactory = Callable[[str, str, int, PoolLimits], EndpointPool]
+PoolFactory = Callable[[str, str, int, PoolLimits], "EndpointPool"]
 
 
 class EndpointRegistry:

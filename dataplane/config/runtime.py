@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataplane.balancing import AffinityIndex, Balancer, EndpointState
 from dataplane.health.state import ActiveCheckPolicy, OutlierPolicy
@@ -24,8 +24,11 @@ from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 from dataplane.routing import RouteMatcher
 from dataplane.routing.grayscale import GrayscalePlan
 from dataplane.tls.contexts import ServerTls, UpstreamTls
-from dataplane.upstream.pool import EndpointPool, PoolLimits
+from dataplane.upstream.limits import PoolLimits
 from flux.v1 import config_pb2 as pb
+
+if TYPE_CHECKING:
+    from dataplane.upstream.pool import EndpointPool
 
 
 class ClusterState:

@@ -11,7 +11,7 @@ go into requests as they are: a route's `prefix_rewrite` (an origin-form path pr
 `host_rewrite` (a host), its and its grayscale rules' header names (tokens), a health check's
 path and host, cookie names. Policy configs travel as a `google.protobuf.Struct` and are
 parsed on the node by `fluxcommon.policy_config.parse_policy_config`, whose schemas apply
-the same rules (see dataplane/policies/chain.py build_policies): they are skipped here.
+the same rules (see dataplane/policies/build.py build_policies): they are skipped here.
 """
 
 from __future__ import annotations

@@ -20,11 +20,10 @@ seconds) or the clock they are given, so their cores are testable with fake cloc
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-
-import trio
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from dataplane.http.request import RequestHead
 from dataplane.tls.identity import subject_key
@@ -34,6 +33,15 @@ if TYPE_CHECKING:
     from dataplane.reactor import Reactor
 
 T = TypeVar("T")
+
+
+class TaskSpawner(Protocol):
+    """Where shared helpers start their background tasks: a `trio.Nursery` on the node.
+
+    A protocol rather than trio's class, so this module (and every policy core built on it)
+    imports no I/O library."""
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: Any, name: object = None) -> None: ...
 
 
 class Consumer:
@@ -199,7 +207,7 @@ class SharedServices:
     Objects not asked for by a new snapshot are closed by `retain()` (if they have `close()`).
     """
 
-    def __init__(self, nursery: trio.Nursery | None = None) -> None:
+    def __init__(self, nursery: TaskSpawner | None = None) -> None:
         self.nursery = nursery
         self._objects: dict[Hashable, Any] = {}
         self._used: set[Hashable] = set()
@@ -235,3 +243,4 @@ class PolicyEnv:
     services: SharedServices = field(default_factory=SharedServices)
     reactor: Reactor | None = None  # reactor-side awaits: `await env.reactor.to_trio(async_fn, *args)`
     workers: int = 1  # worker processes of the node: local limits enforce 1/workers of the rate each
+    clock: Callable[[], float] = time.monotonic  # monotonic seconds, the clock of `RequestContext.now`

@@ -8,6 +8,11 @@ cluster), `on_response` records the outcome (5xx = failure; slow calls by
 duration), `on_abort` gives the permit back when the client went away. Breakers
 live in the node's shared services, so their state survives config pushes
 that keep the policy unchanged.
+
+Time: a request's decision reads `ctx.now`; later instants (the response, an abort, the
+admin page) come from the clock the node gives (`PolicyEnv.clock`), so tests drive it with a
+fake clock. Only the admin page reads the wall clock, to show times a reader can compare
+with a log line.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ class CircuitBreakerPolicy(Policy):
         """This policy bound to the breaker of one route or cluster."""
         bound = CircuitBreakerPolicy(self.name, self.config, self.env, scope)
         key = ("breaker", self.name, getattr(self, "config_key", ""), scope)
-        bound.breaker = self.env.services.get(key, lambda: CircuitBreaker(self.config, time.monotonic()))
+        bound.breaker = self.env.services.get(key, lambda: CircuitBreaker(self.config, self.env.clock()))
         return bound
 
     def _degraded(self) -> LocalResponse:
@@ -57,7 +62,7 @@ class CircuitBreakerPolicy(Policy):
             return None
         permit = breaker.allow(ctx.now)
         if permit:
-            ctx.vars[self._slot] = (permit, time.monotonic())
+            ctx.vars[self._slot] = (permit, self.env.clock())
             return None
         self.rejected += 1
         if self.fallback_cluster:
@@ -70,20 +75,20 @@ class CircuitBreakerPolicy(Policy):
         if entry is None or self.breaker is None:
             return
         permit, started = entry
-        now = time.monotonic()
+        now = self.env.clock()
         self.breaker.record(now, status < 500, now - started, permit)
 
     def on_abort(self, ctx: RequestContext) -> None:
         entry = ctx.vars.pop(self._slot, None)
         if entry is not None and self.breaker is not None:
-            self.breaker.release(time.monotonic(), entry[0])
+            self.breaker.release(self.env.clock(), entry[0])
 
     def snapshot(self) -> dict[str, Any]:
         """The breaker's state for the admin page: `since` and `next_probe_at` as wall-clock
         times (ISO 8601, UTC; the core keeps monotonic seconds), durations in seconds."""
         if self.breaker is None:
             return {"policy": self.name, "scope": self.scope}
-        mono, wall = time.monotonic(), time.time()
+        mono, wall = self.env.clock(), time.time()
         state = self.breaker.snapshot(mono)
         for key in ("since", "next_probe_at"):
             if state.get(key) is not None:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dataplane.tunnel.registry import ClaimError, ProxyRef
-from fluxcommon.tunnel.binding import session_tag
-from fluxcommon.tunnel.control import (
+from fluxcommon.tunnel.protocol.binding import session_tag
+from fluxcommon.tunnel.protocol.control import (
     LoginAccepted,
     LoginRefused,
     NatHoleReported,
@@ -22,9 +22,9 @@ from fluxcommon.tunnel.control import (
     VisitorRequested,
     VisitorStreamOpened,
 )
-from fluxcommon.tunnel.link import TunnelLink, TunnelStream
-from fluxcommon.tunnel.mux import GoAway, Mux, StreamError, UdpPacket
-from fluxcommon.tunnel.proxies import ProxyOptionsError, parse_new_proxy
+from fluxcommon.tunnel.protocol.mux import GoAway, Mux, StreamError, UdpPacket
+from fluxcommon.tunnel.protocol.proxies import ProxyOptionsError, parse_new_proxy
+from fluxcommon.tunnel.transport.link import TunnelLink, TunnelStream
 
 if TYPE_CHECKING:
     from dataplane.tunnel.server import TunnelServer

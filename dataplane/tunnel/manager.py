@@ -30,7 +30,7 @@ from dataplane.tunnel.server import BindError, TunnelMetrics, TunnelServer
 from dataplane.tunnel.vhost import TunnelEndpoints
 from flux.v1 import config_pb2 as pb
 from fluxcommon.tlsutil import self_signed, server_context
-from fluxcommon.tunnel.binding import own_end_point
+from fluxcommon.tunnel.protocol.binding import own_end_point
 
 log = logging.getLogger("flux.tunnel")
 
@@ -76,7 +76,7 @@ class TunnelManager:
         self._nursery = nursery
 
     def _tls(self, spec: pb.Tunnel, certs: dict[str, pb.Certificate]) -> tuple[ssl.SSLContext, str]:
-        """The server's TLS context and its channel binding (see fluxcommon.tunnel.binding)."""
+        """The server's TLS context and its channel binding (see fluxcommon.tunnel.protocol.binding)."""
         if spec.tls_certificate:
             cert = certs.get(spec.tls_certificate)
             if cert is None:

@@ -16,13 +16,12 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fluxcommon.tunnel.control import NatHoleReported, NatHoleRequested
-from fluxcommon.tunnel.mux import StreamError
+from fluxcommon.tunnel.protocol.control import NatHoleReported, NatHoleRequested
+from fluxcommon.tunnel.protocol.mux import StreamError
 
 if TYPE_CHECKING:
     from dataplane.tunnel.agentconn import AgentConn
@@ -113,10 +112,6 @@ class NatHoleCoordinator:
     def forget(self, conn: AgentConn) -> None:
         for sid in [s for s, a in self.pending.items() if a.visitor is conn or a.provider is conn]:
             del self.pending[sid]
-
-    @staticmethod
-    def new_sid() -> str:
-        return secrets.token_hex(8)
 
     def describe(self) -> dict[str, Any]:
         return {"pending": len(self.pending), "succeeded": self.succeeded, "failed": self.failed}

@@ -16,9 +16,9 @@ import trio
 
 from dataplane.tunnel.registry import Group, ProxyRef
 from dataplane.tunnel.sni import NEED_MORE, sni_from
-from dataplane.tunnel.streams import PrefixedStream
-from fluxcommon.tunnel.link import SEND_BUFFER
-from fluxcommon.tunnel.sockstream import UDP_BATCH, BulkSocketStream, drain_datagrams
+from fluxcommon.tunnel.transport.link import SEND_BUFFER
+from fluxcommon.tunnel.transport.prefixed import PrefixedStream
+from fluxcommon.tunnel.transport.sockstream import UDP_BATCH, BulkSocketStream, drain_datagrams
 
 if TYPE_CHECKING:
     from dataplane.tunnel.server import TunnelServer

@@ -30,7 +30,7 @@ from typing import Any
 
 from dataplane.tunnel.ownership import covers
 from fluxcommon.netaddr import port_in_ranges
-from fluxcommon.tunnel.proxies import ProxyOptions
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions
 
 
 class ClaimError(Exception):

@@ -15,7 +15,7 @@ import trio
 from dataplane.discovery.credentials import NodeCredentials, channel_options
 from dataplane.tunnel.manager import TunnelManager
 from flux.v1 import discovery_pb2, discovery_pb2_grpc
-from fluxcommon.tunnel.binding import session_tag
+from fluxcommon.tunnel.protocol.binding import session_tag
 
 log = logging.getLogger("flux.tunnel.report")
 

@@ -44,19 +44,20 @@ from dataplane.tunnel.nathole import NatHoleCoordinator
 from dataplane.tunnel.ownership import Tenancy, shadowing_route
 from dataplane.tunnel.ports import HttpsVhostPort, TcpPort, UdpPort, _Port, bind_stream
 from dataplane.tunnel.registry import ClaimError, Group, ProxyRef, ProxyRegistry
-from dataplane.tunnel.streams import PrefixedStream, local_of, peer_of
+from dataplane.tunnel.streams import local_of, peer_of
 from dataplane.tunnel.tcpmux import TcpmuxPort
 from dataplane.upstream.bridge import ReactorEnd, bridge
 from flux.v1 import config_pb2 as pb
 from fluxcommon.netaddr import parse_port_ranges
-from fluxcommon.tunnel.control import VisitorRequested
-from fluxcommon.tunnel.link import SEND_BUFFER, error_text
-from fluxcommon.tunnel.messages import LoginVerifier, ReplayCache, check_visitor
-from fluxcommon.tunnel.mux import Mux, ResetCode, UdpPacket
-from fluxcommon.tunnel.pipe import Bandwidth, bandwidth, combined, pipe, transformed
-from fluxcommon.tunnel.proxies import ProxyOptions
-from fluxcommon.tunnel.sockstream import BulkSocketStream
-from fluxcommon.tunnel.tlsstream import TLSStream
+from fluxcommon.tunnel.protocol.control import VisitorRequested
+from fluxcommon.tunnel.protocol.messages import LoginVerifier, ReplayCache, check_visitor
+from fluxcommon.tunnel.protocol.mux import Mux, ResetCode, UdpPacket
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions
+from fluxcommon.tunnel.transport.link import SEND_BUFFER, error_text
+from fluxcommon.tunnel.transport.pipe import Bandwidth, bandwidth, combined, pipe, transformed
+from fluxcommon.tunnel.transport.prefixed import PrefixedStream
+from fluxcommon.tunnel.transport.sockstream import BulkSocketStream
+from fluxcommon.tunnel.transport.tlsstream import TLSStream
 
 if TYPE_CHECKING:
     from dataplane.reactor import Reactor

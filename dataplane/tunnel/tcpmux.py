@@ -29,8 +29,8 @@ from dataplane.tunnel.httpconnect import (
 )
 from dataplane.tunnel.ports import StreamPort, _close
 from dataplane.tunnel.registry import Group
-from dataplane.tunnel.streams import PrefixedStream
-from fluxcommon.tunnel.sockstream import BulkSocketStream
+from fluxcommon.tunnel.transport.prefixed import PrefixedStream
+from fluxcommon.tunnel.transport.sockstream import BulkSocketStream
 
 if TYPE_CHECKING:
     from dataplane.tunnel.server import TunnelServer

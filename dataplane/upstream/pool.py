@@ -21,7 +21,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -29,6 +28,7 @@ import trio
 from dataplane.reactor import ConnectError, Reactor, REvent, RSock, connect
 from dataplane.tls.contexts import UpstreamTls
 from dataplane.tls.rsock import TlsRSock
+from dataplane.upstream.limits import PoolLimits
 
 if TYPE_CHECKING:
     from dataplane.upstream.bridge import ReactorEnd
@@ -50,14 +50,6 @@ class _PoolWaitTimeout(Exception):
 
 class _HandshakeTimeout(Exception):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class PoolLimits:
-    max_connections: int = 1024
-    max_idle: int = 128
-    idle_timeout: float = 60.0
-    max_pending: int = 1024
 
 
 class UpstreamConn:

@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from dataplane.config.wirecheck import check_snapshot
 from dataplane.policies.base import PolicyEnv
-from dataplane.policies.chain import PolicyBuildError, build_policies
+from dataplane.policies.build import PolicyBuildError, build_policies
 from flux.v1 import config_pb2 as pb
 
 MULTILINE = {

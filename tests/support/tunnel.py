@@ -30,17 +30,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fluxcommon.proxy_protocol import NEED_MORE, ProxyHeader, parse
-from fluxcommon.tunnel.binding import peer_end_point
-from fluxcommon.tunnel.control import (
+from fluxcommon.tunnel.protocol.binding import peer_end_point
+from fluxcommon.tunnel.protocol.control import (
     ClientSession,
     LoginFailed,
     LoginSucceeded,
     ProxyAccepted,
     ProxyRejected,
 )
-from fluxcommon.tunnel.frames import ProtocolError
-from fluxcommon.tunnel.messages import PROTOCOL_VERSION, Login, LoginOk, NewProxy, parse_message
-from fluxcommon.tunnel.mux import ControlMessage, Mux
+from fluxcommon.tunnel.protocol.frames import ProtocolError
+from fluxcommon.tunnel.protocol.messages import PROTOCOL_VERSION, Login, LoginOk, NewProxy, parse_message
+from fluxcommon.tunnel.protocol.mux import ControlMessage, Mux
 from support.processes import executable, free_port, wait_until
 from tunnelclient.config_dump import to_toml
 

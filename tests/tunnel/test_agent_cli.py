@@ -14,8 +14,8 @@ import tomllib
 
 import pytest
 
-from fluxcommon.tunnel.messages import PROTOCOL_VERSION
-from fluxcommon.tunnel.proxies import ProxyOptions
+from fluxcommon.tunnel.protocol.messages import PROTOCOL_VERSION
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions
 from tunnelclient.cli import DEFAULT_CONFIG, TOKEN_ENV, Command, UsageError, main, parse_args
 from tunnelclient.config import AgentConfig, ProxyConfig, TlsConfig, VisitorConfig, parse_config
 

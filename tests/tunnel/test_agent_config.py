@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxcommon.tunnel.proxies import ProxyOptions, parse_new_proxy, wire_options
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions, parse_new_proxy, wire_options
 from tunnelclient.config import (
     AdminConfig,
     AgentConfig,

@@ -1,4 +1,4 @@
-"""Tunnel control protocol (`fluxcommon.tunnel.control`): login rules, proxies, visitors, NAT holes, heartbeats.
+"""Tunnel control protocol (`fluxcommon.tunnel.protocol.control`): login, proxies, visitors, NAT holes, heartbeats.
 
 An agent's `ClientSession` and a node's `ServerSession` talk through two real `Mux` ends wired
 back to back; time is a number passed in, so heartbeats and replay windows are tested without
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxcommon.tunnel.control import (
+from fluxcommon.tunnel.protocol.control import (
     ClientSession,
     LoginAccepted,
     LoginFailed,
@@ -36,7 +36,7 @@ from fluxcommon.tunnel.control import (
     VisitorStreamOpened,
     WorkStreamOpened,
 )
-from fluxcommon.tunnel.frames import (
+from fluxcommon.tunnel.protocol.frames import (
     ControlFrame,
     FrameDecoder,
     OpenFrame,
@@ -44,7 +44,7 @@ from fluxcommon.tunnel.frames import (
     UdpPacketFrame,
     encode_frame,
 )
-from fluxcommon.tunnel.messages import (
+from fluxcommon.tunnel.protocol.messages import (
     MESSAGES,
     PROTOCOL_VERSION,
     CloseProxy,
@@ -70,7 +70,7 @@ from fluxcommon.tunnel.messages import (
     login_digest,
     parse_message,
 )
-from fluxcommon.tunnel.mux import ControlMessage, Data, Mux, StreamError, StreamReset, UdpPacket
+from fluxcommon.tunnel.protocol.mux import ControlMessage, Data, Mux, StreamError, StreamReset, UdpPacket
 
 T0 = 1_700_000_000.0
 TOKEN = "change-me"

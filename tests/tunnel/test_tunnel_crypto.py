@@ -1,4 +1,4 @@
-"""Per-proxy payload transforms (`fluxcommon.tunnel.crypto`): round trips on random splits, tamper refusal."""
+"""Per-proxy payload transforms (`fluxcommon.tunnel.protocol.crypto`): round trips on random splits, tamper refusal."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxcommon.tunnel.crypto import (
+from fluxcommon.tunnel.protocol.crypto import (
     MAX_CHUNK,
     Compressor,
     Decompressor,
@@ -19,7 +19,7 @@ from fluxcommon.tunnel.crypto import (
     Outbound,
     TransformError,
 )
-from fluxcommon.tunnel.frames import ProtocolError
+from fluxcommon.tunnel.protocol.frames import ProtocolError
 
 PROPS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOKEN = "change-me"

@@ -1,4 +1,4 @@
-"""Tunnel framing (`fluxcommon.tunnel.frames`): round trips, random splits, strict refusal.
+"""Tunnel framing (`fluxcommon.tunnel.protocol.frames`): round trips, random splits, strict refusal.
 
 The fuzz invariant of the style guide: the decoder returns frames or raises `ProtocolError`,
 nothing else, whether the bytes come whole or one at a time.
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxcommon.tunnel.frames import (
+from fluxcommon.tunnel.protocol.frames import (
     FRAMING_VERSION,
     HEADER_SIZE,
     MAX_JSON,

@@ -1,4 +1,4 @@
-"""TunnelLink (fluxcommon/tunnel/link.py) and its SendGate, over a real socket pair.
+"""TunnelLink (fluxcommon/tunnel/transport/link.py) and its SendGate, over a real socket pair.
 
 Two links joined by a connected socketpair, with a minimal session that turns every stream the
 peer opens into a work stream. Streams send from their own tasks (the inline flush) while the
@@ -21,13 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import tls
 
-from fluxcommon.tunnel.control import WorkStreamOpened
-from fluxcommon.tunnel.gate import SendGate
-from fluxcommon.tunnel.link import TunnelLink, TunnelStream
-from fluxcommon.tunnel.mux import Mux, StreamOpened
-from fluxcommon.tunnel.pipe import pipe
-from fluxcommon.tunnel.sockstream import BulkSocketStream
-from fluxcommon.tunnel.tlsstream import TLSStream
+from fluxcommon.tunnel.protocol.control import WorkStreamOpened
+from fluxcommon.tunnel.protocol.mux import Mux, StreamOpened
+from fluxcommon.tunnel.transport.gate import SendGate
+from fluxcommon.tunnel.transport.link import TunnelLink, TunnelStream
+from fluxcommon.tunnel.transport.pipe import pipe
+from fluxcommon.tunnel.transport.sockstream import BulkSocketStream
+from fluxcommon.tunnel.transport.tlsstream import TLSStream
 
 # -- SendGate ------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The tunnel login is mutual and bound to the TLS connection (`fluxcommon.tunnel.binding`,
+"""The tunnel login is mutual and bound to the TLS connection (`fluxcommon.tunnel.protocol.binding`,
 `messages`, `control`): sans-IO, two real `Mux` ends back to back, a real TLS handshake over
 memory BIOs for the binding itself.
 
@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluxcommon.tlsutil import self_signed, server_context
-from fluxcommon.tunnel.binding import NO_BINDING, end_point, own_end_point, peer_end_point, session_tag
-from fluxcommon.tunnel.control import (
+from fluxcommon.tunnel.protocol.binding import NO_BINDING, end_point, own_end_point, peer_end_point, session_tag
+from fluxcommon.tunnel.protocol.control import (
     NODE_NOT_PROVEN,
     ClientSession,
     LoginAccepted,
@@ -27,8 +27,8 @@ from fluxcommon.tunnel.control import (
     LoginSucceeded,
     ServerSession,
 )
-from fluxcommon.tunnel.frames import ControlFrame, FrameDecoder, encode_frame
-from fluxcommon.tunnel.messages import (
+from fluxcommon.tunnel.protocol.frames import ControlFrame, FrameDecoder, encode_frame
+from fluxcommon.tunnel.protocol.messages import (
     PROTOCOL_VERSION,
     Credential,
     Login,
@@ -37,7 +37,7 @@ from fluxcommon.tunnel.messages import (
     node_digest,
     parse_message,
 )
-from fluxcommon.tunnel.mux import Mux, StreamError
+from fluxcommon.tunnel.protocol.mux import Mux, StreamError
 
 T0 = 1_700_000_000.0
 NODE_CERT = "a1" * 32  # the node's tls-server-end-point

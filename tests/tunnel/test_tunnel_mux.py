@@ -1,4 +1,4 @@
-"""The tunnel multiplexer (`fluxcommon.tunnel.mux`): two ends back to back, flow control, odd peers.
+"""The tunnel multiplexer (`fluxcommon.tunnel.protocol.mux`): two ends back to back, flow control, odd peers.
 
 The state machine test wires a client and a server `Mux` together and lets hypothesis
 interleave opens, sends, closes, resets, reads (`consumed`), partial flushes and partial
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from fluxcommon.tunnel.frames import (
+from fluxcommon.tunnel.protocol.frames import (
     HEADER_SIZE,
     ControlFrame,
     DataFrame,
@@ -34,7 +34,7 @@ from fluxcommon.tunnel.frames import (
     WindowUpdateFrame,
     encode_frame,
 )
-from fluxcommon.tunnel.mux import (
+from fluxcommon.tunnel.protocol.mux import (
     ControlMessage,
     Data,
     GoAway,

@@ -24,8 +24,8 @@ from dataplane.tunnel.registry import ClaimError, ProxyRef
 from dataplane.tunnel.server import TunnelMetrics, TunnelServer
 from dataplane.tunnel.vhost import overlay, serves
 from flux.v1 import config_pb2 as pb
-from fluxcommon.tunnel.pipe import AllOf, bandwidth, combined
-from fluxcommon.tunnel.proxies import ProxyOptions, parse_new_proxy
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions, parse_new_proxy
+from fluxcommon.tunnel.transport.pipe import AllOf, bandwidth, combined
 
 VHOST = 18090
 USERS = [

@@ -1,4 +1,4 @@
-"""Moving bytes between streams (`fluxcommon.tunnel.pipe`): token bucket, payload transforms, the splice.
+"""Moving bytes between streams (`fluxcommon.tunnel.transport.pipe`): token bucket, payload transforms, the splice.
 
 `Bandwidth` is sans-IO, so it runs on a simulated timeline: a caller that sleeps the delays it
 is told never gets ahead of burst + rate x t, and under steady demand the average rate is the
@@ -17,7 +17,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxcommon.tunnel.pipe import Bandwidth, PipeStats, TransformStream, bandwidth, pipe, transformed
+from fluxcommon.tunnel.transport.pipe import Bandwidth, PipeStats, TransformStream, bandwidth, pipe, transformed
 
 # -- Bandwidth -----------------------------------------------------------------------------
 

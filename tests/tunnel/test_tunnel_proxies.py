@@ -1,4 +1,4 @@
-"""NEW_PROXY options as the node checks them (`fluxcommon.tunnel.proxies`).
+"""NEW_PROXY options as the node checks them (`fluxcommon.tunnel.protocol.proxies`).
 
 Per proxy type: what it needs and what it may not carry, each refusal naming the field at
 fault. Field checks for domains, subdomains, locations and headers (good and bad values, and
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fluxcommon.tunnel.proxies import (
+from fluxcommon.tunnel.protocol.proxies import (
     DOMAIN_TYPES,
     HTTP_USER_TYPES,
     PUBLIC_PORT_TYPES,

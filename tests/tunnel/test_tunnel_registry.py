@@ -19,7 +19,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 from dataplane.tunnel.registry import ClaimError, Group, ProxyRef, ProxyRegistry, _domain_match
 from fluxcommon.netaddr import port_in_ranges
-from fluxcommon.tunnel.proxies import ProxyOptions
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions
 
 ALLOW = [(10000, 10003), (20000, 20001)]
 SUBDOMAIN_HOST = "tunnel.test"

@@ -1,4 +1,4 @@
-"""BulkSocketStream (fluxcommon/tunnel/sockstream.py) and ReadBuffer (readbuffer.py), over real
+"""BulkSocketStream (fluxcommon/tunnel/transport/sockstream.py) and ReadBuffer (readbuffer.py), over real
 socket pairs: bytes arrive whole and in order through full socket buffers and partial sends,
 gathered parts arrive joined, end of stream and close behave as trio's streams do, and a task
 whose peer is always ready still lets other tasks run."""
@@ -14,9 +14,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxcommon.tunnel import sockstream
-from fluxcommon.tunnel.readbuffer import MAX_SIZE, MIN_SIZE, SHRINK_AFTER, ReadBuffer
-from fluxcommon.tunnel.sockstream import BulkSocketStream, drain_datagrams
+from fluxcommon.tunnel.transport import sockstream
+from fluxcommon.tunnel.transport.readbuffer import MAX_SIZE, MIN_SIZE, SHRINK_AFTER, ReadBuffer
+from fluxcommon.tunnel.transport.sockstream import BulkSocketStream, drain_datagrams
 
 
 def _pair() -> tuple[BulkSocketStream, BulkSocketStream]:

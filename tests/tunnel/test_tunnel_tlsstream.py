@@ -1,4 +1,4 @@
-"""TLSStream (fluxcommon/tunnel/tlsstream.py): TLS on memory BIOs over a trio stream.
+"""TLSStream (fluxcommon/tunnel/transport/tlsstream.py): TLS on memory BIOs over a trio stream.
 
 Real OpenSSL handshakes over in-memory trio streams: bulk data both ways at once, random read
 sizes, a clean close (close_notify -> b""), a connection cut without close_notify, a certificate
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import tls
 
-from fluxcommon.tunnel.tlsstream import TLSStream
+from fluxcommon.tunnel.transport.tlsstream import TLSStream
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from dataplane.tunnel.server import TunnelMetrics, TunnelServer
 from dataplane.tunnel.vhost import PREFIX, TunnelEndpoints, endpoint_address, overlay, serves
 from dataplane.upstream.bridge import ReactorEnd
 from flux.v1 import config_pb2 as pb
-from fluxcommon.tunnel.proxies import ProxyOptions, ProxyOptionsError, parse_new_proxy
+from fluxcommon.tunnel.protocol.proxies import ProxyOptions, ProxyOptionsError, parse_new_proxy
 
 VHOST_PORT = 18080
 TUNNEL_LISTENER = "tunnel/t1/http"

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from dataplane.tunnel.streams import PrefixedStream
-from fluxcommon.tunnel.pipe import pipe
+from fluxcommon.tunnel.transport.pipe import pipe
+from fluxcommon.tunnel.transport.prefixed import PrefixedStream
 from tunnelclient.plugin_config import PluginConfig
 from tunnelclient.plugins.h11conn import H11Stream, basic_auth_ok, end_to_end, forward, header, replace
 

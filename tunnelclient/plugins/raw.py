@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from fluxcommon.tunnel.pipe import pipe
+from fluxcommon.tunnel.transport.pipe import pipe
 from tunnelclient.plugin_config import PluginConfig
 from tunnelclient.plugins.tls import serve_tls
 

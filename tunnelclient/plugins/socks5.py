@@ -18,8 +18,8 @@ from typing import Any
 
 import trio
 
-from dataplane.tunnel.streams import PrefixedStream
-from fluxcommon.tunnel.pipe import pipe
+from fluxcommon.tunnel.transport.pipe import pipe
+from fluxcommon.tunnel.transport.prefixed import PrefixedStream
 from tunnelclient.plugin_config import PluginConfig
 
 log = logging.getLogger("flux.tunnel.plugin")

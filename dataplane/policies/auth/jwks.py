@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey, EllipticCurvePublicKey
@@ -33,6 +33,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from jwt import PyJWKSet
 
 from dataplane.policies.auth.common import FetchError, check_http_url, connection_pool, http_request
+
+if TYPE_CHECKING:
+    from dataplane.policies.base import TaskSpawner
 
 log = logging.getLogger("flux.policy.jwks")
 
@@ -58,7 +61,7 @@ class JwkKey(NamedTuple):
 class JwksCache:
     """The key set published at `url`; see the module docstring."""
 
-    def __init__(self, url: str, refresh: float, nursery: trio.Nursery | None) -> None:
+    def __init__(self, url: str, refresh: float, nursery: TaskSpawner | None) -> None:
         self.url = check_http_url(url, "jwks_url")
         self.refresh_interval = max(1.0, refresh)
         self._nursery = nursery

@@ -44,7 +44,7 @@ from dataplane.policies.auth.common import (
     unauthorized,
     unavailable,
 )
-from dataplane.policies.base import LocalResponse, PolicyEnv, PolicyResult, RequestContext
+from dataplane.policies.base import LocalResponse, PolicyEnv, PolicyResult, RequestContext, TaskSpawner
 from fluxcommon.policy_config import OAuth2Config
 
 log = logging.getLogger("flux.policy.oauth2")
@@ -68,7 +68,7 @@ class IntrospectionError(Exception):
 class Introspector:
     """Introspection calls and their cache for one (endpoint, client); lives in env.services."""
 
-    def __init__(self, url: str, client_id: str, nursery: trio.Nursery | None) -> None:
+    def __init__(self, url: str, client_id: str, nursery: TaskSpawner | None) -> None:
         self.url = url
         self.client_id = client_id
         self.client_secret = ""

@@ -52,6 +52,7 @@ from coredis.pool import ConnectionPool
 from dataplane.policies.ratelimit.algorithms import Decision
 
 if TYPE_CHECKING:
+    from dataplane.policies.base import TaskSpawner
     from dataplane.reactor import Reactor, REvent
 
 log = logging.getLogger("flux.ratelimit")
@@ -382,7 +383,7 @@ class RedisLimiterClient:
 
     # -- lifecycle (trio side) ------------------------------------------------------------
 
-    def start(self, nursery: trio.Nursery | None) -> None:
+    def start(self, nursery: TaskSpawner | None) -> None:
         """Start the background tasks (connection keeper, batch sender) in `nursery`."""
         if nursery is None or self.reactor is None:
             self._set_down("no nursery or reactor to run the redis client in")

@@ -13,7 +13,8 @@ from dataplane.http.request import RequestHead, RequestReader
 from dataplane.policies.access import ApiAclPolicy, DomainAclPolicy, IpAclPolicy, UaFilterPolicy
 from dataplane.policies.base import Consumer, LocalResponse, PolicyEnv, RequestContext, SharedServices
 from dataplane.policies.breaker import CircuitBreakerPolicy
-from dataplane.policies.chain import PolicyBuildError, PolicyChain, build_policies
+from dataplane.policies.build import PolicyBuildError, build_policies
+from dataplane.policies.chain import PolicyChain
 from dataplane.policies.cors import CorsPolicy
 from dataplane.policies.rewrite import RedirectPolicy, RequestRewritePolicy, ResponseRewritePolicy
 from flux.v1 import config_pb2 as pb

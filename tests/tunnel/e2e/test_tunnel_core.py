@@ -44,7 +44,7 @@ from support.tunnel import (
     wait_tcp_echo,
 )
 
-from fluxcommon.tunnel.binding import session_tag
+from fluxcommon.tunnel.protocol.binding import session_tag
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

@@ -38,8 +38,8 @@ from support.tunnel import (
     tcp_roundtrip,
 )
 
-from fluxcommon.tunnel.binding import session_tag
-from fluxcommon.tunnel.control import LoginFailed, LoginSucceeded, ProxyAccepted, ProxyRejected
+from fluxcommon.tunnel.protocol.binding import session_tag
+from fluxcommon.tunnel.protocol.control import LoginFailed, LoginSucceeded, ProxyAccepted, ProxyRejected
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

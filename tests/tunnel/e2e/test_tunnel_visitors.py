@@ -49,9 +49,15 @@ from support.tunnel_visitors import (
     udp_socket,
 )
 
-from fluxcommon.tunnel.binding import peer_end_point
-from fluxcommon.tunnel.control import ClientSession, LoginFailed, LoginSucceeded, VisitorAccepted, VisitorRejected
-from fluxcommon.tunnel.mux import Mux
+from fluxcommon.tunnel.protocol.binding import peer_end_point
+from fluxcommon.tunnel.protocol.control import (
+    ClientSession,
+    LoginFailed,
+    LoginSucceeded,
+    VisitorAccepted,
+    VisitorRejected,
+)
+from fluxcommon.tunnel.protocol.mux import Mux
 from tunnelclient.config import ConfigError, load_config
 
 pytestmark = pytest.mark.slow

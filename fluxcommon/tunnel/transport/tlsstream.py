@@ -21,9 +21,9 @@ import ssl
 
 import trio
 
-from fluxcommon.tunnel.gate import SendGate
-from fluxcommon.tunnel.readbuffer import ReadBuffer
-from fluxcommon.tunnel.sockstream import receive_into
+from fluxcommon.tunnel.transport.gate import SendGate
+from fluxcommon.tunnel.transport.readbuffer import ReadBuffer
+from fluxcommon.tunnel.transport.sockstream import receive_into
 
 RECORD = 16 * 1024  # TLS's largest record payload: OpenSSL cuts writes into records of this size
 

@@ -29,7 +29,7 @@ Login and authentication
 ========================
 
 The token never crosses the wire, TLS or not, and the login is mutual and bound to the TLS
-connection (`fluxcommon.tunnel.binding`: `B` is the SHA-256 of the node's certificate as each
+connection (`fluxcommon.tunnel.protocol.binding`: `B` is the SHA-256 of the node's certificate as each
 side sees it, "" without TLS). LOGIN carries ``auth = {timestamp, nonce, digest}`` with::
 
     digest = hex(HMAC-SHA256(token, f"agent|{version}|{name}|{run_id}|{timestamp}|{nonce}|{B}"))
@@ -70,10 +70,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fluxcommon.tunnel.frames import ProtocolError
+from fluxcommon.tunnel.protocol.frames import ProtocolError
 
 if TYPE_CHECKING:
-    from fluxcommon.tunnel.control import VisitorRequested
+    from fluxcommon.tunnel.protocol.control import VisitorRequested
 
 PROTOCOL_VERSION = 2  # 2: the login is mutual and bound to the TLS connection
 REPLAY_WINDOW = 300.0

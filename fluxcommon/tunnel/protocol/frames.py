@@ -466,7 +466,7 @@ class FrameDecoder:
             buf += memoryview(data)[pos:]
         return frames
 
-    def _header(self, src: bytes | bytearray, pos: int) -> tuple[int, int, FrameType]:
+    def _header(self, src: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, FrameType]:
         """(stream id, payload length, kind) of the header at `pos`, checked."""
         version, ftype, flags, reserved, stream_id, length = _HEADER.unpack_from(src, pos)
         kind = _check_header(version, ftype, flags, reserved, stream_id, length)

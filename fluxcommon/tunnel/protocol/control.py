@@ -1,6 +1,6 @@
 """Tunnel control sessions: each side's state machine over a `Mux`.
 
-The messages they exchange and the login rules are in `fluxcommon.tunnel.messages`.
+The messages they exchange and the login rules are in `fluxcommon.tunnel.protocol.messages`.
 An agent (`ClientSession`) logs in to a node (`ServerSession`), registers proxies, keeps the
 session alive with heartbeats, visits secret proxies and takes part in NAT hole punching.
 It owns no socket and reads no clock: the driver feeds it the mux's events with the current
@@ -21,8 +21,8 @@ accepted udp/sudp proxies or visitors; others are dropped and counted. Every oth
 Login
 =====
 
-The login is mutual and bound to the connection's TLS session (see `fluxcommon.tunnel.messages`
-and `fluxcommon.tunnel.binding`): each side is given the channel binding it sees
+The login is mutual and bound to the connection's TLS session (see `fluxcommon.tunnel.protocol.messages`
+and `fluxcommon.tunnel.protocol.binding`): each side is given the channel binding it sees
 (`channel_binding`), the node proves in LOGIN_OK that it holds the agent's token, and the agent
 refuses a LOGIN_OK without that proof (`LoginFailed`) before it sends anything else. The node's
 session knows whom the agent logged in as (`ServerSession.user`: a tunnel user, "" for a shared
@@ -46,8 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fluxcommon.tunnel.frames import ProtocolError
-from fluxcommon.tunnel.messages import (
+from fluxcommon.tunnel.protocol.frames import ProtocolError
+from fluxcommon.tunnel.protocol.messages import (
     DATAGRAM_TYPES,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
@@ -81,7 +81,7 @@ from fluxcommon.tunnel.messages import (
     version_mismatch,
     visitor_digest,
 )
-from fluxcommon.tunnel.mux import (
+from fluxcommon.tunnel.protocol.mux import (
     ControlMessage,
     Event,
     GoAway,

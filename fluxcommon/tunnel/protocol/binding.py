@@ -1,6 +1,6 @@
 """Channel binding for the tunnel login: what ties the login's MACs to one TLS connection.
 
-The login MACs (see `fluxcommon.tunnel.messages`) cover a *channel binding*: the lower-case hex
+The login MACs (see `fluxcommon.tunnel.protocol.messages`) cover a *channel binding*: the lower-case hex
 SHA-256 of the node's TLS certificate (DER) as each side sees it — RFC 5929's
 ``tls-server-end-point``, with SHA-256 as its hash whatever the certificate's signature
 algorithm (both ends are ours; Python's `ssl` has no RFC 5705 exporter, this needs none).

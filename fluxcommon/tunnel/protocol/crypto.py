@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fluxcommon.tunnel.frames import ProtocolError
+from fluxcommon.tunnel.protocol.frames import ProtocolError
 
 ENCRYPTION_VERSION = 1
 SALT_SIZE = 16

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import trio
 
-from fluxcommon.tunnel.crypto import Inbound, Outbound
-from fluxcommon.tunnel.frames import ProtocolError
-from fluxcommon.tunnel.sockstream import send_parts
+from fluxcommon.tunnel.protocol.crypto import Inbound, Outbound
+from fluxcommon.tunnel.protocol.frames import ProtocolError
+from fluxcommon.tunnel.transport.sockstream import send_parts
 
 CHUNK = 256 * 1024
 

@@ -31,15 +31,14 @@ from typing import Any, Protocol
 
 import trio
 
-from fluxcommon.tunnel.control import (
+from fluxcommon.tunnel.protocol.control import (
     PeerTimedOut,
     SessionEvent,
     VisitorStreamOpened,
     WorkStreamOpened,
 )
-from fluxcommon.tunnel.frames import ProtocolError
-from fluxcommon.tunnel.gate import SendGate
-from fluxcommon.tunnel.mux import (
+from fluxcommon.tunnel.protocol.frames import ProtocolError
+from fluxcommon.tunnel.protocol.mux import (
     Data,
     Mux,
     ResetCode,
@@ -49,8 +48,9 @@ from fluxcommon.tunnel.mux import (
     StreamReset,
     WindowUpdated,
 )
-from fluxcommon.tunnel.readbuffer import ReadBuffer
-from fluxcommon.tunnel.sockstream import receive_into, send_parts
+from fluxcommon.tunnel.transport.gate import SendGate
+from fluxcommon.tunnel.transport.readbuffer import ReadBuffer
+from fluxcommon.tunnel.transport.sockstream import receive_into, send_parts
 
 log = logging.getLogger("flux.tunnel.link")
 

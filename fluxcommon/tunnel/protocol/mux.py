@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
 
-from fluxcommon.tunnel.frames import (
+from fluxcommon.tunnel.protocol.frames import (
     HEADER_SIZE,
     MAX_INCREMENT,
     MAX_STREAM_ID,
