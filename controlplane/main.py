@@ -45,11 +45,13 @@ from controlplane.store import encryption
 from controlplane.store.config_store import ConfigStore
 from controlplane.store.db import make_engine, migrate, normalize_url
 from controlplane.store.trust import TrustStore, load_or_create_ca
+from controlplane.tracing import ConfigTracing
 from controlplane.tunnel_sessions import TunnelSessions
 from flux.v1 import discovery_pb2_grpc, enrolment_pb2_grpc
 from fluxcommon.durations import parse_duration_ms
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
+from fluxcommon.tracing.tracer import tracing_from_env
 from fluxcommon.trust import pin_hex
 from fluxcommon.version import version_text
 
@@ -191,7 +193,10 @@ async def serve(args: argparse.Namespace) -> int:
     cache = SnapshotCache(registry=registry)
     nodes = NodeRegistry(engine, cp_id, forget_after=args.forget_nodes_after)
     tunnels = TunnelSessions()
-    servicer = DiscoveryServicer(cache, nodes, cp_id, tunnels, auth=authenticator)
+    # OTEL_EXPORTER_OTLP_ENDPOINT and friends (README "Tracing"): writes traced through to the nodes
+    otel = tracing_from_env("flux-controlplane", instance=cp_id)
+    tracing = ConfigTracing(otel) if otel is not None else None
+    servicer = DiscoveryServicer(cache, nodes, cp_id, tunnels, auth=authenticator, tracing=tracing)
     cp = ControlPlane(
         store=store,
         token=token,
@@ -201,13 +206,17 @@ async def serve(args: argparse.Namespace) -> int:
         servicer=servicer,
         registry=registry,
         tunnel_sessions=tunnels,
+        tracing=tracing,
     )
-    watcher = ConfigWatcher(store, cache, poll_interval=args.poll_interval)
+    watcher = ConfigWatcher(store, cache, poll_interval=args.poll_interval, tracing=tracing)
     rollouts = RolloutManager(store, RolloutStore(engine), nodes, cache, cp_id)  # canaries, groups in turn
     watcher.before_publish = rollouts.sync_hold
     loop = asyncio.get_running_loop()
     registry.bind_loop(loop)
     registry.subscribe(cache.registry_changed)
+    if otel is not None and tracing is not None:
+        otel.start()  # the exporter's thread
+        store.on_commit(tracing.on_commit)  # before the watcher's poke: the version's trace is known when it loads
     store.on_commit(lambda _v: watcher.poke_threadsafe(loop))
     await watcher.load_once()
 
@@ -291,6 +300,8 @@ async def serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(sources.close(), timeout=8)  # stops adapters, withdraws their exports
     await asyncio.to_thread(registry.shutdown)
+    if otel is not None:  # the last spans, within a few seconds
+        await asyncio.to_thread(otel.shutdown, 3.0)
     engine.dispose()
     return 0
 

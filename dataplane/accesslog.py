@@ -4,7 +4,8 @@ The hot path appends a finished line to a list; a background task writes the
 batch to the file descriptor (stdout by default) every 100 ms from a worker
 thread, so a slow log reader never blocks traffic. If the backlog passes
 `max_backlog` lines, new lines are dropped and counted instead of growing
-memory without bound.
+memory without bound. Each line holds the request's `trace_id` when tracing
+is on (the OTEL_* variables; dataplane.exchange.trace).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class AccessLog:
         consumer: str = "",
         error: str = "",
         client_cert: str = "",
+        trace_id: str = "",
     ) -> None:
         # client, method, route, cluster and upstream are validated tokens (IP, method,
         # resource names, host:port); only client-controlled text goes through _q.
@@ -94,6 +96,8 @@ class AccessLog:
             line += f',"error":{_q(error)}'
         if client_cert:
             line += f',"client_cert":{_q(client_cert)}'
+        if trace_id:  # 32 hex digits: nothing to escape
+            line += f',"trace_id":"{trace_id}"'
         self.lines.append(line + "}")
 
     def _write(self, data: bytes) -> None:

@@ -18,6 +18,7 @@ from dataplane.worker import NodeOptions, NodeWorker
 from fluxcommon.durations import parse_duration_ms
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
+from fluxcommon.tracing.tracer import tracing_from_env
 from fluxcommon.version import version_text
 
 log = logging.getLogger("flux.node")
@@ -112,6 +113,10 @@ def options_from(args: argparse.Namespace, worker_index: int, admin: tuple[str, 
         worker_index=worker_index,
         workers=args.workers,
         settings=ProxySettings(idle_timeout=args.idle_timeout),
+        # OTEL_EXPORTER_OTLP_ENDPOINT and friends (README "Tracing"); None when no endpoint is set
+        tracing=tracing_from_env(
+            "flux-node", instance=node_id, attributes={"flux.node.group": args.group, "flux.node.worker": worker_index}
+        ),
     )
 
 

@@ -36,6 +36,7 @@ from dataplane.discovery.cache import SnapshotFile
 from dataplane.discovery.client import DiscoveryClient
 from dataplane.discovery.credentials import CredentialSource, CredentialStore, Renewer
 from dataplane.discovery.load import LoadReporter
+from dataplane.exchange.trace import RequestTracer
 from dataplane.health.checker import HealthService
 from dataplane.http.proxy import ProxyServices, ProxySettings
 from dataplane.http.request import RequestHead
@@ -50,6 +51,8 @@ from dataplane.tunnel.vhost import PREFIX as TUNNEL_PREFIX
 from dataplane.tunnel.vhost import overlay
 from dataplane.upstream.pool import PoolRegistry
 from flux.v1 import config_pb2, discovery_pb2
+from fluxcommon.tracing.metrics import trace_metric_families
+from fluxcommon.tracing.tracer import Tracing
 from fluxcommon.version import package_version
 
 log = logging.getLogger("flux.node")
@@ -71,6 +74,7 @@ class NodeOptions:
     worker_index: int = 0
     workers: int = 1
     settings: ProxySettings = field(default_factory=ProxySettings)
+    tracing: Tracing | None = None  # from the OTEL_* variables (None: off)
 
 
 def _tune_gc() -> None:
@@ -104,6 +108,7 @@ class NodeWorker:
         self.services = SharedServices()  # policy helpers kept across snapshots (JWKS, Redis, caches)
         self.endpoints = EndpointRegistry()
         self.health = HealthService(self.holder)
+        self.tracing = opts.tracing
         self.svc = ProxyServices(
             holder=self.holder,
             metrics=self.metrics,
@@ -111,6 +116,7 @@ class NodeWorker:
             passive_health=self.health.passive,
             reactor=self.reactor,
             settings=opts.settings,
+            tracer=RequestTracer(opts.tracing.settings.sampler, opts.tracing.exporter.submit) if opts.tracing else None,
         )
         self.listeners = ListenerManager(self.svc)
         # Tunnel servers run in the first worker only: agents keep one connection to one process.
@@ -143,6 +149,7 @@ class NodeWorker:
         self.metrics.gauges.append(self._pool_gauges)
         self.metrics.gauges.append(self._admission_metrics)
         self.metrics.gauges.append(self.tunnels.collect)
+        self.metrics.gauges.append(lambda: trace_metric_families(self.tracing.exporter if self.tracing else None))
 
     # -- applying config -------------------------------------------------------------
 
@@ -323,6 +330,7 @@ class NodeWorker:
             "downstream_connections": self.metrics.downstream_active,
             "requests_in_flight": self.svc.in_flight,
             "access_log": {"written": self.access_log.written, "dropped": self.access_log.dropped},
+            "tracing": self._tracing_stats(),
             "discovery": {
                 "connected_to": d.connected_to if d else None,
                 "streams_opened": d.streams_opened if d else 0,
@@ -332,6 +340,20 @@ class NodeWorker:
             },
         }
         return 200, "application/json", json_body(body)
+
+    def _tracing_stats(self) -> dict[str, Any] | None:
+        tracing = self.tracing
+        if tracing is None:
+            return None
+        exporter = tracing.exporter
+        return {
+            "endpoint": tracing.settings.endpoint,
+            "sampler": tracing.settings.sampler.description,
+            "queued": len(exporter.queue),
+            "exported": exporter.exported,
+            "dropped": exporter.drops(),
+            "last_error": exporter.last_error or None,
+        }
 
     def _certificate(self) -> dict[str, Any] | None:
         creds = self.credentials.current()
@@ -475,6 +497,8 @@ class NodeWorker:
                 limit,
                 budget.reserve,
             )
+        if self.tracing is not None:
+            self.tracing.start()  # the exporter's thread
         async with trio.open_nursery() as services:
             async with trio.open_nursery() as connections:
                 await services.start(self.reactor.run)
@@ -500,6 +524,7 @@ class NodeWorker:
                     version=version,
                     credentials=self.credentials.current,
                     load=LoadReporter(self.metrics),  # request counters for config canaries
+                    tracer=self.tracing.tracer if self.tracing else None,  # "apply config version N" spans
                 )
                 services.start_soon(discovery.run)
                 self.renewer = Renewer(
@@ -526,6 +551,8 @@ class NodeWorker:
                 connections.cancel_scope.cancel()
             services.cancel_scope.cancel()
         self.pools.close_all()
+        if self.tracing is not None:  # the spans of the last requests, within a few seconds
+            await trio.to_thread.run_sync(self.tracing.shutdown, 3.0)
         log.info("node stopped")
 
     async def _wait_for_stop(self) -> None:

@@ -27,6 +27,7 @@ from controlplane.api.limits import BodySizeLimit
 from controlplane.api.resources import resource_router
 from controlplane.api.state import ControlPlane
 from controlplane.spec import KINDS
+from controlplane.tracing import WriteTracing
 from controlplane.ui import install as install_console
 
 MAX_BODY = 1 << 20
@@ -64,5 +65,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.add_middleware(JsonByDefault)  # `curl -d '{...}'` works without -H 'content-type: ...'
     app.add_middleware(BodySizeLimit, limit=MAX_BODY)
     app.add_middleware(HeartbeatFastPath)  # heartbeats skip FastAPI's routing
+    if cp.tracing is not None:  # a span per config write, the parent of its publish and pushes
+        app.add_middleware(WriteTracing, tracing=cp.tracing)
     app.add_middleware(AccessGuard)  # outermost: no /api/v1 request goes on without a valid token
     return app

@@ -18,6 +18,7 @@ from controlplane.tunnel_sessions import TunnelSessions
 if TYPE_CHECKING:
     from controlplane.discovery.server import DiscoveryServicer
     from controlplane.registry.store import RegistryStore
+    from controlplane.tracing import ConfigTracing
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ControlPlane:
     counters: dict[str, int] = field(default_factory=dict)
     tunnel_sessions: TunnelSessions = field(default_factory=TunnelSessions)
     api_tokens: ApiTokens | None = None  # None: made on the store's database
+    tracing: ConfigTracing | None = None  # the OTEL_* variables asked for tracing (controlplane.tracing)
 
     def __post_init__(self) -> None:
         if self.api_tokens is None:

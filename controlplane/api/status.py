@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controlplane.api.state import ControlPlane, get_cp
+from fluxcommon.tracing.metrics import trace_metric_families
 
 router = APIRouter()
 
@@ -82,6 +83,7 @@ class _Collector:
         renders = CounterMetricFamily("flux_snapshot_renders", "Snapshots rendered")
         renders.add_metric([], cp.cache.renders)
         yield renders
+        yield from trace_metric_families(cp.tracing.exporter if cp.tracing is not None else None)
 
 
 @router.get("/metrics", tags=["status"], summary="Prometheus metrics")

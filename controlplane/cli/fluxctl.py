@@ -202,6 +202,10 @@ class Client:
         self.server = server.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers["X-Flux-Author"] = os.environ.get("USER", "fluxctl")
+        if os.environ.get("TRACEPARENT"):  # OpenTelemetry's environment carrier: the write joins that trace
+            headers["traceparent"] = os.environ["TRACEPARENT"]
+            if os.environ.get("TRACESTATE"):
+                headers["tracestate"] = os.environ["TRACESTATE"]
         self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:

@@ -15,6 +15,10 @@ node's id. A stream serves the group of the node's certificate, whatever the nod
 for, and is cut when its certificate expires or is revoked (`watch_revocations` asks the
 database every second, so a `DELETE /api/v1/nodes/{id}` on any control plane of the
 database cuts it).
+
+With `tracing` (controlplane.tracing), the first push of each config version on a stream is a
+span (ended by the node's ACK or NACK) whose trace context rides on the response: the node's
+apply joins the trace of the write.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from controlplane.discovery.cache import SnapshotCache
 from controlplane.discovery.nodes import NodeRegistry, NodeState
 from controlplane.rollouts.load import load_from_proto
 from controlplane.snapshot import SNAPSHOT_TYPE_URL
+from controlplane.tracing import ConfigTracing
 from controlplane.tunnel_sessions import TunnelSessions
 from flux.v1 import discovery_pb2, discovery_pb2_grpc
+from fluxcommon.tracing.tracer import Span
 
 log = logging.getLogger("flux.discovery")
 
@@ -57,6 +63,15 @@ class _Stream:
         self.outstanding: str | None = None  # nonce awaiting ACK/NACK
         self.outstanding_since = 0.0
         self.closed = False
+        self.push_span: Span | None = None  # the traced push awaiting ACK/NACK
+
+    def end_push(self, outcome: str, error: str = "") -> None:
+        span, self.push_span = self.push_span, None
+        if span is not None:
+            span.set("flux.config.outcome", outcome)
+            if error:
+                span.error(error)
+            span.end()
 
 
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
@@ -68,8 +83,10 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
         tunnels: TunnelSessions | None = None,
         *,
         auth: NodeAuthenticator,
+        tracing: ConfigTracing | None = None,
     ) -> None:
         self.auth = auth
+        self.tracing = tracing
         self.live: dict[str, set[_Stream]] = {}  # certificate serial -> its open streams
         self.tunnels = tunnels or TunnelSessions()
         self.cache = cache
@@ -137,6 +154,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
             await self._write(stream, context, group)
         finally:
             stream.closed = True
+            stream.end_push("stream closed", "the config stream closed before the node answered")
             expiry.cancel()
             reader.cancel()
             self.cache.unsubscribe(stream.wake)
@@ -206,6 +224,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                     continue  # stale or unsolicited: Envoy's rule, ignore
                 if req.HasField("error_detail") and req.error_detail.message:
                     self.nodes.nack(stream.state, stream.sent_version, req.error_detail.message)
+                    stream.end_push("nack", req.error_detail.message)
                 else:
                     failing = [
                         {"kind": e.kind, "name": e.name, "message": e.message[:4000], "kept_previous": e.kept_previous}
@@ -213,6 +232,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                     ]
                     self.nodes.ack(stream.state, req.version_info, failing)
                     stream.held_version = req.version_info
+                    stream.end_push("ack")
                 stream.outstanding = None
                 stream.wake.set()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -220,6 +240,15 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
         finally:
             stream.closed = True
             stream.wake.set()
+
+    def _push_span(self, stream: _Stream, version: str, group: str) -> Span | None:
+        """A span for the first push of a config version on this stream (a new registry index
+        alone, "42.1037" after "42.1036", is not traced)."""
+        if self.tracing is None:
+            return None
+        if version.partition(".")[0] == stream.sent_version.partition(".")[0]:
+            return None
+        return self.tracing.push_span(version, stream.state.node_id, group)
 
     async def _write(self, stream: _Stream, context: grpc.aio.ServicerContext, group: str) -> None:
         cache = self.cache
@@ -233,9 +262,12 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                     continue
                 seq, version, packed = await cache.node_snapshot(group, stream.state.node_id)  # a rollout may pin it
                 nonce = secrets.token_hex(8)
+                stream.end_push("no answer", f"the node did not answer within {ACK_TIMEOUT:g}s")  # if still open
+                span = self._push_span(stream, version, group)
                 stream.outstanding, stream.outstanding_since = nonce, time.monotonic()
                 stream.sent_seq = seq
                 stream.sent_version = version
+                stream.push_span = span
                 await context.write(
                     discovery_pb2.StreamConfigResponse(
                         version_info=version,
@@ -243,6 +275,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
                         type_url=SNAPSHOT_TYPE_URL,
                         nonce=nonce,
                         control_plane_id=self.control_plane_id,
+                        traceparent=span.traceparent if span is not None else "",
+                        tracestate=span.tracestate if span is not None else "",
                     )
                 )
                 self.pushes += 1

@@ -5,6 +5,8 @@ catches writes made by other control planes on the same database. After a
 change it waits `coalesce` seconds before loading, so a burst of writes becomes
 one published version. `before_publish` (the rollout manager's `sync_hold`) runs before
 each new version is published, so the nodes a rollout holds back never see it early.
+With `tracing` (controlplane.tracing), each publish is a span, a child of the write that made
+the version.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from controlplane.discovery.cache import SnapshotCache
 from controlplane.store.config_store import ConfigStore
+from controlplane.tracing import ConfigTracing
 
 log = logging.getLogger("flux.discovery")
 
@@ -28,6 +31,7 @@ class ConfigWatcher:
         *,
         poll_interval: float = 0.2,
         coalesce: float = 0.02,
+        tracing: ConfigTracing | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -36,6 +40,7 @@ class ConfigWatcher:
         self._poke = asyncio.Event()
         self.publishes = 0
         self.before_publish: Callable[[], Awaitable[Any]] | None = None
+        self.tracing = tracing
 
     def poke_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wake the watcher now (a committed write, from the request's worker thread)."""
@@ -44,13 +49,18 @@ class ConfigWatcher:
     async def load_once(self) -> None:
         version, config = await asyncio.to_thread(self.store.current)
         if version != self.cache.version:
-            if self.before_publish is not None:
-                await self.before_publish()
-                if version == self.cache.version:
-                    return  # the rollout manager published it (a rollout that just ended)
-            self.cache.publish(version, config)
-            self.publishes += 1
-            log.info("publishing config version %d", version)
+            span = self.tracing.publish_span(version, self.cache.version) if self.tracing is not None else None
+            try:
+                if self.before_publish is not None:
+                    await self.before_publish()
+                    if version == self.cache.version:
+                        return  # the rollout manager published it (a rollout that just ended)
+                self.cache.publish(version, config)
+                self.publishes += 1
+                log.info("publishing config version %d", version)
+            finally:
+                if span is not None:
+                    span.end()
 
     async def run(self) -> None:
         await self.load_once()

@@ -18,10 +18,16 @@ without any keeps serving what it has, says so, and looks again every few second
 With a `load` reporter (dataplane.discovery.load) the stream also carries the node's
 request counters about once a second while they move (`load_report` on a request with no
 nonce), which config canaries compare between canary nodes and the rest.
+
+With a `tracer` (tracing on), a snapshot that comes with the control plane's trace context
+(`traceparent` on the response: the write that made the version, its push) is applied in a
+span "apply config version N" (kind CONSUMER), a child of the push: the write, the push and
+every node's apply form one trace. A snapshot pushed without one is applied untraced.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -34,6 +40,9 @@ from dataplane.config.isolation import Failure
 from dataplane.discovery.credentials import NodeCredentials, channel_options
 from dataplane.discovery.load import LoadReporter
 from flux.v1 import config_pb2, discovery_pb2, discovery_pb2_grpc
+from fluxcommon.tracing.context import parse_traceparent, parse_tracestate
+from fluxcommon.tracing.otlp import CONSUMER
+from fluxcommon.tracing.tracer import Span, Tracer
 
 log = logging.getLogger("flux.node.discovery")
 
@@ -72,6 +81,7 @@ class DiscoveryClient:
         version: str = "",
         credentials: CredentialsFn = lambda: None,
         load: LoadReporter | None = None,
+        tracer: Tracer | None = None,
         backoff_base: float = 0.25,
         backoff_max: float = 10.0,
     ) -> None:
@@ -97,6 +107,7 @@ class DiscoveryClient:
         self._limiter = trio.CapacityLimiter(2)
         self.load = load
         self.load_reports_sent = 0
+        self.tracer = tracer
 
     def reconnect(self, serial: str) -> None:
         """Reopen the stream now if it runs on another certificate than `serial` (renewed)."""
@@ -266,6 +277,7 @@ class DiscoveryClient:
         outbox: queue.SimpleQueue[discovery_pb2.StreamConfigRequest | None],
     ) -> None:
         self.snapshots_received += 1
+        span = self._apply_span(resp)
         error: str | None = None
         snapshot = config_pb2.Snapshot()
         if len(resp.resources) != 1 or not resp.resources[0].Unpack(snapshot):
@@ -285,3 +297,28 @@ class DiscoveryClient:
             self.nacks_sent += 1
             log.error("rejected config version %s: %s", resp.version_info, error)
             outbox.put(self._request(resp.nonce, error))
+        if span is not None:
+            span.set("flux.config.outcome", "nack" if error is not None else "ack")
+            if error is not None:
+                span.error(error)
+            else:
+                failing = self.failing()
+                if failing:
+                    span.set("flux.config.failing_resources", [f"{f.kind}/{f.name}" for f in failing])
+            span.end()
+
+    def _apply_span(self, resp: discovery_pb2.StreamConfigResponse) -> Span | None:
+        """The span of applying `resp`, a child of the control plane's push (None: not traced)."""
+        tracer = self.tracer
+        if tracer is None or not resp.traceparent:
+            return None
+        parent = parse_traceparent(resp.traceparent)
+        if parent is None:
+            return None
+        parent = dataclasses.replace(parent, tracestate=parse_tracestate(resp.tracestate))
+        return tracer.start_span(
+            f"apply config version {resp.version_info}", CONSUMER, parent,
+            {"flux.config.version": resp.version_info, "flux.node.id": self.node.id, "flux.node.group": self.node.group,
+             "flux.control_plane.id": resp.control_plane_id},
+            remote=True,
+        )  # fmt: skip

@@ -7,7 +7,11 @@ concurrency limit), the endpoint (affinity cookie, grayscale version, zone, hash
 endpoint on a retry), what goes upstream (target after rewrites, Host, headers added and
 dropped), attempts with retries, back-off and per-try deadlines, failures mapped to statuses,
 passive health, response policies, and the one place where a finished request is recorded
-(metrics and the access log: `Exchange.record`).
+(metrics, the access log and, when tracing is on, its span: `Exchange.record`).
+
+Tracing (`dataplane.exchange.trace`) costs one attribute check per request when it is off
+(`svc.tracer` is None, and `trace` stays None). When on, the client's `traceparent` and
+`tracestate` are replaced upstream by the node's (its span id as the parent id).
 
 How it runs
 -----------
@@ -57,6 +61,7 @@ from dataplane.exchange.commands import (
     UpstreamRequest,
     UpstreamResponse,
 )
+from dataplane.exchange.trace import TRACE_HEADERS
 from dataplane.http.request import RequestHead
 from dataplane.http.response import ResponseHead
 from dataplane.policies.base import LocalResponse, RequestContext
@@ -65,6 +70,7 @@ from dataplane.policies.chain import EMPTY_CHAIN, PolicyChain
 if TYPE_CHECKING:
     from dataplane.balancing import EndpointState
     from dataplane.config.runtime import ClusterRuntime, RouteRuntime, RuntimeConfig
+    from dataplane.exchange.trace import RequestTrace, RequestTracer
     from dataplane.tls.identity import ClientIdentity
 
 log = logging.getLogger("flux.proxy")
@@ -80,11 +86,13 @@ Event = Any
 
 
 class ExchangeServices(Protocol):
-    """What the core needs of the worker: counters, the access log, passive health."""
+    """What the core needs of the worker: counters, the access log, passive health, the tracer
+    (None: tracing is off)."""
 
     metrics: Any
     access_log: Any
     passive_health: Callable[..., None]
+    tracer: RequestTracer | None
 
 
 class Exchange:
@@ -92,7 +100,8 @@ class Exchange:
 
     __slots__ = (
         "body_buffer", "chain", "client_cert", "client_ip", "cluster", "ctx", "deadline", "head", "identity",
-        "listener", "monotonic", "perf", "proto", "response_started", "rid", "route", "started", "svc", "upstream",
+        "listener", "monotonic", "perf", "proto", "response_started", "rid", "route", "started", "svc", "trace",
+        "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -127,6 +136,8 @@ class Exchange:
         self.chain: PolicyChain = EMPTY_CHAIN
         self.deadline = float("inf")  # the route's total timeout, over every attempt (monotonic)
         self.body_buffer: list[bytes] | None = None  # the request body as sent, kept for a retry
+        tracer = svc.tracer
+        self.trace: RequestTrace | None = tracer.start(head) if tracer is not None else None
 
     @property
     def consumer(self) -> str:
@@ -138,11 +149,15 @@ class Exchange:
     def record(self, status: int, bytes_in: int, bytes_out: int, error: str = "") -> None:
         elapsed = self.perf() - self.started
         head = self.head
+        trace = self.trace
         self.svc.metrics.request(self.listener, self.route, self.cluster, status, elapsed, bytes_in, bytes_out)
         self.svc.access_log.log(
             self.rid, self.client_ip, head.method, head.host, head.path, self.route, self.cluster, self.upstream,
             status, bytes_in, bytes_out, elapsed, consumer=self.consumer, error=error, client_cert=self.client_cert,
+            trace_id=trace.hex if trace is not None else "",
         )  # fmt: skip
+        if trace is not None and trace.sampled:
+            trace.finish(self, status, bytes_in, bytes_out, error, elapsed)
 
     # -- local answers ------------------------------------------------------------------------
 
@@ -190,6 +205,7 @@ class Exchange:
         self.cluster = cluster.name
         chain = route.chain + cluster.chain if cluster.chain.policies else route.chain
         ctx = None
+        trace = self.trace
         if chain.policies:
             ctx = self.ctx = RequestContext(head, self.client_ip, self.listener, route.name, self.monotonic())
             self.chain = chain
@@ -199,7 +215,11 @@ class Exchange:
                 if consumer is not None:
                     ctx.consumer = consumer
                     ctx.add_upstream_header("X-Consumer-Name", consumer.name)
-            answer = chain.run(ctx, svc.metrics.policy)
+            count = svc.metrics.policy
+            if trace is not None:  # the span learns which policy answered
+                trace.count = count
+                count = trace.policy
+            answer = chain.run(ctx, count)
             if answer is not None and type(answer) is not LocalResponse:
                 answer = yield Await(answer)
             if answer is not None:
@@ -211,6 +231,8 @@ class Exchange:
                     return (yield from self.reply(503, f"fallback cluster {moved!r} is not configured"))
                 cluster = fallback
                 self.cluster = cluster.name
+                if trace is not None:
+                    trace.fallback = moved
         if cluster.max_requests and cluster.state.in_flight >= cluster.max_requests:
             svc.metrics.upstream_error(cluster.name, "max_requests")
             return (yield from self.reply(503, f"cluster {cluster.name!r} is at its limit of concurrent requests"))
@@ -240,6 +262,10 @@ class Exchange:
                 deadline = min(deadline, self.monotonic() + retry.per_try_timeout_ms / 1000)
             request = self.upstream_request(route, ep, upgrade)
             t0 = self.perf()
+            if trace is not None:
+                trace.attempts += 1
+                if not trace.up_start:
+                    trace.up_start = t0
             cluster.state.in_flight += 1
             ep.active += 1
             try:
@@ -249,7 +275,10 @@ class Exchange:
                 else:
                     response: UpstreamResponse = got
                     resp = response.head
-                    svc.metrics.upstream_time(cluster.name, self.perf() - t0)
+                    ttfb = self.perf() - t0
+                    svc.metrics.upstream_time(cluster.name, ttfb)
+                    if trace is not None:
+                        trace.ttfb = ttfb
                     if (
                         tries_on
                         and resp.status >= 500
@@ -333,6 +362,10 @@ class Exchange:
         extra = _extra_up(upgrade, self.identity)
         if extra:
             add = [*add, *extra]
+        trace = self.trace
+        if trace is not None:  # the node's span is the upstream's parent
+            add = [*add, *trace.upstream]
+            remove = remove | TRACE_HEADERS
         return UpstreamRequest(target, host, add, remove, upgrade, route.grpc_web)
 
     def target(self, route: RouteRuntime, ctx: RequestContext | None = None) -> bytes:

@@ -24,6 +24,7 @@ import trio
 from dataplane.accesslog import AccessLog
 from dataplane.admission import Admission
 from dataplane.config.runtime import ConfigHolder
+from dataplane.exchange.trace import RequestTracer
 from dataplane.metrics import Metrics
 from dataplane.reactor import Reactor, Task
 
@@ -101,6 +102,7 @@ class ProxyServices:
     conns: set[Conn] = field(default_factory=set)
     _reclaimable: list[Conn] = field(default_factory=list)  # oldest idle first, taken by reclaim_idle
     drain_hooks: list[Callable[[], None]] = field(default_factory=list)  # e.g. HTTP/2 connections' GOAWAY
+    tracer: RequestTracer | None = None  # None: tracing is off (dataplane.exchange.trace)
 
     def start_draining(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their request."""

@@ -100,18 +100,22 @@ class RouteLoad(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., server_errors: _Optional[int] = ...) -> None: ...
 
 class StreamConfigResponse(_message.Message):
-    __slots__ = ("version_info", "resources", "type_url", "nonce", "control_plane_id")
+    __slots__ = ("version_info", "resources", "type_url", "nonce", "control_plane_id", "traceparent", "tracestate")
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     TYPE_URL_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CONTROL_PLANE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
     version_info: str
     resources: _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]
     type_url: str
     nonce: str
     control_plane_id: str
-    def __init__(self, version_info: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[_any_pb2.Any, _Mapping]]] = ..., type_url: _Optional[str] = ..., nonce: _Optional[str] = ..., control_plane_id: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    tracestate: str
+    def __init__(self, version_info: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[_any_pb2.Any, _Mapping]]] = ..., type_url: _Optional[str] = ..., nonce: _Optional[str] = ..., control_plane_id: _Optional[str] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class TunnelProxyStatus(_message.Message):
     __slots__ = ("name", "type", "remote_port", "domains", "group", "static", "connections", "total_connections", "bytes_in", "bytes_out")

@@ -266,7 +266,7 @@ READ_POSTS = ("/api/v1/auth/token/verify",)  # commit nothing: the read role may
 def api_routes() -> list[RouteContext]:
     """The application's routes under /api/v1, as served: included routers' routes with their
     full path and dependencies (create_app only keeps `cp` for the handlers)."""
-    app = create_app(SimpleNamespace())  # type: ignore[arg-type]
+    app = create_app(SimpleNamespace(tracing=None))  # type: ignore[arg-type]
     api = [r for r in iter_route_contexts(app.routes) if (r.path or "").startswith("/api/v1")]
     assert all(isinstance(r.original_route, APIRoute) for r in api), "a route under /api/v1 not of FastAPI"
     return api

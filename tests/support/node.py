@@ -101,8 +101,10 @@ class NodeProcess:
         workers: int = 1,
         extra_args: tuple[str, ...] = (),
         join_token: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = pathlib.Path(workdir)
+        self.env = dict(env or {})  # added to the node's environment (e.g. OTEL_* variables)
         self.join_token = join_token  # None: one from the control plane when needed
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.control_plane = control_plane
@@ -142,7 +144,7 @@ class NodeProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         if wait_ready:

@@ -28,8 +28,16 @@ from support.processes import executable, free_port, wait_until
 class SnapshotNode:
     """`flux-node` serving a config given as the REST document shape, from its snapshot cache."""
 
-    def __init__(self, workdir: pathlib.Path, doc: dict[str, Any], *, nofile: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        doc: dict[str, Any],
+        *,
+        nofile: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.env = dict(env or {})  # added to the node's environment (e.g. OTEL_* variables)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.doc = doc
         self.nofile = nofile
@@ -63,7 +71,7 @@ class SnapshotNode:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )  # fmt: skip
         try:
             wait_until(self._ready, 15, message="node ready")

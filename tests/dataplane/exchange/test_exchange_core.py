@@ -46,6 +46,7 @@ class Services:
     def __init__(self) -> None:
         self.metrics = Metrics()
         self.access_log = Lines()
+        self.tracer: Any = None  # tracing off (tests/dataplane/exchange/test_exchange_trace.py turns it on)
         self.health: list[tuple[Any, ...]] = []
 
     def passive_health(self, cluster: Any, ep: Any, ok: bool, status: int = 0) -> None:
