@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from controlplane.spec.certificate import CertificateSpec
 from controlplane.spec.tunnel import TunnelSpec, TunnelUserSpec
+from fluxcommon.netaddr import host_of
 
 _ANY = ("0.0.0.0", "::", "")
 
@@ -37,11 +38,7 @@ def default_servers(tunnel: TunnelSpec, node_addresses: list[str]) -> list[str]:
 
 def _host_of(peer: str) -> str:
     """ "ipv4:10.0.0.7:51234" / "ipv6:[::1]:5" / "10.0.0.7:51234" -> the host."""
-    text = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
-    if text.startswith("["):
-        return text[1:].partition("]")[0]
-    host, sep, port = text.rpartition(":")
-    return host if sep and port.isdigit() else text
+    return host_of(peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer)
 
 
 def _q(value: str) -> str:

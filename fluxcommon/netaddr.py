@@ -1,4 +1,9 @@
-"""Validation of host names, IP addresses and port ranges used in config."""
+"""Host names, IP addresses and port ranges used in config, and host:port splitting.
+
+Every side splits addresses here: `split_host_port` for config and command-line addresses
+(defaults, range check, ValueError), `host_of` for the host of a Host header or an address
+with an optional port, `parse_peer` for socket peers as the tunnel writes them ("[v6]:port").
+"""
 
 from __future__ import annotations
 
@@ -97,3 +102,27 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     if not 0 <= port <= 65535:
         raise ValueError(f"port out of range in {text!r}")
     return host, port
+
+
+def host_of(text: str) -> str:
+    """The host of "HOST[:PORT]": "[::1]:80" / "[::1]" -> "::1", "10.0.0.1:80" -> "10.0.0.1",
+    "name:80" -> "name"; text with no port or several ':' (a bare IPv6 address) is the host.
+    Never raises; the port, if any, is not checked."""
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    if text.count(":") == 1:
+        return text.partition(":")[0]
+    return text
+
+
+def parse_peer(text: str) -> tuple[str, int] | None:
+    """(host, port) of a peer address as sockets and tunnel messages write it ("10.0.0.7:5000",
+    "[::1]:5000": the last ':' splits, brackets dropped), or None when there is no ':' or the port
+    is no number. Never raises; unlike `split_host_port` it has no defaults and no range check."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return None
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None

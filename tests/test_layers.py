@@ -3,7 +3,8 @@ pyproject.toml ([tool.importlinter]) must all be kept.
 
 - the sans-IO cores (HTTP request parsing, route matching, balancers, rate-limit algorithms,
   the circuit breaker, the tunnel wire protocol, config isolation, the exchange core and its
-  commands, the runtime tables and the policy chain they hold) import no trio, socket,
+  commands, the runtime tables and the policy chain they hold, the cookie parser, the shared
+  health verdict and the node's health state machine) import no trio, socket,
   select, grpc, asyncio or httpcore, directly or through what they import;
 - the config compiler reaches policy implementations (and their I/O clients) only through
   `dataplane.policies.build`;
@@ -38,6 +39,9 @@ CORES = {
     "dataplane.config.isolation",
     "dataplane.exchange.core",
     "dataplane.exchange.commands",
+    "dataplane.http.cookies",
+    "dataplane.health.state",
+    "fluxcommon.health",
 }
 IO_LIBRARIES = {"trio", "socket", "select", "grpc", "asyncio", "httpcore"}
 

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from fluxcommon.netaddr import parse_peer
 from fluxcommon.proxy_protocol import encode_v1, encode_v2
 from fluxcommon.tunnel.protocol.binding import NO_BINDING, peer_end_point
 from fluxcommon.tunnel.protocol.control import (
@@ -461,13 +462,7 @@ class Agent:
             self._register(state)
 
     def _meta_addr(self, text: Any) -> tuple[str, int] | None:
-        if not isinstance(text, str) or ":" not in text:
-            return None
-        host, _, port = text.rpartition(":")
-        try:
-            return host.strip("[]"), int(port)
-        except ValueError:
-            return None
+        return parse_peer(text) if isinstance(text, str) else None
 
     def _proxy_header(self, version: str, meta: dict[str, Any]) -> bytes:
         src = self._meta_addr(meta.get("client")) or ("0.0.0.0", 0)

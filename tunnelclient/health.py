@@ -1,8 +1,10 @@
 """Local health checks of a proxy's service (frp's healthCheck): withdraw it while it fails.
 
-`tcp`: connect to localIP:localPort. `http`: GET `path` there, any 2xx is healthy. After
+`tcp`: connect to localIP:localPort. `http`: GET `path` there, any 2xx is healthy (frp's
+rule, `fluxcommon.health.HTTP_2XX`; the node and the control plane accept 200-399). After
 `maxFailed` failures in a row the agent closes the proxy on the node (a load-balancing group
-then sends everything to the other agents); the first success registers it again.
+then sends everything to the other agents); the first success registers it again: the
+shared verdict (`fluxcommon.health.Verdict`) with thresholds 1 up and `maxFailed` down.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from fluxcommon.health import HTTP_2XX, State, StatusRule, Verdict
+
 if TYPE_CHECKING:
     from tunnelclient.agent import Agent, ProxyState
 
@@ -19,7 +23,13 @@ log = logging.getLogger("flux.tunnel.health")
 
 
 async def probe(
-    kind: str, host: str, port: int, path: str, limit: float, headers: tuple[tuple[str, str], ...] = ()
+    kind: str,
+    host: str,
+    port: int,
+    path: str,
+    limit: float,
+    headers: tuple[tuple[str, str], ...] = (),
+    rule: StatusRule = HTTP_2XX,
 ) -> str | None:
     """None when healthy, else what failed."""
     try:
@@ -47,7 +57,7 @@ async def probe(
     if len(parts) < 2 or not parts[1].isdigit():
         return "not an HTTP response"
     status = int(parts[1])
-    return None if 200 <= status < 300 else f"HTTP {status}"
+    return None if rule.accepts(status) else f"HTTP {status}"
 
 
 class HealthChecker:
@@ -58,20 +68,22 @@ class HealthChecker:
     async def run(self) -> None:
         state = self.state
         assert state.config is not None and state.config.health_check is not None
-        failures = 0
+        start: State = "healthy" if state.healthy else "unhealthy"
+        verdict = Verdict(1, max(1, state.config.health_check.max_failed), start)
         while state.config is not None and state.config.health_check is not None:
             hc = state.config.health_check
             if self.agent.proxies.get(state.wire_name) is not state:
                 return  # removed or replaced by a reload
+            if verdict.unhealthy_threshold != max(1, hc.max_failed):
+                verdict.retune(1, max(1, hc.max_failed))
             error = await probe(
                 hc.type, state.local_ip, state.local_port, hc.path, float(hc.timeout_seconds), hc.http_headers
             )
+            verdict.observe(error is None)
             if error is None:
-                failures = 0
                 self.agent.set_healthy(state, True, "")
             else:
-                failures += 1
-                log.debug("proxy %r health check failed (%d): %s", state.wire_name, failures, error)
-                if failures >= hc.max_failed:
+                log.debug("proxy %r health check failed (%d): %s", state.wire_name, verdict.consecutive_fail, error)
+                if verdict.state == "unhealthy":
                     self.agent.set_healthy(state, False, error)
             await trio.sleep(hc.interval_seconds)

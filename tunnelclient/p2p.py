@@ -17,6 +17,8 @@ import socket
 
 import trio
 
+from fluxcommon.netaddr import parse_peer
+
 PROOF_SIZE = 32
 
 
@@ -39,19 +41,11 @@ async def bind_punch_socket(host: str = "0.0.0.0") -> tuple[trio.socket.SocketTy
     return sock, sock.getsockname()[1]
 
 
-def _addr(text: str) -> tuple[str, int] | None:
-    host, _, port = text.rpartition(":")
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        return None
-
-
 async def punch(
     listener: trio.socket.SocketType, port: int, peers: list[str], within: float
 ) -> trio.SocketStream | None:
     """A connected stream to one of `peers` (tried in order, in parallel), or None after `within` seconds."""
-    targets = [a for a in (_addr(p) for p in peers) if a is not None]
+    targets = [a for a in (parse_peer(p) for p in peers) if a is not None]
     result: list[trio.SocketStream] = []
 
     async def accept(cancel: trio.CancelScope) -> None:

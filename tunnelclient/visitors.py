@@ -11,6 +11,7 @@ see p2p.py) and falls back to the node's relay when it cannot get one in
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import secrets
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from fluxcommon.netaddr import parse_peer
 from fluxcommon.tunnel.protocol.control import NatHoleAnswered, NatHoleInvited, VisitorAccepted, VisitorRejected
 from fluxcommon.tunnel.protocol.mux import StreamError, UdpPacket
 from fluxcommon.tunnel.transport.pipe import pipe, transformed
@@ -314,11 +316,10 @@ class VisitorManager:
     def udp_from_node(self, packet: UdpPacket) -> None:
         for state in self.visitors.values():
             if state.target == packet.proxy and state.udp is not None:
-                host, _, port = packet.peer.rpartition(":")
-                try:
-                    state.udp.sendto(packet.data, (host.strip("[]"), int(port)))
-                except (OSError, ValueError):
-                    pass
+                addr = parse_peer(packet.peer)
+                if addr is not None:
+                    with contextlib.suppress(OSError):
+                        state.udp.sendto(packet.data, addr)
                 return
 
 

@@ -7,13 +7,14 @@ What it owns
   of targets follows the registry: the registry's change notifications (and a resync
   every second) add, drop and retune targets when services, instances or check specs
   change.
-- The checks: HTTP (status in `expect_status`, default 200-399; optional body
-  substring), TCP (connect) and the gRPC health protocol (`grpc.health.v1.Health/Check`,
-  SERVING), each bounded by the check's `timeout`.
-- Per-instance verdicts and recent history (`controlplane.registry.health_state`), and
-  counters and latency histograms for /metrics.
+- The checks: HTTP (status in `expect_status`, default 200-399: the shared
+  `fluxcommon.health.StatusRule`; optional body substring), TCP (connect) and the gRPC
+  health protocol (`grpc.health.v1.Health/Check`, SERVING), each bounded by the check's
+  `timeout`.
+- Per-instance verdicts (the shared `fluxcommon.health.Verdict`) and recent history
+  (`controlplane.registry.health_state`), and counters and latency histograms for /metrics.
 
-What it must not do: decide health itself (the thresholds live in `health_state`), or
+What it must not do: decide health itself (the thresholds live in the shared verdict), or
 write anything but `RegistryStore.set_health` (which writes the event, bumps the index and
 so reaches the nodes' endpoints through the normal path). Only the holder of the
 registry lease checks (`registry.is_leader`, renewed by the registry's maintenance task);
@@ -41,6 +42,7 @@ from controlplane.registry.store import RegistryStore
 from controlplane.registry.types import ServiceCheckSpec
 from controlplane.store.config_store import NotFound
 from fluxcommon.durations import parse_duration_ms
+from fluxcommon.health import HTTP_2XX_3XX, StatusRule
 
 log = logging.getLogger("flux.registry.health")
 
@@ -118,10 +120,6 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _status_ok(spec: ServiceCheckSpec, status: int) -> bool:
-    return status in spec.expect_status if spec.expect_status else 200 <= status <= 399
-
-
 class Checker:
     """Runs one check of any type; holds the HTTP client the HTTP checks share."""
 
@@ -148,9 +146,9 @@ class Checker:
         url = f"http://{_host(address)}:{port}{path}"
         try:
             async with self._http.stream("GET", url, timeout=seconds) as resp:
-                if not _status_ok(spec, resp.status_code):
-                    wanted = ",".join(map(str, spec.expect_status)) or "200-399"
-                    return False, f"HTTP {resp.status_code} (expected {wanted})"
+                rule = StatusRule.of(spec.expect_status, HTTP_2XX_3XX)
+                if not rule.accepts(resp.status_code):
+                    return False, f"HTTP {resp.status_code} (expected {rule})"
                 if spec.expect_body is None:
                     return True, f"HTTP {resp.status_code}"
                 body = bytearray()

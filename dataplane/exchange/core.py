@@ -62,6 +62,7 @@ from dataplane.exchange.commands import (
     UpstreamResponse,
 )
 from dataplane.exchange.trace import TRACE_HEADERS
+from dataplane.http.cookies import request_cookie
 from dataplane.http.request import RequestHead
 from dataplane.http.response import ResponseHead
 from dataplane.policies.base import LocalResponse, RequestContext
@@ -393,7 +394,7 @@ class Exchange:
         head = self.head
         affinity = cluster.affinity
         if affinity is not None:
-            value = cookie(head, affinity.cookie)
+            value = request_cookie(head.headers, affinity.cookie)
             if value:
                 ep = affinity.index.find(value)
                 if ep is not None and ep is not avoid:
@@ -403,7 +404,10 @@ class Exchange:
         if route.grayscale is not None:  # a version of the cluster's instances, by rule, weight or stickiness
             ctx = self.ctx
             groups = ctx.consumer.groups if ctx is not None and ctx.consumer is not None else frozenset()
-            choice = route.grayscale.choose(head.get, lambda name: cookie(head, name), groups, self.client_ip)
+            headers = head.headers
+            choice = route.grayscale.choose(
+                head.get, lambda name: request_cookie(headers, name), groups, self.client_ip
+            )
             if choice is not None:
                 subset = cluster.by_version.get(choice.version)
                 if subset is not None:
@@ -433,16 +437,6 @@ class Exchange:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def cookie(head: RequestHead, name: str) -> str | None:
-    for n, v in head.headers:
-        if len(n) == 6 and n.lower() == b"cookie":
-            for part in v.decode("latin-1").split(";"):
-                k, sep, val = part.strip().partition("=")
-                if sep and k == name:
-                    return val
-    return None
-
-
 def hash_key(cluster: ClusterRuntime, head: RequestHead, client_ip: str) -> str | None:
     hk = cluster.hash_on
     if hk is None:  # ip_hash
@@ -450,7 +444,7 @@ def hash_key(cluster: ClusterRuntime, head: RequestHead, client_ip: str) -> str 
     if hk.source == "header":
         return head.get(hk.name)
     if hk.source == "cookie":
-        return cookie(head, hk.name)
+        return request_cookie(head.headers, hk.name)
     if hk.source == "ip":
         return client_ip
     return head.path

@@ -1,9 +1,9 @@
 """Active health checks and passive-ejection timers (the trio side of health).
 
 One task per (cluster, endpoint) with a health check probes it every
-interval (HTTP GET expecting 2xx/3xx or the configured statuses, or a TCP
-connect) and feeds the result to the sans-IO state machine in
-`dataplane.health.state`. Passive results come from the proxy through
+interval (HTTP GET expecting 2xx/3xx or the configured statuses, the shared
+`fluxcommon.health.StatusRule`, or a TCP connect) and feeds the result to the sans-IO
+state machine in `dataplane.health.state`. Passive results come from the proxy through
 `passive()`. A releaser task brings ejected endpoints back when their back-off
 ends. Check tasks survive config pushes unless the cluster's check settings or
 its endpoint list change.
@@ -31,6 +31,7 @@ from dataplane.health.state import (
 from dataplane.http.response import ResponseReader, UpstreamProtocolError
 from dataplane.tls.contexts import UpstreamTls
 from flux.v1 import config_pb2 as pb
+from fluxcommon.health import HTTP_2XX_3XX, StatusRule
 
 log = logging.getLogger("flux.health")
 
@@ -61,8 +62,7 @@ async def probe(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None =
                         return False, "connection closed before a response"
                     reader.feed(data)
                 status = reader.head.status
-                expected = hc.expected_statuses
-                ok = status in expected if expected else 200 <= status < 400
+                ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
                 return ok, f"http {status}"
             finally:
                 net.close(sock)
@@ -98,8 +98,7 @@ async def _probe_tls(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *,
                         return False, "connection closed before a response"
                     reader.feed(data)
                 status = reader.head.status
-                expected = hc.expected_statuses
-                ok = status in expected if expected else 200 <= status < 400
+                ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
                 return ok, f"https {status}"
     except trio.TooSlowError:
         return False, f"timed out after {timeout:g}s"

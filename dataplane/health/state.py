@@ -1,7 +1,8 @@
 """Endpoint health state machine: active-check thresholds and passive outlier ejection.
 
 Owns the rules that move an `EndpointState` between healthy / unhealthy (active checks,
-with hysteresis thresholds) and between ejected / not ejected (passive outlier detection
+with hysteresis thresholds: the verdict shared with the control plane and the agent,
+`fluxcommon.health`) and between ejected / not ejected (passive outlier detection
 on proxied requests, with exponential back-off and a cap on the ejected share of a
 cluster). Every function keeps `EndpointState.available` up to date.
 
@@ -16,14 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dataplane.balancing.endpoint import EndpointState
+from fluxcommon.health import Thresholds, judge
 
-
-@dataclass(frozen=True, slots=True)
-class ActiveCheckPolicy:
-    """Streak lengths needed to flip an endpoint's active health."""
-
-    healthy_threshold: int = 2
-    unhealthy_threshold: int = 3
+ActiveCheckPolicy = Thresholds
+"""Streak lengths needed to flip an endpoint's active health: the shared `fluxcommon.health` ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,24 +48,16 @@ class OutlierPolicy:
 def record_check(ep: EndpointState, ok: bool, policy: ActiveCheckPolicy, detail: str = "") -> bool:
     """Record one active check result; True if `ep.healthy` changed.
 
-    Healthy -> unhealthy after `unhealthy_threshold` failures in a row, unhealthy -> healthy
-    after `healthy_threshold` successes in a row (thresholds below 1 count as 1).
+    The shared verdict (`fluxcommon.health.judge`) over the endpoint's counts: healthy ->
+    unhealthy after `unhealthy_threshold` failures in a row, unhealthy -> healthy after
+    `healthy_threshold` successes in a row.
     """
     ep.last_check = detail or ("ok" if ok else "failed")
-    changed = False
-    if ok:
-        ep.checks_ok += 1
-        ep.checks_failed = 0
-        if not ep.healthy and ep.checks_ok >= max(1, policy.healthy_threshold):
-            ep.healthy = True
-            changed = True
-    else:
-        ep.checks_failed += 1
-        ep.checks_ok = 0
-        if ep.healthy and ep.checks_failed >= max(1, policy.unhealthy_threshold):
-            ep.healthy = False
-            changed = True
+    state, ep.checks_ok, ep.checks_failed, changed = judge(
+        "healthy" if ep.healthy else "unhealthy", ep.checks_ok, ep.checks_failed, ok, policy
+    )
     if changed:
+        ep.healthy = state == "healthy"
         ep._refresh()
     return changed
 

@@ -14,6 +14,7 @@ import re
 from urllib.parse import urlsplit
 
 from dataplane.policies.base import LocalResponse, Policy, PolicyEnv, PolicyResult, RequestContext
+from fluxcommon.netaddr import host_of
 from fluxcommon.policy_config import ApiAclConfig, DomainAclConfig, IpAclConfig, UaFilterConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -28,13 +29,8 @@ def _in(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[Network
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    text = text.strip()
-    if text.startswith("["):  # [v6]:port
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:  # v4:port
-        text = text.partition(":")[0]
     try:
-        addr = ipaddress.ip_address(text)
+        addr = ipaddress.ip_address(host_of(text.strip()))  # v4, v4:port, v6, [v6]:port
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:

@@ -16,6 +16,7 @@ import trio
 
 from dataplane.tunnel.registry import Group, ProxyRef
 from dataplane.tunnel.sni import NEED_MORE, sni_from
+from fluxcommon.netaddr import parse_peer
 from fluxcommon.tunnel.transport.link import SEND_BUFFER
 from fluxcommon.tunnel.transport.prefixed import PrefixedStream
 from fluxcommon.tunnel.transport.sockstream import UDP_BATCH, BulkSocketStream, drain_datagrams
@@ -147,11 +148,14 @@ class UdpPort(_Port):
         """A datagram from the agent back to `peer` (dropped when the socket would block)."""
         if self.sock is None:
             return
-        host, _, port = peer.rpartition(":")
+        addr = parse_peer(peer)
+        if addr is None:
+            self.dropped += 1
+            return
         try:
-            self.sock.sendto(data, (host.strip("[]"), int(port)))
+            self.sock.sendto(data, addr)
             self.sent += 1
-        except (OSError, ValueError):
+        except OSError:
             self.dropped += 1
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataplane.tunnel.ownership import covers
-from fluxcommon.netaddr import port_in_ranges
+from fluxcommon.netaddr import host_of, port_in_ranges
 from fluxcommon.tunnel.protocol.proxies import ProxyOptions
 
 
@@ -269,7 +269,7 @@ class ProxyRegistry:
 
     def find_http(self, host: str, path: str) -> Group | None:
         """The http group for a request (exact domain, then longest wildcard; longest location)."""
-        host = host.lower().rstrip(".").partition(":")[0]
+        host = host_of(host.lower().rstrip("."))  # no port ("[v6]:port" -> "v6")
         best: tuple[int, int, Group] | None = None
         for key, group in self.groups.items():
             if key[0] != "http" or not _domain_match(key[1], host):

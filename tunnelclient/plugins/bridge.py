@@ -17,6 +17,7 @@ from typing import Any
 import h11
 import trio
 
+from fluxcommon.netaddr import host_of, parse_peer
 from tunnelclient.plugin_config import PluginConfig
 from tunnelclient.plugins.h11conn import H11Stream, end_to_end, forward, header, replace
 from tunnelclient.plugins.tls import client_context, serve_tls
@@ -78,7 +79,8 @@ class HttpBridge:
         c = self.config
         headers = end_to_end(request.headers)
         if self.server_tls is not None:  # https2*: where the request came from
-            client = str(meta.get("client") or "").rpartition(":")[0].strip("[]")
+            peer = parse_peer(str(meta.get("client") or ""))
+            client = peer[0] if peer is not None else ""
             forwarded = header(request.headers, b"x-forwarded-for")
             if client:
                 value = f"{forwarded.decode('latin-1')}, {client}" if forwarded else client
@@ -108,7 +110,4 @@ class HttpBridge:
 
 def _host_of(value: bytes) -> str:
     """A Host header's name, lower case, without port or brackets."""
-    text = value.decode("latin-1").strip().lower()
-    if text.startswith("["):
-        return text[1 : text.find("]")] if "]" in text else text
-    return text.rpartition(":")[0] if text.count(":") == 1 else text
+    return host_of(value.decode("latin-1").strip().lower())

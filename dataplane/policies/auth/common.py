@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 import httpcore
 import trio
 
+from dataplane.http.cookies import request_cookie
 from dataplane.policies.base import Consumer, LocalResponse, Policy, RequestContext
 
 K = TypeVar("K", bound=Hashable)
@@ -56,7 +57,10 @@ class TokenSource:
         """The token, or None when the request carries none."""
         if self.kind == "header":
             return bearer_token(ctx.header(self.lname))
-        value = query_param(current_query(ctx), self.name) if self.kind == "query" else cookie_value(ctx, self.name)
+        if self.kind == "query":
+            value = query_param(current_query(ctx), self.name)
+        else:
+            value = request_cookie(ctx.head.headers, self.name)
         if value is None:
             return None
         value = value.strip()
@@ -116,22 +120,6 @@ def without_query_param(query: bytes, name: str) -> bytes:
             continue
         kept.append(part)
     return b"&".join(kept)
-
-
-def cookie_value(ctx: RequestContext, name: str) -> str | None:
-    """Value of cookie `name` from the Cookie header(s), or None."""
-    key = name.encode("latin-1")
-    for n, v in ctx.head.headers:
-        if len(n) != 6 or n.lower() != b"cookie":
-            continue
-        for part in v.split(b";"):
-            k, sep, val = part.partition(b"=")
-            if sep and k.strip() == key:
-                val = val.strip()
-                if len(val) >= 2 and val[:1] == b'"' and val[-1:] == b'"':
-                    val = val[1:-1]
-                return val.decode("latin-1")
-    return None
 
 
 # -- answers -----------------------------------------------------------------------------------
