@@ -23,10 +23,12 @@ from typing import Any
 
 import httpx
 
-from support.processes import executable, serving, wait_until
+from support.processes import executable, port_in_log, serving, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ECHO = ROOT / "scripts" / "echo_upstream.py"
+ADMIN_LINE = r"admin endpoint on http://[^:\s]+:(\d+)"  # what a node (one worker) logs once its admin port is open
+SUPERVISOR_ADMIN_LINE = r"; admin on http://[^:\s]+:(\d+)"  # the same from the supervisor of several workers
 
 
 class UpstreamProcess:
@@ -130,19 +132,10 @@ class NodeProcess:
     def _admin_port_now(self) -> int:
         """The admin port from the log of this start, or 0 while not logged yet."""
         if not self.admin_port:
-            try:
-                with open(self.log_path, "rb") as log:
-                    log.seek(self._log_offset)
-                    text = log.read().decode(errors="replace")
-            except OSError:
-                return 0
-            line = r"; admin on http://[^:\s]+:(\d+)" if self.workers > 1 else r"admin endpoint on http://[^:\s]+:(\d+)"
-            m = re.search(line, text)
-            if m is None:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise AssertionError(f"flux-node exited with {self.proc.returncode}\n{self.output()}")
-                return 0
-            self.admin_port = int(m.group(1))
+            pattern = SUPERVISOR_ADMIN_LINE if self.workers > 1 else ADMIN_LINE
+            self.admin_port = port_in_log(self.log_path, pattern, self._log_offset)
+            if not self.admin_port and self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"flux-node exited with {self.proc.returncode}\n{self.output()}")
         return self.admin_port
 
     def start(self, *, wait_ready: bool = True, timeout: float = 15.0) -> NodeProcess:
