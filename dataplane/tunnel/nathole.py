@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fluxcommon.tunnel.protocol.control import NatHoleReported, NatHoleRequested
@@ -38,8 +39,8 @@ class _Attempt:
     proxy: str
     visitor: AgentConn
     visitor_addrs: list[str]
+    since: float  # the coordinator's clock when the visitor asked
     provider: AgentConn | None = None
-    since: float = field(default_factory=time.monotonic)
 
 
 def _public(conn: AgentConn, local_addrs: list[str]) -> str:
@@ -50,14 +51,15 @@ def _public(conn: AgentConn, local_addrs: list[str]) -> str:
 
 
 class NatHoleCoordinator:
-    def __init__(self, server: TunnelServer) -> None:
+    def __init__(self, server: TunnelServer, clock: Callable[[], float] = time.monotonic) -> None:
         self.server = server
+        self.clock = clock  # monotonic seconds: pending attempts expire after PENDING_TTL
         self.pending: dict[str, _Attempt] = {}
         self.succeeded = 0
         self.failed = 0
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for sid in [s for s, a in self.pending.items() if now - a.since > PENDING_TTL]:
             del self.pending[sid]
 
@@ -69,7 +71,7 @@ class NatHoleCoordinator:
             if ref is None or ref.type != "xtcp":
                 self._answer(conn, event.sid, "", [], f"no xtcp proxy {event.proxy!r} on this node")
                 return
-            attempt = _Attempt(event.sid, event.proxy, conn, list(event.local_addrs))
+            attempt = _Attempt(event.sid, event.proxy, conn, list(event.local_addrs), self.clock())
             self.pending[event.sid] = attempt
             provider: AgentConn = ref.session
             attempt.provider = provider

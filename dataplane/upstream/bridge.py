@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from dataplane.reactor import RECV_SIZE, _Park
+from fluxcommon.tunnel.transport.sockstream import receive_size
 
 if TYPE_CHECKING:
     from dataplane.reactor import Reactor, Task
@@ -202,18 +203,22 @@ class ReactorEnd(_Park):
 
 
 class TrioEnd(trio.abc.HalfCloseableStream):
-    """The trio side of the bridge."""
+    """The trio side of the bridge. One receiver and one sender at a time, as with any trio
+    stream: a second one waiting at once gets `trio.BusyResourceError`."""
 
     def __init__(self, pipe: _Pipe) -> None:
         self._pipe = pipe
+        self._receiving = False
+        self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = receive_size(max_bytes, RECV_SIZE)
         p = self._pipe
         while True:
             if p.trio_closed:
                 raise trio.ClosedResourceError("the stream is closed")
             if p.to_trio:
-                data = _take(p.to_trio, max_bytes or RECV_SIZE)
+                data = _take(p.to_trio, size)
                 if len(p.to_trio) < p.limit:
                     p.wake_reactor_writer()
                 await trio.lowlevel.checkpoint()
@@ -221,11 +226,30 @@ class TrioEnd(trio.abc.HalfCloseableStream):
             if p.reactor_closed or p.reactor_eof:
                 await trio.lowlevel.checkpoint()
                 return b""
+            if self._receiving:
+                raise trio.BusyResourceError("another task is receiving on this stream")
             event = p.trio_receiver = trio.Event()
+            self._receiving = True
+            try:
+                await event.wait()
+            finally:
+                self._receiving = False
+
+    async def _wait_for_room(self) -> None:
+        """Park until the reactor end reads (or either end closes); the send side is busy meanwhile."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        event = self._pipe.trio_sender = trio.Event()
+        self._sending = True
+        try:
             await event.wait()
+        finally:
+            self._sending = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         p = self._pipe
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
         while True:
             if p.trio_closed or p.trio_eof:
                 raise trio.ClosedResourceError("the stream is closed for sending")
@@ -233,22 +257,27 @@ class TrioEnd(trio.abc.HalfCloseableStream):
                 raise trio.BrokenResourceError("the proxy closed the connection")
             if len(p.to_reactor) < p.limit:
                 break
-            event = p.trio_sender = trio.Event()
-            await event.wait()
+            await self._wait_for_room()
         p.to_reactor += data
         p.wake_reactor_reader()
         await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         p = self._pipe
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
         while len(p.to_reactor) >= p.limit and not (p.reactor_closed or p.trio_closed):
-            event = p.trio_sender = trio.Event()
-            await event.wait()
+            await self._wait_for_room()
+        if p.trio_closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        await trio.lowlevel.checkpoint()
 
     async def send_eof(self) -> None:
         p = self._pipe
         if p.trio_closed:
             raise trio.ClosedResourceError("the stream is closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
         p.trio_eof = True
         p.wake_reactor_reader()
         await trio.lowlevel.checkpoint()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -77,8 +78,11 @@ class _UpStream:
 class H2Upstream:
     """One HTTP/2 connection to an endpoint."""
 
-    def __init__(self, reactor: Reactor, sock: RSock, key: str, tls: bool) -> None:
+    def __init__(
+        self, reactor: Reactor, sock: RSock, key: str, tls: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.reactor = reactor
+        self.clock = clock  # monotonic seconds: when the connection went idle (its pool's clock)
         self.sock = sock
         self.key = key
         self.tls = tls
@@ -93,7 +97,7 @@ class H2Upstream:
         self.streams: dict[int, _UpStream] = {}
         self.closed = False
         self.goaway_last: int | None = None  # the server's last stream id in a GOAWAY
-        self.idle_since = time.monotonic()
+        self.idle_since = clock()
         self._flushing = False
         self.window_waiters: list[REvent] = []
 
@@ -225,7 +229,7 @@ class H2Upstream:
     def forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
         if not self.streams:
-            self.idle_since = time.monotonic()
+            self.idle_since = self.clock()
             if self.goaway_last is not None:
                 self._fail("GOAWAY")
 
@@ -259,7 +263,7 @@ async def _connection(pool: EndpointPool, connect_timeout: float, reactor: React
         if alpn != "h2":
             sock.close()
             raise UpstreamTlsError(0, f"TLS to {pool.address}:{pool.port}: the upstream did not agree to h2 ({alpn})")
-    conn = H2Upstream(reactor, sock, f"{pool.address}:{pool.port}", tls)
+    conn = H2Upstream(reactor, sock, f"{pool.address}:{pool.port}", tls, pool.clock)
     await conn.start()
     pool.h2 = conn
     return conn

@@ -68,7 +68,7 @@ class UpstreamTlsError(ConnectError):
 
 class EndpointPool:
     __slots__ = (
-        "address", "closed", "connecting", "h2", "idle", "in_use", "limits", "opener", "port", "reactor",
+        "address", "clock", "closed", "connecting", "h2", "idle", "in_use", "limits", "opener", "port", "reactor",
         "stats_reused", "tls", "waiters",
     )  # fmt: skip
 
@@ -80,8 +80,10 @@ class EndpointPool:
         limits: PoolLimits,
         tls: UpstreamTls | None = None,
         opener: Opener | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reactor = reactor
+        self.clock = clock  # monotonic seconds: when connections went idle and expire
         self.opener = opener  # endpoints reached another way than host:port (a tunnel), else None
         self.tls = tls  # connections are TLS with this cluster's context
         self.h2: Any = None  # the shared HTTP/2 connection of a protocol: http2 cluster (dataplane.upstream.h2)
@@ -104,7 +106,7 @@ class EndpointPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.sock.still_usable() or time.monotonic() - conn.idle_since > self.limits.idle_timeout:
+            if not conn.sock.still_usable() or self.clock() - conn.idle_since > self.limits.idle_timeout:
                 conn.sock.close()
                 continue
             self.in_use += 1
@@ -197,7 +199,7 @@ class EndpointPool:
             # The response was read whole and nothing waits behind it: whatever arrives from
             # now on (EOF, reset, stray bytes) comes as a new event and marks the socket unusable.
             sock.readable = False
-            conn.idle_since = time.monotonic()
+            conn.idle_since = self.clock()
             self.idle.append(conn)
         else:
             sock.close()
@@ -264,8 +266,11 @@ class PoolRegistry:
     `openers` maps an address prefix ("tunnel:") to a function giving a connected socket for
     endpoints that are not host:port but reached another way (the node's tunnel manager)."""
 
-    def __init__(self, reactor: Reactor, openers: dict[str, Opener] | None = None) -> None:
+    def __init__(
+        self, reactor: Reactor, openers: dict[str, Opener] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.reactor = reactor
+        self.clock = clock  # monotonic seconds, given to every pool (idle expiry, the sweeper)
         self.openers: dict[str, Opener] = dict(openers or {})
         self.pools: dict[PoolKey, EndpointPool] = {}
 
@@ -286,7 +291,7 @@ class PoolRegistry:
             if pool is not None:
                 pool.close()
             opener = self.opener_for(address)
-            pool = self.pools[key] = EndpointPool(self.reactor, address, port, limits, tls, opener)
+            pool = self.pools[key] = EndpointPool(self.reactor, address, port, limits, tls, opener, self.clock)
         elif tls is not None:
             pool.tls = tls  # the same settings, the contexts of this version
         return pool
@@ -299,7 +304,7 @@ class PoolRegistry:
     async def run_sweeper(self, interval: float = 5.0) -> None:
         while True:
             await trio.sleep(interval)
-            now = time.monotonic()
+            now = self.clock()
             closed = sum(pool.close_expired(now) for pool in self.pools.values())
             if closed:
                 log.debug("closed %d idle upstream connections", closed)

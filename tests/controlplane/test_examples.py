@@ -218,11 +218,15 @@ class _PlainUpstream:
 
     def __init__(self, directory: pathlib.Path) -> None:
         (directory / "orders").write_text("orders from a plain upstream\n")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory", str(directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(  # port 0: the banner ("Serving HTTP on ... port N") says which port
+            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(directory)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
+        assert self.proc.stdout is not None
+        banner = self.proc.stdout.readline()
+        m = re.search(r" port (\d+)", banner)
+        assert m, f"http.server did not start: {banner!r}"
+        self.port = int(m.group(1))
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.port}/orders").status_code == 200, 10)
 
     def close(self) -> None:

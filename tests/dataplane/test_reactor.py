@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from dataplane.reactor import ConnectError, Reactor, REvent, RSock, Task, connect
 
@@ -366,8 +367,7 @@ def test_connect_interrupted_by_throw_closes_its_socket() -> None:
             caught.set()
 
         task = reactor.spawn(connecting(), "connecting")
-        await trio.sleep(0.05)
-        assert len(reactor._socks) == 1
+        await until(lambda: len(reactor._socks) == 1)
         reactor.throw(task, Boom())
         await caught.wait()
         assert box and isinstance(box[0], Boom)
@@ -461,7 +461,7 @@ def test_revent_set_from_trio_wakes_a_waiter() -> None:
             woke.set()
 
         reactor.spawn(waiter())
-        await trio.sleep(0.05)  # the reactor is parked with nothing to do
+        await trio.testing.wait_all_tasks_blocked()  # the reactor is parked with nothing to do
         ev.set()
         with trio.fail_after(1):
             await woke.wait()
@@ -486,8 +486,8 @@ def test_throw_into_a_task_parked_on_recv() -> None:
                 finished.set()
 
         task = reactor.spawn(parked(), "parked")
-        await trio.sleep(0.05)
-        assert trail == [] and task.parked is a
+        await until(lambda: task.parked is a)
+        assert trail == []
         reactor.throw(task, Boom())
         with trio.fail_after(1):
             await finished.wait()
@@ -515,10 +515,10 @@ def test_uncaught_exception_in_a_task_is_logged_and_finally_runs(caplog: pytest.
                 trail.append("finally")
 
         task = reactor.spawn(parked(), "doomed")
-        await trio.sleep(0.02)
+        await until(lambda: task.parked is a)
         reactor.throw(task, Boom("uncaught"))
-        await trio.sleep(0.05)
-        assert trail == ["finally"] and task.coro.cr_frame is None
+        await until(lambda: trail == ["finally"])
+        assert task.coro.cr_frame is None
 
         async def still_running() -> str:
             await reactor.sleep(0)
@@ -612,7 +612,7 @@ def test_spawn_from_trio_is_picked_up_promptly() -> None:
     # Regression: a task spawned from a trio task while the reactor was parked with no timer
     # used to wait until some unrelated socket event woke the reactor.
     async def main(reactor: Reactor) -> None:
-        await trio.sleep(0.05)  # let the reactor park: no sockets, no timers
+        await trio.testing.wait_all_tasks_blocked()  # let the reactor park: no sockets, no timers
         for _ in range(3):
             ran = trio.Event()
 
@@ -629,7 +629,7 @@ def test_spawn_from_trio_is_picked_up_promptly() -> None:
 
 def test_call_later_from_trio_wakes_a_parked_reactor() -> None:
     async def main(reactor: Reactor) -> None:
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # the reactor parks: no sockets, no timers
         fired = trio.Event()
         reactor.call_later(0.01, fired.set)
         with trio.fail_after(1):
@@ -663,8 +663,7 @@ def test_closing_an_rsock_wakes_its_parked_tasks() -> None:
 
         t1 = reactor.spawn(reader())
         t2 = reactor.spawn(writer())
-        await trio.sleep(0.05)
-        assert t1.parked is a and t2.parked is c
+        await until(lambda: t1.parked is a and t2.parked is c)
         a.close()
         c.close()
         with trio.fail_after(1):
@@ -822,7 +821,7 @@ def test_task_bookkeeping() -> None:
 
         task = reactor.spawn(noop(), "named")
         assert isinstance(task, Task) and task.name == "named"
-        await trio.sleep(0.02)
-        assert task.coro.cr_frame is None and reactor.tasks_run >= 1
+        await until(lambda: task.coro.cr_frame is None)
+        assert reactor.tasks_run >= 1
 
     run(main)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -199,5 +200,115 @@ def test_closing_with_a_parked_reader_raises_in_it() -> None:
             mine.close()
         assert len(outcome) == 1
         assert await theirs.receive_some() == b""
+
+    run(body)
+
+
+# -- the trio end's stream contract (what trio.testing.check_half_closeable_stream checks; its
+# peer here is a reactor end, not a trio stream, so the checks are spelled out) ----------------
+
+
+def test_trio_end_checks_max_bytes_and_checkpoints_in_every_call() -> None:
+    async def body(reactor: Reactor, mine: ReactorEnd, theirs: TrioEnd) -> None:
+        for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError)):
+            with pytest.raises(error):
+                await theirs.receive_some(bad)  # type: ignore[arg-type]
+        with trio.testing.assert_checkpoints():
+            await theirs.send_all(b"")
+        with trio.testing.assert_checkpoints():
+            await theirs.send_all(b"ab")
+        with trio.testing.assert_checkpoints():
+            await theirs.wait_send_all_might_not_block()
+        assert await on_reactor(reactor, mine.recv(10)) == b"ab"
+        await on_reactor(reactor, mine.send_all(b"xyz"))
+        with trio.testing.assert_checkpoints():
+            assert await theirs.receive_some(2) == b"xy"
+        with trio.testing.assert_checkpoints():
+            assert await theirs.receive_some() == b"z"
+        with trio.testing.assert_checkpoints():
+            await theirs.send_eof()
+        with trio.testing.assert_checkpoints():
+            await theirs.send_eof()  # again: fine
+        with pytest.raises(trio.ClosedResourceError):
+            await theirs.send_all(b"after eof")
+        assert await on_reactor(reactor, mine.recv(10)) == b""
+        mine.shutdown_write()
+        with trio.testing.assert_checkpoints():
+            assert await theirs.receive_some() == b""
+        with trio.testing.assert_checkpoints():
+            await theirs.aclose()
+
+    run(body)
+
+
+@contextlib.contextmanager
+def raises_busy() -> Iterator[None]:
+    """BusyResourceError from one of the tasks of a nursery (so in an exception group)."""
+    with pytest.raises(BaseExceptionGroup) as info:
+        yield
+    assert info.group_contains(trio.BusyResourceError)
+
+
+def test_trio_end_two_receivers_or_two_senders_at_once_are_busy() -> None:
+    async def body(reactor: Reactor, mine: ReactorEnd, theirs: TrioEnd) -> None:
+        with raises_busy():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(theirs.receive_some)
+                nursery.start_soon(theirs.receive_some)
+        await theirs.send_all(b"x" * 16)  # fills the buffer (limit 16): the next send parks
+        with raises_busy():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(theirs.send_all, b"1")
+                nursery.start_soon(theirs.send_all, b"2")
+        for second in (theirs.wait_send_all_might_not_block, theirs.send_eof):
+            with raises_busy():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(theirs.wait_send_all_might_not_block)
+                    await trio.testing.wait_all_tasks_blocked()
+                    await second()
+        # a cancelled wait leaves the stream as it was: the bytes sent before arrive, nothing else
+        assert await on_reactor(reactor, mine.recv(100)) == b"x" * 16
+        await theirs.send_all(b"after")
+        assert await on_reactor(reactor, mine.recv(100)) == b"after"
+
+    run(body, limit=16)
+
+
+def test_trio_end_aclose_wakes_parked_calls_and_refuses_later_ones() -> None:
+    async def body(reactor: Reactor, mine: ReactorEnd, theirs: TrioEnd) -> None:
+        await theirs.send_all(b"x" * 16)
+
+        async def expect_closed(call: Callable[[], Awaitable[object]]) -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await call()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(expect_closed, theirs.receive_some)
+            nursery.start_soon(expect_closed, lambda: theirs.send_all(b"more"))
+            await trio.testing.wait_all_tasks_blocked()
+            await theirs.aclose()
+        for call in (theirs.receive_some, lambda: theirs.send_all(b""), theirs.send_eof):
+            await expect_closed(call)
+        await expect_closed(theirs.wait_send_all_might_not_block)
+        await theirs.aclose()  # again: fine
+        assert await on_reactor(reactor, mine.recv(100)) == b"x" * 16  # what was sent before the close
+        assert await on_reactor(reactor, mine.recv(100)) == b""
+
+    run(body, limit=16)
+
+
+def test_trio_end_cancelled_receive_loses_nothing() -> None:
+    async def body(reactor: Reactor, mine: ReactorEnd, theirs: TrioEnd) -> None:
+        async with trio.open_nursery() as nursery:  # a receive with nothing to read, cancelled
+            nursery.start_soon(theirs.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        await on_reactor(reactor, mine.send_all(b"later"))
+        assert await theirs.receive_some() == b"later"
+        mine.close()  # the proxy closing: EOF for the trio end, and its sends break
+        assert await theirs.receive_some() == b""
+        with pytest.raises(trio.BrokenResourceError):
+            await theirs.send_all(b"x")
+        await theirs.aclose()
 
     run(body)

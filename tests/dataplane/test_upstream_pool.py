@@ -109,8 +109,10 @@ class Pending:
         return self.value
 
 
-def make_pool(reactor: Reactor, up: Upstream, **limits: Any) -> EndpointPool:
-    return EndpointPool(reactor, "127.0.0.1", up.port, PoolLimits(**limits))
+def make_pool(
+    reactor: Reactor, up: Upstream, clock: Callable[[], float] = time.monotonic, **limits: Any
+) -> EndpointPool:
+    return EndpointPool(reactor, "127.0.0.1", up.port, PoolLimits(**limits), clock=clock)
 
 
 def test_acquire_release_and_reuse() -> None:
@@ -193,8 +195,8 @@ def test_max_connections_and_max_pending_overflow_and_waiter_gets_released_conn(
         pool = make_pool(reactor, up, max_connections=1, max_pending=1)
         first, _ = await on_reactor(reactor, pool.acquire(1.0))
         waiter = Pending(reactor, pool)
-        await trio.sleep(0.02)
-        assert len(pool.waiters) == 1 and not waiter.done.is_set()
+        await until(lambda: len(pool.waiters) == 1)
+        assert not waiter.done.is_set()
         with pytest.raises(PoolOverflow):
             await on_reactor(reactor, pool.acquire(1.0))
         pool.release(first, reusable=True)
@@ -214,7 +216,7 @@ def test_waiter_gets_a_new_connection_when_the_released_one_is_closed() -> None:
         pool = make_pool(reactor, up, max_connections=1, max_pending=4)
         first, _ = await on_reactor(reactor, pool.acquire(1.0))
         waiter = Pending(reactor, pool)
-        await trio.sleep(0.02)
+        await until(lambda: len(pool.waiters) == 1)
         pool.release(first, reusable=False)
         conn, reused = await waiter.result()
         assert conn is not first and not reused and pool.in_use == 1
@@ -246,8 +248,7 @@ def test_several_waiters_are_served_in_turn() -> None:
         pool = make_pool(reactor, up, max_connections=2, max_pending=8)
         held = [await on_reactor(reactor, pool.acquire(1.0)) for _ in range(2)]
         waiters = [Pending(reactor, pool) for _ in range(4)]
-        await trio.sleep(0.02)
-        assert len(pool.waiters) == 4
+        await until(lambda: len(pool.waiters) == 4)
         for conn, _ in held:
             pool.release(conn, True)
         served = 0
@@ -283,7 +284,7 @@ def test_close_wakes_waiters() -> None:
         pool = make_pool(reactor, up, max_connections=1)
         held, _ = await on_reactor(reactor, pool.acquire(1.0))
         waiter = Pending(reactor, pool, timeout=0.3)
-        await trio.sleep(0.02)
+        await until(lambda: len(pool.waiters) == 1)
         pool.close()
         assert not pool.waiters
         # Woken, it finds the pool still full and waits again (then times out): it does not hang.
@@ -312,10 +313,12 @@ def test_close_expired_drops_connections_idle_too_long() -> None:
 
 def test_take_idle_skips_expired_connections() -> None:
     async def main(reactor: Reactor, up: Upstream) -> None:
-        pool = make_pool(reactor, up, idle_timeout=0.05)
+        now = [100.0]
+        pool = make_pool(reactor, up, clock=lambda: now[0], idle_timeout=30.0)
         conn, _ = await on_reactor(reactor, pool.acquire(1.0))
         pool.release(conn, True)
-        await trio.sleep(0.1)
+        assert conn.idle_since == 100.0
+        now[0] += 31
         fresh, reused = await on_reactor(reactor, pool.acquire(1.0))
         assert not reused and fresh is not conn and conn.sock.fd == -1
         pool.release(fresh, True)
@@ -376,5 +379,31 @@ def test_registry_get_and_reconcile() -> None:
         assert other.closed and set(reg.pools) == {("c1", "127.0.0.1", up.port)}
         reg.close_all()
         assert p2.closed
+
+    run(main)
+
+
+def test_sweeper_closes_idle_connections_by_the_registry_clock() -> None:
+    async def main(reactor: Reactor, up: Upstream) -> None:
+        now, reads = [100.0], [0]
+
+        def clock() -> float:
+            reads[0] += 1
+            return now[0]
+
+        reg = PoolRegistry(reactor, clock=clock)
+        pool = reg.get("c1", "127.0.0.1", up.port, PoolLimits(idle_timeout=30.0))
+        assert pool.clock is reg.clock
+        conn, _ = await on_reactor(reactor, pool.acquire(1.0))
+        pool.release(conn, True)
+        async with trio.open_nursery() as nursery:
+            swept = reads[0]
+            nursery.start_soon(reg.run_sweeper, 0.001)
+            await until(lambda: reads[0] >= swept + 3)  # three sweeps: nothing has been idle for 30 s
+            assert pool.idle == [conn]
+            now[0] += 31
+            await until(lambda: not pool.idle)
+            nursery.cancel_scope.cancel()
+        assert conn.sock.fd == -1
 
     run(main)

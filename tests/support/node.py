@@ -1,7 +1,8 @@
 """Real `flux-node` and echo-upstream child processes for data-plane end-to-end tests.
 
-`NodeProcess` starts `flux-node` with its admin endpoint on a free port, reads
-nothing from stdout but the JSON access log (kept in a file), and offers
+`NodeProcess` starts `flux-node` with its admin endpoint on port 0 and reads the port the node
+took from the line it logs ("admin endpoint on ...", or the supervisor's "admin on ..."; a
+restart asks for that same port again), keeps the JSON access log in a file, and offers
 helpers to wait for readiness or a config version. It enrols on its own: when its
 cache holds no credentials yet, it asks the ControlPlaneProcess serving one of its
 control-plane addresses for a join token of its group (`join_token=""`: none). `UpstreamProcess` runs
@@ -22,10 +23,12 @@ from typing import Any
 
 import httpx
 
-from support.processes import executable, free_port, serving, wait_until
+from support.processes import executable, port_in_log, serving, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ECHO = ROOT / "scripts" / "echo_upstream.py"
+ADMIN_LINE = r"admin endpoint on http://[^:\s]+:(\d+)"  # what a node (one worker) logs once its admin port is open
+SUPERVISOR_ADMIN_LINE = r"; admin on http://[^:\s]+:(\d+)"  # the same from the supervisor of several workers
 
 
 class UpstreamProcess:
@@ -112,7 +115,8 @@ class NodeProcess:
         self.group = group
         self.workers = workers
         self.extra_args = tuple(extra_args)
-        self.admin_port = free_port()
+        self.admin_port = 0  # known once the node logs it (see `admin`); a restart asks for it again
+        self._log_offset = 0  # where this start's lines begin in the (appended) log
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / f"{node_id}.log"
         self.access_path = self.workdir / f"{node_id}.access.log"
@@ -120,7 +124,19 @@ class NodeProcess:
 
     @property
     def admin(self) -> str:
+        """The admin base URL (waits until the node has logged the port it bound)."""
+        if not self.admin_port:
+            wait_until(self._admin_port_now, 15.0, message=f"{self.node_id}'s admin port in its log")
         return f"http://127.0.0.1:{self.admin_port}"
+
+    def _admin_port_now(self) -> int:
+        """The admin port from the log of this start, or 0 while not logged yet."""
+        if not self.admin_port:
+            pattern = SUPERVISOR_ADMIN_LINE if self.workers > 1 else ADMIN_LINE
+            self.admin_port = port_in_log(self.log_path, pattern, self._log_offset)
+            if not self.admin_port and self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"flux-node exited with {self.proc.returncode}\n{self.output()}")
+        return self.admin_port
 
     def start(self, *, wait_ready: bool = True, timeout: float = 15.0) -> NodeProcess:
         cmd = [
@@ -139,6 +155,7 @@ class NodeProcess:
         if token:
             cmd += ["--join-token", token]
         log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - the child owns it
+        self._log_offset = log.tell()
         self.proc = subprocess.Popen(
             cmd,
             stdout=log,
@@ -164,8 +181,8 @@ class NodeProcess:
 
     def is_ready(self) -> bool:
         try:
-            return self.get("/ready").status_code == 200
-        except httpx.HTTPError:
+            return bool(self._admin_port_now()) and self.get("/ready").status_code == 200
+        except (httpx.HTTPError, AssertionError):
             return False
 
     def wait_ready(self, timeout: float = 15.0) -> None:

@@ -44,6 +44,19 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def port_in_log(path: pathlib.Path, pattern: str, offset: int = 0) -> int:
+    """The port a child process logged (group 1 of `pattern`, first match after `offset` bytes of
+    its log), or 0 while it has not: how tests learn the port of a server started on port 0."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return 0
+    m = re.search(pattern, text)
+    return int(m.group(1)) if m else 0
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.02, message: str = "") -> T:
     """Poll `predicate` until it returns something truthy; return that, or fail after `timeout`.
 

@@ -22,7 +22,8 @@ import httpx
 from controlplane.snapshot import render_snapshot
 from controlplane.spec import ConfigSet
 from dataplane.discovery.cache import SnapshotFile
-from support.processes import executable, free_port, wait_until
+from support.node import ADMIN_LINE
+from support.processes import executable, port_in_log, wait_until
 
 
 class SnapshotNode:
@@ -41,8 +42,9 @@ class SnapshotNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.doc = doc
         self.nofile = nofile
-        self.admin_port = free_port()
+        self.admin_port = 0  # port 0: the node's log line says which it took
         self.log_path = workdir / "node.log"
+        self._log_offset = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,6 +71,7 @@ class SnapshotNode:
             )
             cmd = [sys.executable, "-c", wrapper, str(self.nofile), *cmd]
         with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
@@ -83,6 +86,10 @@ class SnapshotNode:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"flux-node exited with {self.proc.returncode}\n{self.output()}")
+        if not self.admin_port:
+            self.admin_port = port_in_log(self.log_path, ADMIN_LINE, self._log_offset)
+            if not self.admin_port:
+                return False
         try:
             return httpx.get(self.admin + "/ready", timeout=2).status_code == 200
         except httpx.HTTPError:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 from support.processes import free_port
 
 from dataplane.tunnel.manager import TunnelConfigError, TunnelManager
@@ -54,7 +55,7 @@ def run_with_manager(body: Callable[[TunnelManager], Awaitable[None]]) -> None:
 
 async def apply(manager: TunnelManager, snap: pb.Snapshot) -> None:
     manager.commit(manager.prepare(snap))
-    await trio.sleep(0.05)  # the new server's task starts accepting
+    await trio.testing.wait_all_tasks_blocked()  # the new server's task starts accepting
 
 
 async def still_accepts(port: int) -> bool:
@@ -109,7 +110,7 @@ def test_a_new_tls_identity_takes_over_the_control_port_without_closing_it() -> 
         plan = manager.prepare(snapshot(port, tls_force=False))  # needs a new server on the same port
         assert await still_accepts(port), "prepare() closed the control port before the swap"
         manager.commit(plan)
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()
         new = manager.servers["edge"]
         assert new is not old and new.spec.tls_force is False
         assert await still_accepts(port)

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
@@ -61,8 +62,11 @@ class JwkKey(NamedTuple):
 class JwksCache:
     """The key set published at `url`; see the module docstring."""
 
-    def __init__(self, url: str, refresh: float, nursery: TaskSpawner | None) -> None:
+    def __init__(
+        self, url: str, refresh: float, nursery: TaskSpawner | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.url = check_http_url(url, "jwks_url")
+        self.clock = clock  # monotonic seconds: refetch rate limit, refresh schedule, last_success
         self.refresh_interval = max(1.0, refresh)
         self._nursery = nursery
         self.by_kid: dict[str, JwkKey] = {}
@@ -90,7 +94,7 @@ class JwksCache:
         """Whether awaiting `refresh` could bring new keys now (a fetch runs or is allowed)."""
         if self._closed:
             return False
-        return self._inflight is not None or time.monotonic() - self._last_attempt >= MIN_REFETCH_INTERVAL
+        return self._inflight is not None or self.clock() - self._last_attempt >= MIN_REFETCH_INTERVAL
 
     def want_refresh(self, seconds: float) -> None:
         """A policy asks for refreshes at least every `seconds` (the shortest asked wins)."""
@@ -106,7 +110,7 @@ class JwksCache:
                 return
             ev = self._inflight
             if ev is None:
-                if self._closed or time.monotonic() - self._last_attempt < MIN_REFETCH_INTERVAL:
+                if self._closed or self.clock() - self._last_attempt < MIN_REFETCH_INTERVAL:
                     return
                 ev = self._begin()
                 if self._nursery is None:  # no background nursery: fetch in the caller's task
@@ -121,7 +125,7 @@ class JwksCache:
 
     def _begin(self) -> trio.Event:
         ev = self._inflight = trio.Event()
-        self._last_attempt = time.monotonic()
+        self._last_attempt = self.clock()
         if self._nursery is not None:
             self._nursery.start_soon(self._fetch_and_signal, ev)
         return ev
@@ -137,7 +141,7 @@ class JwksCache:
                     log.exception("JWKS %s: refresh loop error", self.url)
                     delay = FAILURE_RETRY
                 # sleep from the last attempt: an early (unknown kid) fetch also counts as a refresh
-                await trio.sleep(max(0.5, delay - (time.monotonic() - self._last_attempt)))
+                await trio.sleep(max(0.5, delay - (self.clock() - self._last_attempt)))
 
     async def _fetch_and_signal(self, ev: trio.Event) -> None:
         try:
@@ -170,7 +174,7 @@ class JwksCache:
         self.by_kid = {k.kid: k for k in keys if k.kid is not None}
         self.keys = keys
         self.loaded = True
-        self.last_success = time.monotonic()
+        self.last_success = self.clock()
         self.last_error = None
         if self._ok is False:
             log.warning("JWKS %s: fetched again (%d keys)", self.url, len(keys))

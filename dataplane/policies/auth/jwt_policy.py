@@ -200,7 +200,7 @@ class JwtPolicy(AuthPolicy):
             url = check_http_url(config.jwks_url, "jwks_url")
             refresh = config.jwks_refresh / 1000.0
             services = env.services
-            self.jwks = services.get(("jwks", url), lambda: JwksCache(url, refresh, services.nursery))
+            self.jwks = services.get(("jwks", url), lambda: JwksCache(url, refresh, services.nursery, env.clock))
             self.jwks.want_refresh(refresh)
 
     # -- per request -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
@@ -68,11 +69,14 @@ class IntrospectionError(Exception):
 class Introspector:
     """Introspection calls and their cache for one (endpoint, client); lives in env.services."""
 
-    def __init__(self, url: str, client_id: str, nursery: TaskSpawner | None) -> None:
+    def __init__(
+        self, url: str, client_id: str, nursery: TaskSpawner | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.url = url
         self.client_id = client_id
         self.client_secret = ""
-        self.cache: TtlCache[bytes, Introspection] = TtlCache(CACHE_SIZE)
+        self.clock = clock  # monotonic seconds: when answers were fetched and expire
+        self.cache: TtlCache[bytes, Introspection] = TtlCache(CACHE_SIZE, clock)
         self.calls = 0  # introspection requests sent
         self.errors = 0
         self._inflight: dict[bytes, trio.Event] = {}
@@ -139,7 +143,7 @@ class Introspector:
         if self._failing:
             log.warning("introspection at %s works again", self.url)
             self._failing = False
-        return _result(doc)
+        return _result(doc, self.clock())
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -154,8 +158,7 @@ async def _aclose(pool: httpcore.AsyncConnectionPool) -> None:
         pass
 
 
-def _result(doc: dict[str, Any]) -> Introspection:
-    now = time.monotonic()
+def _result(doc: dict[str, Any], now: float) -> Introspection:
     expires = math.inf
     active = doc.get("active") is True
     exp = doc.get("exp")
@@ -189,7 +192,7 @@ class OAuth2Policy(AuthPolicy):
         url = check_http_url(config.introspection_url, "introspection_url")
         services = env.services
         self.introspector = services.get(
-            ("oauth2", url, config.client_id), lambda: Introspector(url, config.client_id, services.nursery)
+            ("oauth2", url, config.client_id), lambda: Introspector(url, config.client_id, services.nursery, env.clock)
         )
         self.introspector.client_secret = config.client_secret
 
@@ -215,7 +218,7 @@ class OAuth2Policy(AuthPolicy):
         except Exception:
             resp = unavailable("the authorization server could not check the token, try again later")
             return self._deny("introspection_error", resp)
-        return self._decide(ctx, result, time.monotonic())
+        return self._decide(ctx, result, self._env.clock())
 
     def _decide(self, ctx: RequestContext, result: Introspection, now: float) -> LocalResponse | None:
         if not result.active:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import trio
 
-from fluxcommon.tunnel.transport.sockstream import receive_into, send_parts
+from fluxcommon.tunnel.transport.sockstream import receive_into, receive_size, send_parts
 
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
@@ -17,10 +17,11 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     def __init__(self, inner: trio.abc.HalfCloseableStream, prefix: bytes) -> None:
         self.inner = inner
         self.prefix = prefix
+        self._closed = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self.prefix:
-            n = len(self.prefix) if max_bytes is None else max_bytes
+        if self.prefix and not self._closed:
+            n = receive_size(max_bytes, len(self.prefix))
             data, self.prefix = self.prefix[:n], self.prefix[n:]
             await trio.lowlevel.checkpoint()
             return data
@@ -28,7 +29,7 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
     async def receive_into(self, buffer: bytearray | memoryview) -> int:
         """`receive_some` into `buffer` (the link and TLSStream read this way when they can)."""
-        if self.prefix:
+        if self.prefix and not self._closed:
             n = min(len(buffer), len(self.prefix))
             memoryview(buffer)[:n] = self.prefix[:n]
             self.prefix = self.prefix[n:]
@@ -49,4 +50,5 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self.inner.send_eof()
 
     async def aclose(self) -> None:
+        self._closed = True  # an unread prefix is dropped: the inner stream says ClosedResourceError
         await self.inner.aclose()

@@ -16,6 +16,7 @@ trio stream (concurrent waits on one socket raise `BusyResourceError` from trio)
 from __future__ import annotations
 
 import errno
+import operator
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,17 @@ RECEIVE_SIZE = 256 * 1024
 YIELD_EVERY = 16  # calls that did not park, between two schedule points
 IOV_BATCH = 512  # buffers per sendmsg (the kernel takes at most IOV_MAX, 1024 on Linux)
 UDP_BATCH = 64  # datagrams taken from a UDP socket per wake-up
+
+
+def receive_size(max_bytes: int | None, default: int) -> int:
+    """`receive_some`'s `max_bytes` checked as trio's streams do: None is `default`, else a
+    positive integer (ValueError below 1, TypeError for a float)."""
+    if max_bytes is None:
+        return default
+    size = operator.index(max_bytes)
+    if size < 1:
+        raise ValueError("max_bytes must be at least 1")
+    return size
 
 
 def drain_datagrams(sock: socket.socket, limit: int) -> list[tuple[bytes, Any]]:
@@ -70,6 +82,8 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
         self.socket = trio.socket.from_stdlib_socket(sock)
         self._calls = 0
         self._closed = False
+        self._eof_sent = False
+        self._sending = False  # a send-side call is parked (two at once: BusyResourceError, as in trio)
 
     @classmethod
     def adopt(cls, stream: trio.SocketStream | trio.socket.SocketType) -> BulkSocketStream:
@@ -100,6 +114,22 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
         if self._closed:
             raise trio.ClosedResourceError("socket stream closed")
 
+    def _check_send(self) -> None:
+        self._check_open()
+        if self._eof_sent:
+            raise trio.ClosedResourceError("cannot send after send_eof")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+
+    async def _wait_writable(self) -> None:
+        """Park until the socket takes more (the send side marked busy meanwhile)."""
+        self._sending = True
+        try:
+            await trio.lowlevel.wait_writable(self._sock)
+        finally:
+            self._sending = False
+        self._check_open()
+
     def _broken(self, exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
         if self._closed or exc.errno == errno.EBADF:
             return trio.ClosedResourceError("socket stream closed")
@@ -108,7 +138,7 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
     # -- trio.abc.HalfCloseableStream ---------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self._receive(self._sock.recv, max_bytes or RECEIVE_SIZE)
+        return await self._receive(self._sock.recv, receive_size(max_bytes, RECEIVE_SIZE))
 
     async def receive_into(self, buffer: bytearray | memoryview) -> int:
         """`receive_some` into `buffer`: the byte count (0 at end of stream), no allocation."""
@@ -131,7 +161,7 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
             return result
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._check_open()
+        self._check_send()
         if type(data) is memoryview and data.itemsize != 1:
             data = data.cast("B")  # lengths below count bytes
         total = len(data)
@@ -148,8 +178,7 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
                     sent += self._sock.send(view[sent:])
             except BlockingIOError:
                 parked = True
-                await trio.lowlevel.wait_writable(self._sock)
-                self._check_open()
+                await self._wait_writable()
             except OSError as exc:
                 raise self._broken(exc) from exc
         if parked:
@@ -162,7 +191,7 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
         if len(parts) <= 1:
             await self.send_all(parts[0] if parts else b"")
             return
-        self._check_open()
+        self._check_send()
         parked = False
         pending = list(parts)
         while pending:
@@ -171,8 +200,7 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
                 n = self._sock.sendmsg(batch)
             except BlockingIOError:
                 parked = True
-                await trio.lowlevel.wait_writable(self._sock)
-                self._check_open()
+                await self._wait_writable()
                 continue
             except OSError as exc:
                 raise self._broken(exc) from exc
@@ -190,10 +218,15 @@ class BulkSocketStream(trio.abc.HalfCloseableStream):
 
     async def wait_send_all_might_not_block(self) -> None:
         self._check_open()
-        await trio.lowlevel.wait_writable(self._sock)
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        await self._wait_writable()
 
     async def send_eof(self) -> None:
         self._check_open()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._eof_sent = True
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:

@@ -23,7 +23,7 @@ import trio
 
 from fluxcommon.tunnel.transport.gate import SendGate
 from fluxcommon.tunnel.transport.readbuffer import ReadBuffer
-from fluxcommon.tunnel.transport.sockstream import receive_into
+from fluxcommon.tunnel.transport.sockstream import receive_into, receive_size
 
 RECORD = 16 * 1024  # TLS's largest record payload: OpenSSL cuts writes into records of this size
 
@@ -51,12 +51,15 @@ class TLSStream(trio.abc.Stream):
         self._transport_eof = False
         self._peer_closed = False
         self._closed = False
+        self._sending = False  # a caller's send is under way (a second one: BusyResourceError, as in trio)
 
     # -- helpers ---------------------------------------------------------------------------------
 
     async def _flush(self) -> None:
-        """Send what the SSL object has written, in order, one sender at a time."""
+        """Send what the SSL object has written, in order, one sender at a time (a checkpoint
+        when there is nothing to send, as every stream call is one)."""
         if not self._outgoing.pending:
+            await trio.lowlevel.checkpoint()
             return
         async with self._send_lock:
             while self._outgoing.pending:
@@ -98,7 +101,7 @@ class TLSStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         buf = self._plain
-        view = buf.view if max_bytes is None else buf.view[:max_bytes]
+        view = buf.view if max_bytes is None else buf.view[: receive_size(max_bytes, 0)]
         n = await self.receive_into(view)
         data = bytes(view[:n])
         buf.record(n)
@@ -149,15 +152,24 @@ class TLSStream(trio.abc.Stream):
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
             pass
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    def _begin_send(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("TLS stream closed")
-        if data:
-            try:
-                self.ssl_object.write(data)
-            except ssl.SSLError as exc:
-                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
-        await self._flush()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._begin_send()
+        try:
+            if data:
+                try:
+                    self.ssl_object.write(data)
+                except ssl.SSLError as exc:
+                    raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            await self._flush()
+        finally:
+            self._sending = False
 
     async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         """`send_all` of the parts joined, without joining them.
@@ -168,8 +180,14 @@ class TLSStream(trio.abc.Stream):
         between record boundaries (headers, the tail of a payload, the head of the next) is
         gathered in a small buffer first: at most one record's worth per part is copied.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("TLS stream closed")
+        self._begin_send()
+        try:
+            self._write_parts(parts)
+            await self._flush()
+        finally:
+            self._sending = False
+
+    def _write_parts(self, parts: list[bytes | memoryview]) -> None:
         write = self.ssl_object.write
         carry = bytearray()
         try:
@@ -194,10 +212,13 @@ class TLSStream(trio.abc.Stream):
                 write(carry)
         except ssl.SSLError as exc:
             raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
-        await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
+        self._begin_send()
+        try:
+            await self.transport_stream.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
 
     async def aclose(self) -> None:
         """Send close_notify (best effort, at most 1 s), then close the transport."""

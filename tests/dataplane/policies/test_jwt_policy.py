@@ -108,13 +108,19 @@ def bearer(token: str) -> RequestContext:
     return make_ctx(headers=[("Authorization", f"Bearer {token}")])
 
 
-def run_node(consumers: list[pb.Consumer], body: Callable[[PolicyEnv], Awaitable[None]], limit: float = 20.0) -> None:
+def run_node(
+    consumers: list[pb.Consumer],
+    body: Callable[[PolicyEnv], Awaitable[None]],
+    limit: float = 20.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
     async def main() -> None:
         reactor = Reactor()
         with trio.fail_after(limit):
             async with trio.open_nursery() as nursery:
                 await nursery.start(reactor.run)
-                env = PolicyEnv(consumers=ConsumerIndex(consumers), services=SharedServices(nursery), reactor=reactor)
+                services = SharedServices(nursery)
+                env = PolicyEnv(consumers=ConsumerIndex(consumers), services=services, reactor=reactor, clock=clock)
                 await body(env)
                 nursery.cancel_scope.cancel()
 
@@ -445,8 +451,8 @@ def idp_token(private: Any, alg: str, kid: str | None, sub: str = "carol", **cla
     return jwt.encode(body, private, algorithm=alg, headers={"kid": kid} if kid else None)
 
 
-def test_jwks_keys_rotation_refetch_and_rate_limit(jwks_server: JwksServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jwks_mod, "MIN_REFETCH_INTERVAL", 0.6)
+def test_jwks_keys_rotation_refetch_and_rate_limit(jwks_server: JwksServer) -> None:
+    now = [1000.0]  # the node's monotonic clock, moved by hand past the refetch interval
     key_a = RSA_OTHER
     key_b = EC256
     jwks_server.doc = {"keys": [jwk(key_a, "a", "RS256"), {"kty": "oct", "kid": "s", "k": b64(SECRET.encode())}]}
@@ -480,7 +486,7 @@ def test_jwks_keys_rotation_refetch_and_rate_limit(jwks_server: JwksServer, monk
 
         # rotation: the set now holds only kid "b"; a token signed by b triggers a refetch
         jwks_server.doc = {"keys": [jwk(key_b, "b")]}  # no "alg": ES256 from the P-256 curve
-        await trio.sleep(0.65)
+        now[0] += jwks_mod.MIN_REFETCH_INTERVAL
         fetched = jwks_server.fetches
         ctx = bearer(idp_token(key_b, "ES256", "b"))
         pending = p.on_request(ctx)
@@ -499,14 +505,14 @@ def test_jwks_keys_rotation_refetch_and_rate_limit(jwks_server: JwksServer, monk
         assert isinstance(resp, LocalResponse) and resp.reason == "jwt_unknown_key"
 
         # once the interval has passed, an unknown kid may fetch again (and is still unknown)
-        await trio.sleep(0.65)
+        now[0] += jwks_mod.MIN_REFETCH_INTERVAL
         resp = await settle(env, p.on_request(bearer(idp_token(key_b, "ES256", "zz"))))
         assert isinstance(resp, LocalResponse) and resp.reason == "jwt_unknown_key"
         assert jwks_server.fetches == fetched + 2
 
         # a failing refresh keeps the last good key set
         jwks_server.status = 500
-        await trio.sleep(0.65)
+        now[0] += jwks_mod.MIN_REFETCH_INTERVAL
         resp = await settle(env, p.on_request(bearer(idp_token(key_b, "ES256", "yy"))))
         assert isinstance(resp, LocalResponse) and resp.reason == "jwt_unknown_key"
         assert jwks_server.fetches == fetched + 3
@@ -524,7 +530,7 @@ def test_jwks_keys_rotation_refetch_and_rate_limit(jwks_server: JwksServer, monk
         resp = p.on_request(bearer(idp_token(key_b, "ES256", "b", sub=None)))
         assert isinstance(resp, LocalResponse) and resp.reason == "jwt_no_consumer"
 
-    run_node(CONSUMERS, body)
+    run_node(CONSUMERS, body, clock=lambda: now[0])
 
 
 def test_jwks_background_refresh_picks_up_new_keys(jwks_server: JwksServer) -> None:

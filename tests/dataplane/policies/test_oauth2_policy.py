@@ -108,26 +108,29 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_ctx(path: str = "/", headers: Iterable[tuple[str, str]] = ()) -> RequestContext:
+def make_ctx(path: str = "/", headers: Iterable[tuple[str, str]] = (), now: float | None = None) -> RequestContext:
     lines = [f"GET {path} HTTP/1.1", "Host: api.test", *(f"{k}: {v}" for k, v in headers)]
     reader = RequestReader()
     reader.feed(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     head = reader.events.popleft()
     assert isinstance(head, RequestHead)
-    return RequestContext(head, "127.0.0.1", "main", "route", time.monotonic())
+    return RequestContext(head, "127.0.0.1", "main", "route", time.monotonic() if now is None else now)
 
 
-def bearer(token: str) -> RequestContext:
-    return make_ctx(headers=[("Authorization", f"Bearer {token}")])
+def bearer(token: str, now: float | None = None) -> RequestContext:
+    return make_ctx(headers=[("Authorization", f"Bearer {token}")], now=now)
 
 
-def run_node(body: Callable[[PolicyEnv], Awaitable[None]], limit: float = 20.0) -> None:
+def run_node(
+    body: Callable[[PolicyEnv], Awaitable[None]], limit: float = 20.0, clock: Callable[[], float] = time.monotonic
+) -> None:
     async def main() -> None:
         reactor = Reactor()
         with trio.fail_after(limit):
             async with trio.open_nursery() as nursery:
                 await nursery.start(reactor.run)
-                env = PolicyEnv(consumers=ConsumerIndex(CONSUMERS), services=SharedServices(nursery), reactor=reactor)
+                services = SharedServices(nursery)
+                env = PolicyEnv(consumers=ConsumerIndex(CONSUMERS), services=services, reactor=reactor, clock=clock)
                 await body(env)
                 nursery.cancel_scope.cancel()
 
@@ -228,6 +231,36 @@ def test_inactive_and_stale_tokens_are_401_and_cached_briefly(server: Introspect
         assert p.denied == {"inactive": 4}
 
     run_node(body)
+
+
+def test_cached_answers_expire_on_the_node_clock(server: IntrospectionServer) -> None:
+    now = [500.0]  # the node's monotonic clock (PolicyEnv.clock), moved by hand
+
+    async def body(env: PolicyEnv) -> None:
+        p = policy(env, server.url, cache_ttl="30s")
+        assert await settle(env, p.on_request(bearer("good", now[0]))) is None
+        resp = await settle(env, p.on_request(bearer("revoked", now[0])))
+        assert isinstance(resp, LocalResponse) and resp.reason == "oauth2_inactive"
+        assert server.calls == {"good": 1, "revoked": 1}
+
+        now[0] += 9.9  # both answers still cached
+        assert p.on_request(bearer("good", now[0])) is None
+        assert isinstance(p.on_request(bearer("revoked", now[0])), LocalResponse)
+        assert server.calls == {"good": 1, "revoked": 1}
+
+        now[0] += 0.2  # past INACTIVE_TTL (10 s): the negative answer is asked again
+        resp = await settle(env, p.on_request(bearer("revoked", now[0])))
+        assert isinstance(resp, LocalResponse) and resp.reason == "oauth2_inactive"
+        assert p.on_request(bearer("good", now[0])) is None
+        assert server.calls == {"good": 1, "revoked": 2}
+
+        now[0] += 20  # past cache_ttl (30 s): the active token is introspected again
+        pending = p.on_request(bearer("good", now[0]))
+        assert pending is not None and not isinstance(pending, LocalResponse)
+        assert await settle(env, pending) is None
+        assert server.calls == {"good": 2, "revoked": 2}
+
+    run_node(body, clock=lambda: now[0])
 
 
 def test_missing_scope_is_403(server: IntrospectionServer) -> None:
