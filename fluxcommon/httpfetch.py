@@ -10,6 +10,7 @@ httpx picks the running event loop itself, and the overall time bound is anyio's
   within `time_limit` seconds; any failure is a `FetchError` whose message says what happened.
 - `status_of(...)`: one request whose answer's status is all that matters (health probes):
   the body is not read.
+- `url_for(...)`: the URL of a path at an address and port (IPv6 in brackets).
 
 The proxy's own upstream traffic does not come here: it runs on the node's reactor.
 """
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-__all__ = ["FetchError", "client", "fetch", "ssl_context", "status_of"]
+__all__ = ["FetchError", "client", "fetch", "ssl_context", "status_of", "url_for"]
 
 Headers = Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]] | Mapping[str, str]
 
@@ -63,6 +64,12 @@ def client(
         trust_env=False,
         headers=headers,
     )
+
+
+def url_for(scheme: str, host: str, port: int, path: str = "/") -> str:
+    """`scheme://host:port/path` (an IPv6 address in brackets; a path without its leading "/" gets one)."""
+    netloc = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{scheme}://{netloc}:{port}{path if path.startswith('/') else '/' + path}"
 
 
 def _failure(exc: Exception, url: str, time_limit: float) -> FetchError:
