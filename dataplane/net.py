@@ -1,6 +1,6 @@
-"""Thin trio I/O on raw non-blocking stdlib sockets: the node's only socket code.
+"""Thin trio I/O on raw non-blocking stdlib sockets: layer 4, listeners and health probes.
 
-The hot path calls the socket first and parks on `trio.lowlevel.wait_readable`
+Each call tries the socket first and parks on `trio.lowlevel.wait_readable`
 / `wait_writable` only when the kernel says it would block. When data is
 already there this costs one system call and no trip through the scheduler,
 which is what makes a Python proxy fast enough; every wait is still a trio
