@@ -21,6 +21,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 
 import trio
 from trio.lowlevel import wait_readable
@@ -28,6 +29,7 @@ from trio.lowlevel import wait_readable
 from dataplane import net
 from dataplane.config.runtime import ClusterRuntime, ListenerRuntime
 from dataplane.tunnel.sni import MAX_HELLO, NeedMore, sni_from
+from fluxcommon.bytepipe import forward
 
 log = logging.getLogger("flux.l4")
 
@@ -48,20 +50,14 @@ def _listener_of(svc, listener: str) -> ListenerRuntime | None:  # type: ignore[
 
 
 async def _pipe(src: socket.socket, dst: socket.socket, counter: list[int], i: int, seen: list[float]) -> None:
-    try:
-        while True:
-            data = await net.recv(src)
-            if not data:
-                break
-            counter[i] += len(data)
-            seen[0] = trio.current_time()
-            await net.send_all(dst, data)
-    except OSError:
-        pass
-    try:
-        dst.shutdown(socket.SHUT_WR)  # a half-close goes on; the other direction keeps flowing
-    except OSError:
-        pass
+    """One direction (the shared `fluxcommon.bytepipe.forward`): a half-close goes on, the other
+    direction keeps flowing; every chunk counts in `counter[i]` and restarts the idle clock."""
+
+    def count(n: int) -> None:
+        counter[i] += n
+        seen[0] = trio.current_time()
+
+    await forward(partial(net.recv, src), partial(net.send_all, dst), partial(dst.shutdown, socket.SHUT_WR), count)
 
 
 async def _relay(client: socket.socket, up: socket.socket, counts: list[int], idle: float) -> None:

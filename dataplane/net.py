@@ -1,6 +1,6 @@
-"""Thin trio I/O on raw non-blocking stdlib sockets: the node's only socket code.
+"""Thin trio I/O on raw non-blocking stdlib sockets: layer 4, listeners and health probes.
 
-The hot path calls the socket first and parks on `trio.lowlevel.wait_readable`
+Each call tries the socket first and parks on `trio.lowlevel.wait_readable`
 / `wait_writable` only when the kernel says it would block. When data is
 already there this costs one system call and no trip through the scheduler,
 which is what makes a Python proxy fast enough; every wait is still a trio
@@ -8,21 +8,45 @@ checkpoint, so timeouts and cancellation work as usual.
 
 Rules for callers: a socket passed here is non-blocking and owned by one task;
 close it with `close()` (which tells trio first) and never use it after.
+
+The HTTP hot path does not use this module: it runs on `dataplane.reactor`, which waits on its
+own epoll. What the two layers have in common (`ConnectError`, address resolution, the upstream
+socket's options, accept's error classes) lives once, in `dataplane.sockbase`.
 """
 
 from __future__ import annotations
 
-import errno
 import socket
 
 import trio
 from trio.lowlevel import notify_closing, wait_readable, wait_writable
 
+from dataplane.sockbase import (
+    ACCEPT_EXHAUSTED,
+    ACCEPT_RETRY,
+    CONNECT_PENDING,
+    ConnectError,
+    connect_failed,
+    connect_timed_out,
+    numeric_addr,
+    resolve,
+    set_nodelay,
+    tcp_socket,
+)
+
+__all__ = [
+    "RECV_SIZE",
+    "ConnectError",
+    "accept",
+    "close",
+    "connect",
+    "listen_socket",
+    "recv",
+    "send_all",
+    "set_nodelay",
+]
+
 RECV_SIZE = 65536
-
-
-class ConnectError(OSError):
-    """The upstream refused, was unreachable, or did not answer in time."""
 
 
 async def recv(sock: socket.socket, size: int = RECV_SIZE) -> bytes:
@@ -61,36 +85,22 @@ def close(sock: socket.socket) -> None:
         sock.close()
 
 
-def set_nodelay(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
 async def connect(host: str, port: int, connect_timeout: float) -> socket.socket:
-    """A connected non-blocking TCP socket, or ConnectError."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except socket.gaierror:
-        infos = await trio.to_thread.run_sync(
-            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), abandon_on_cancel=True
-        )
-    family, _type, proto, _name, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM, proto)
-    sock.setblocking(False)
-    set_nodelay(sock)
+    """A connected non-blocking TCP socket, or ConnectError (refused, unreachable, unresolvable,
+    timed out)."""
+    info = numeric_addr(host, port) or await resolve(host, port)
+    sock = tcp_socket(info)
     try:
         with trio.fail_after(connect_timeout):
-            err = sock.connect_ex(addr)
-            if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            err = sock.connect_ex(info[4])
+            if err in CONNECT_PENDING:
                 await wait_writable(sock)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                raise ConnectError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
+                raise connect_failed(host, port, err)
     except trio.TooSlowError:
         close(sock)
-        raise ConnectError(errno.ETIMEDOUT, f"connect to {host}:{port}: timed out after {connect_timeout:g}s") from None
+        raise connect_timed_out(host, port, connect_timeout) from None
     except BaseException:
         close(sock)
         raise
@@ -127,10 +137,10 @@ async def accept(lsock: socket.socket) -> tuple[socket.socket, tuple[str, int]]:
             await wait_readable(lsock)
             continue
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if exc.errno in ACCEPT_EXHAUSTED:
                 await trio.sleep(0.1)  # out of descriptors: back off instead of spinning
                 continue
-            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+            if exc.errno in ACCEPT_RETRY:
                 continue
             raise
         conn.setblocking(False)

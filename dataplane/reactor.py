@@ -39,6 +39,21 @@ from typing import Any
 import trio
 from trio.lowlevel import wait_readable
 
+from dataplane.sockbase import (
+    ACCEPT_EXHAUSTED,
+    ACCEPT_RETRY,
+    CONNECT_PENDING,
+    ConnectError,
+    connect_failed,
+    connect_timed_out,
+    numeric_addr,
+    resolve,
+    set_nodelay,
+    tcp_socket,
+)
+
+__all__ = ["RECV_SIZE", "ConnectError", "REvent", "RSock", "Reactor", "Task", "Timer", "connect"]
+
 log = logging.getLogger("flux.reactor")
 _last_exhausted_log = [-math.inf]  # when "accept failed" was last logged (at most once a second)
 
@@ -47,10 +62,6 @@ _IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _OUT = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
-
-
-class ConnectError(OSError):
-    """The upstream refused, was unreachable, or did not answer in time."""
 
 
 class Task:
@@ -221,7 +232,7 @@ class RSock(_Park):
                 await self._wait(1)
                 continue
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if exc.errno in ACCEPT_EXHAUSTED:
                     self.reactor.fd_exhausted += 1
                     now = time.monotonic()
                     if now - _last_exhausted_log[0] >= 1.0:
@@ -229,14 +240,11 @@ class RSock(_Park):
                         log.warning("accept failed: %s; backing off (raise `ulimit -n`?)", exc.strerror or exc)
                     await self.reactor.sleep(0.1)  # out of descriptors: back off instead of spinning
                     continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                if exc.errno in ACCEPT_RETRY:
                     continue
                 raise
             conn.setblocking(False)
-            try:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            set_nodelay(conn)
             return conn, addr[:2]
 
     def shutdown_write(self) -> None:
@@ -560,24 +568,16 @@ class Reactor:
 
 
 async def connect(reactor: Reactor, host: str, port: int, connect_timeout: float) -> RSock:
-    """A connected socket in the reactor, or ConnectError (refused, unreachable, timed out);
-    OSError(EMFILE) when the reactor holds `max_sockets` already (the node's reserve)."""
+    """A connected socket in the reactor, or ConnectError (refused, unreachable, unresolvable,
+    timed out); OSError(EMFILE) when the reactor holds `max_sockets` already (the node's reserve).
+    A name (not a numeric address) is resolved in a trio worker thread (`Reactor.to_trio`)."""
     if reactor.max_sockets and len(reactor._socks) >= reactor.max_sockets:
         raise OSError(errno.EMFILE, "no descriptor free outside the node's reserve")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except socket.gaierror:
-        infos = await reactor.to_trio(_resolve, host, port)
-    family, _type, proto, _name, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM, proto)
-    sock.setblocking(False)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
+    info = numeric_addr(host, port) or await reactor.to_trio(resolve, host, port)
+    sock = tcp_socket(info)
     rs = reactor.wrap(sock)
-    err = sock.connect_ex(addr)
-    if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+    err = sock.connect_ex(info[4])
+    if err in CONNECT_PENDING:
         rs.writable = False
         task = reactor.current
         assert task is not None, "connect() outside a reactor task"
@@ -586,9 +586,7 @@ async def connect(reactor: Reactor, host: str, port: int, connect_timeout: float
             await rs._wait(2)
         except _ConnectTimeout:
             rs.close()
-            raise ConnectError(
-                errno.ETIMEDOUT, f"connect to {host}:{port}: timed out after {connect_timeout:g}s"
-            ) from None
+            raise connect_timed_out(host, port, connect_timeout) from None
         except BaseException:
             rs.close()  # interrupted by another exception (the proxy's timeout, a drain): do not leak it
             raise
@@ -597,19 +595,10 @@ async def connect(reactor: Reactor, host: str, port: int, connect_timeout: float
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         rs.close()
-        raise ConnectError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
+        raise connect_failed(host, port, err)
     rs.readable = False
     return rs
 
 
 class _ConnectTimeout(Exception):
     pass
-
-
-async def _resolve(host: str, port: int) -> list[Any]:
-    try:
-        return await trio.to_thread.run_sync(
-            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), abandon_on_cancel=True
-        )
-    except socket.gaierror as exc:
-        raise ConnectError(errno.EHOSTUNREACH, f"cannot resolve {host}: {exc}") from None

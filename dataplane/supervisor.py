@@ -24,9 +24,9 @@ from typing import Any
 
 import trio
 
-from dataplane import net
 from dataplane.admin import AdminRequest, AdminServer, Reply, json_body
-from dataplane.http.response import ResponseReader
+from fluxcommon import httpfetch
+from fluxcommon.httpfetch import FetchError
 
 log = logging.getLogger("flux.supervisor")
 
@@ -62,27 +62,21 @@ def _worker_argv(args: argparse.Namespace, index: int, report: pathlib.Path) -> 
 FETCH_TIMEOUT = 2.0
 
 
+MAX_WORKER_ANSWER = 64 << 20  # a worker's /metrics or /config_dump
+
+
 async def _fetch(port: int, path: str) -> tuple[int, bytes]:
-    """GET http://127.0.0.1:PORT/PATH from a worker's admin endpoint (2 s at most)."""
-    with trio.fail_after(FETCH_TIMEOUT):
-        sock = await net.connect("127.0.0.1", port, FETCH_TIMEOUT)
-        try:
-            await net.send_all(sock, f"GET {path} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n".encode())
-            reader = ResponseReader()
-            body: list[bytes] = []
-            while not reader.done:
-                data = await net.recv(sock)
-                if not data:
-                    reader.eof()
-                    break
-                reader.feed(data)
-                for ev in reader.events:
-                    if isinstance(ev, bytes):
-                        body.append(ev)
-                reader.events.clear()
-            return (reader.head.status if reader.head else 502), b"".join(body)
-        finally:
-            net.close(sock)
+    """GET http://127.0.0.1:PORT/PATH from a worker's admin endpoint (2 s at most; httpx through
+    `fluxcommon.httpfetch`); FetchError when the worker does not answer."""
+    async with httpfetch.client(max_connections=1, keepalive=False) as http:
+        return await httpfetch.fetch(
+            http,
+            "GET",
+            f"http://127.0.0.1:{port}{path}",
+            headers=[("Host", "worker")],
+            time_limit=FETCH_TIMEOUT,
+            max_body=MAX_WORKER_ANSWER,
+        )
 
 
 def _merge_metrics(parts: list[tuple[int, bytes]]) -> bytes:
@@ -135,7 +129,7 @@ class Supervisor:
                 try:
                     status, _ = await _fetch(w.admin_port, "/ready")
                     ok = status == 200
-                except (OSError, trio.TooSlowError):
+                except FetchError:
                     ok = False
             states.append({"worker": w.index, "ready": ok, "pid": w.proc.pid if w.proc else None})
         ready = all(s["ready"] for s in states) and not self.stopping
@@ -149,7 +143,7 @@ class Supervisor:
                     status, body = await _fetch(w.admin_port, "/metrics")
                     if status == 200:
                         parts.append((w.index, body))
-                except (OSError, trio.TooSlowError):
+                except FetchError:
                     pass
         return 200, "text/plain; version=0.0.4", _merge_metrics(parts)
 
@@ -161,7 +155,7 @@ class Supervisor:
                 status, body = await _fetch(w.admin_port, path) if w.admin_port else (503, b"null")
                 entry["status"] = status
                 entry["body"] = json.loads(body or b"null")
-            except (OSError, trio.TooSlowError, ValueError) as exc:
+            except (FetchError, ValueError) as exc:
                 entry["error"] = str(exc)
             out.append(entry)
         return 200, "application/json", json_body({"workers": out})

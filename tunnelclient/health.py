@@ -1,6 +1,6 @@
 """Local health checks of a proxy's service (frp's healthCheck): withdraw it while it fails.
 
-`tcp`: connect to localIP:localPort. `http`: GET `path` there, any 2xx is healthy (frp's
+`tcp`: connect to localIP:localPort. `http`: GET `path` there (httpx), any 2xx is healthy (frp's
 rule, `fluxcommon.health.HTTP_2XX`; the node and the control plane accept 200-399). After
 `maxFailed` failures in a row the agent closes the proxy on the node (a load-balancing group
 then sends everything to the other agents); the first success registers it again: the
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from fluxcommon import httpfetch
 from fluxcommon.health import HTTP_2XX, State, StatusRule, Verdict
 
 if TYPE_CHECKING:
@@ -31,32 +32,34 @@ async def probe(
     headers: tuple[tuple[str, str], ...] = (),
     rule: StatusRule = HTTP_2XX,
 ) -> str | None:
-    """None when healthy, else what failed."""
+    """None when healthy, else what failed. `http`: a GET with httpx (`fluxcommon.httpfetch`)."""
+    if kind == "http":
+        return await _probe_http(host, port, path, limit, headers, rule)
     try:
         with trio.fail_after(limit):
             stream = await trio.open_tcp_stream(host, port)
-            try:
-                if kind != "http":
-                    return None
-                extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
-                req = f"GET {path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n"
-                await stream.send_all(req.encode())
-                data = b""
-                while b"\r\n" not in data and len(data) < 4096:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            finally:
-                await stream.aclose()
+            await stream.aclose()
     except trio.TooSlowError:
         return f"no answer within {limit:g}s"
     except OSError as exc:
         return str(exc.strerror or exc)
-    parts = data.split(b"\r\n", 1)[0].split(b" ")
-    if len(parts) < 2 or not parts[1].isdigit():
-        return "not an HTTP response"
-    status = int(parts[1])
+    return None
+
+
+async def _probe_http(
+    host: str, port: int, path: str, limit: float, headers: tuple[tuple[str, str], ...], rule: StatusRule
+) -> str | None:
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        async with httpfetch.client(max_connections=1, keepalive=False) as http:
+            status = await httpfetch.status_of(
+                http,
+                httpfetch.url_for("http", host, port, path or "/"),
+                headers=[("Host", netloc), *headers],
+                time_limit=limit,
+            )
+    except httpfetch.FetchError as exc:
+        return str(exc)
     return None if rule.accepts(status) else f"HTTP {status}"
 
 

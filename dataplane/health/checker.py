@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -37,7 +38,16 @@ log = logging.getLogger("flux.health")
 
 
 async def probe(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None = None) -> tuple[bool, str]:
-    """One check of `ep`: (healthy, what was seen); over TLS when the cluster speaks it."""
+    """One check of `ep`: (healthy, what was seen); over TLS when the cluster speaks it.
+
+    Hand-written, not httpx, for two reasons. Over TLS the probe must use the cluster's own
+    `ssl.SSLContext` (its CA, client certificate and verification), and that context is shared
+    with the proxy's upstream connections on the reactor: httpcore calls `set_alpn_protocols`
+    on any context it is given, which would take `h2` away from an http2 cluster's traffic.
+    And the probe reads only the status line and headers (`ResponseReader`, the parser the
+    proxy uses), connecting to the endpoint's address while naming `hc.host` (or the
+    endpoint) in Host. The exchange itself is one function for both, `_http_status`.
+    """
     timeout = (hc.timeout_ms or 2000) / 1000
     if tls is not None:
         return await _probe_tls(ep, hc, tls, limit=timeout)
@@ -47,23 +57,7 @@ async def probe(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None =
             try:
                 if hc.type == "tcp":
                     return True, "tcp connect ok"
-                host = hc.host or ep.key
-                request = (
-                    f"GET {hc.path or '/'} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: flux-health-check\r\n"
-                    "Connection: close\r\nAccept: */*\r\n\r\n"
-                ).encode()
-                await net.send_all(sock, request)
-                reader = ResponseReader()
-                while reader.head is None:
-                    data = await net.recv(sock)
-                    if not data:
-                        if reader.eof() and reader.head is not None:
-                            break
-                        return False, "connection closed before a response"
-                    reader.feed(data)
-                status = reader.head.status
-                ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
-                return ok, f"http {status}"
+                return await _http_status(hc, ep, partial(net.send_all, sock), partial(net.recv, sock), "http")
             finally:
                 net.close(sock)
     except trio.TooSlowError:
@@ -72,6 +66,32 @@ async def probe(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None =
         return False, str(exc.strerror or exc)
     except (OSError, UpstreamProtocolError) as exc:
         return False, f"error: {exc}"
+
+
+async def _http_status(
+    hc: pb.HealthCheck,
+    ep: EndpointState,
+    send_all: Callable[[bytes], Awaitable[None]],
+    recv: Callable[[], Awaitable[bytes | bytearray]],
+    scheme: str,
+) -> tuple[bool, str]:
+    """GET `hc.path` and judge the status (the expected ones, else 200-399: `fluxcommon.health`)."""
+    request = (
+        f"GET {hc.path or '/'} HTTP/1.1\r\nHost: {hc.host or ep.key}\r\nUser-Agent: flux-health-check\r\n"
+        "Connection: close\r\nAccept: */*\r\n\r\n"
+    ).encode()
+    await send_all(request)
+    reader = ResponseReader()
+    while reader.head is None:
+        data = await recv()
+        if not data:
+            if reader.eof() and reader.head is not None:
+                break
+            return False, "connection closed before a response"
+        reader.feed(bytes(data))
+    status = reader.head.status
+    ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
+    return ok, f"{scheme} {status}"
 
 
 async def _probe_tls(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *, limit: float) -> tuple[bool, str]:
@@ -86,20 +106,7 @@ async def _probe_tls(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *,
                 await stream.do_handshake()
                 if hc.type == "tcp":
                     return True, "tls handshake ok"
-                request = (
-                    f"GET {hc.path or '/'} HTTP/1.1\r\nHost: {hc.host or ep.key}\r\nUser-Agent: flux-health-check\r\n"
-                    "Connection: close\r\nAccept: */*\r\n\r\n"
-                ).encode()
-                await stream.send_all(request)
-                reader = ResponseReader()
-                while reader.head is None:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return False, "connection closed before a response"
-                    reader.feed(data)
-                status = reader.head.status
-                ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
-                return ok, f"https {status}"
+                return await _http_status(hc, ep, stream.send_all, partial(stream.receive_some, 65536), "https")
     except trio.TooSlowError:
         return False, f"timed out after {timeout:g}s"
     except trio.BrokenResourceError as exc:

@@ -68,6 +68,7 @@ from dataplane.tls.identity import ClientIdentity
 from dataplane.tls.rsock import TlsRSock
 from dataplane.upstream import h1
 from dataplane.upstream.h1 import ClientGone
+from fluxcommon.bytepipe import forward
 
 if TYPE_CHECKING:
     from dataplane.upstream.h1 import H1Response
@@ -514,19 +515,10 @@ async def splice(reactor: Reactor, client: RSock, upstream: RSock, first: bytes 
     running = [2]
 
     async def pipe(src: RSock, dst: RSock, i: int) -> None:
-        try:
-            while True:
-                data = await src.recv()
-                if not data:
-                    break
-                counts[i] += len(data)
-                await dst.send_all(data)
-        except OSError:
-            pass
-        try:
-            dst.shutdown_write()
-        except OSError:
-            pass
+        def count(n: int) -> None:
+            counts[i] += n
+
+        await forward(src.recv, dst.send_all, dst.shutdown_write, count)  # the shared loop (fluxcommon.bytepipe)
         running[0] -= 1
         if running[0] == 0 or i == 1:  # both directions done, or the upstream closed
             done.set()

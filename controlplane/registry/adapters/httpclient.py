@@ -1,10 +1,11 @@
-"""A small JSON-over-HTTP client on httpcore for the HTTP registry adapters (Consul, Nacos, Eureka).
+"""A small JSON-over-HTTP client on httpx for the HTTP registry adapters (Consul, Nacos, Eureka).
 
 `HttpClient(base_url)` keeps a connection pool to one registry; `request` sends a query
 string, a JSON or form body and headers, bounds each phase by `time_limit` (blocking
 queries pass a longer one), and returns status, headers (lower-case names) and body.
 `HttpError` carries a non-2xx answer; `json()` decodes a body or raises `HttpError`.
-Nothing here knows any registry.
+Nothing here knows any registry. The httpx client is the shared recipe of `fluxcommon.httpfetch`
+(no retries, no redirects, no proxies from the environment), verifying TLS against the system's roots.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import httpcore
+import httpx
+
+from fluxcommon import httpfetch
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -43,8 +46,8 @@ class HttpResponse:
         return self.body.decode("utf-8", "replace")
 
 
-def _timeouts(limit: float) -> dict[str, float]:
-    return {"connect": min(limit, 5.0), "read": limit, "write": limit, "pool": limit}
+def _timeouts(limit: float) -> httpx.Timeout:
+    return httpx.Timeout(limit, connect=min(limit, 5.0))
 
 
 def path_quote(segment: str) -> str:
@@ -70,10 +73,8 @@ class HttpClient:
         if basic_auth is not None:
             token = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
             self.headers["authorization"] = f"Basic {token}"
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context() if parts.scheme == "https" else None,
-            max_connections=32,
-            keepalive_expiry=30.0,
+        self._http = httpfetch.client(
+            max_connections=32, verify=ssl.create_default_context() if parts.scheme == "https" else None
         )
 
     def url(self, path: str, params: dict[str, Any] | None = None) -> str:
@@ -102,23 +103,21 @@ class HttpClient:
         if content or method in ("POST", "PUT", "PATCH"):
             sent["content-length"] = str(len(content))
         try:
-            resp = await self._pool.request(
+            resp = await self._http.request(
                 method,
                 self.url(path, params),
                 headers=list(sent.items()),
                 content=content or None,
-                extensions={"timeout": _timeouts(time_limit)},
+                timeout=_timeouts(time_limit),
             )
-        except httpcore.TimeoutException as exc:
+        except httpx.TimeoutException as exc:
             raise HttpError(0, f"{method} {path}: timed out ({type(exc).__name__})") from exc
-        except httpcore.NetworkError as exc:
+        except httpx.NetworkError as exc:
             raise HttpError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        except httpcore.ProtocolError as exc:
+        except httpx.ProtocolError as exc:
             raise HttpError(0, f"{method} {path}: protocol error: {exc}") from exc
-        out = HttpResponse(
-            resp.status, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}, resp.content
-        )
-        return out
+        headers_in = {k.lower(): v for k, v in resp.headers.multi_items()}
+        return HttpResponse(resp.status_code, headers_in, resp.content)
 
     async def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 204), **kw: Any) -> HttpResponse:
         """`request`, raising HttpError unless the status is in `ok`."""
@@ -128,4 +127,4 @@ class HttpClient:
         return resp
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._http.aclose()

@@ -8,24 +8,23 @@
   upstream who it is (`X-Consumer-Name`, `X-Consumer-Groups`; client-sent copies are dropped).
 - `AuthPolicy`: the base with the counters the node exports (`allowed`, `denied[reason]`).
 - `TtlCache`: a bounded LRU whose entries also expire.
-- `http_request`: one bounded HTTP exchange with httpcore (trio side only).
+- `http_request`: one bounded HTTP exchange (httpx, through `fluxcommon.httpfetch`; trio side only).
 """
 
 from __future__ import annotations
 
-import functools
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-import httpcore
-import trio
+import httpx
 
 from dataplane.http.cookies import request_cookie
 from dataplane.policies.base import Consumer, LocalResponse, Policy, RequestContext
+from fluxcommon import httpfetch
+from fluxcommon.httpfetch import FetchError  # noqa: F401 (the policies catch it from here)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -290,10 +289,6 @@ class TtlCache(Generic[K, V]):
 # -- HTTP (trio side) --------------------------------------------------------------------------
 
 
-class FetchError(Exception):
-    """An HTTP exchange with an auth server failed (connect, timeout, protocol, size)."""
-
-
 def check_http_url(url: str, what: str) -> str:
     """`url` if it is an absolute http(s) URL with a host; ValueError otherwise."""
     try:
@@ -305,26 +300,13 @@ def check_http_url(url: str, what: str) -> str:
     return url
 
 
-@functools.cache
-def ssl_context() -> ssl.SSLContext:
-    """One verifying TLS context for every auth fetch (building one costs milliseconds)."""
-    import certifi
-
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-def connection_pool(url: str, max_connections: int = 10) -> httpcore.AsyncConnectionPool:
-    https = url.lower().startswith("https:")
-    return httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context() if https else None,
-        max_connections=max_connections,
-        keepalive_expiry=30.0,
-        retries=0,
-    )
+def connection_pool(url: str, max_connections: int = 10) -> httpx.AsyncClient:
+    """A client for `http_request` (the shared httpx recipe of `fluxcommon.httpfetch`)."""
+    return httpfetch.client(max_connections=max_connections)
 
 
 async def http_request(
-    pool: httpcore.AsyncConnectionPool,
+    pool: httpx.AsyncClient,
     method: str,
     url: str,
     *,
@@ -334,25 +316,6 @@ async def http_request(
     max_body: int = 1 << 20,
 ) -> tuple[int, bytes]:
     """(status, body) of one request; FetchError on any failure, within `time_limit` seconds."""
-    ext = {"timeout": {"connect": time_limit, "read": time_limit, "write": time_limit, "pool": time_limit}}
-    try:
-        with trio.fail_after(time_limit):
-            async with pool.stream(method, url, headers=headers, content=body, extensions=ext) as resp:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_stream():
-                    size += len(chunk)
-                    if size > max_body:
-                        raise FetchError(f"response larger than {max_body} bytes")
-                    chunks.append(chunk)
-                return resp.status, b"".join(chunks)
-    except trio.TooSlowError:
-        raise FetchError(f"no answer within {time_limit:g}s") from None
-    except httpcore.TimeoutException:
-        raise FetchError(f"no answer within {time_limit:g}s") from None
-    except (httpcore.ConnectError, httpcore.NetworkError) as exc:
-        raise FetchError(f"cannot reach {urlsplit(url).netloc}: {exc or type(exc).__name__}") from None
-    except (httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-        raise FetchError(f"bad answer: {exc or type(exc).__name__}") from None
-    except OSError as exc:
-        raise FetchError(f"cannot reach {urlsplit(url).netloc}: {exc}") from None
+    return await httpfetch.fetch(
+        pool, method, url, headers=headers, body=body, time_limit=time_limit, max_body=max_body
+    )

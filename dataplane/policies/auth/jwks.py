@@ -2,7 +2,7 @@
 
 One `JwksCache` per URL lives in `env.services` (so it outlives snapshots and is
 shared by every jwt policy naming that URL). A trio task in the services nursery
-fetches the document (HTTP(S) GET with httpcore, bounded time and size, parsed
+fetches the document (HTTP(S) GET with httpx, bounded time and size, parsed
 with `jwt.PyJWKSet`) every `refresh` seconds. A token whose `kid` is unknown may
 trigger an early refetch (`refresh(kid)`, awaited by the policy through
 `reactor.to_trio`), at most once per `MIN_REFETCH_INTERVAL` seconds so random

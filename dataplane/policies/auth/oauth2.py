@@ -1,7 +1,7 @@
 """oauth2: opaque bearer tokens checked by RFC 7662 token introspection.
 
 The node POSTs `token=...&token_type_hint=access_token` to `introspection_url` with
-its client credentials (HTTP Basic, RFC 6749 §2.3.1), through httpcore on the trio
+its client credentials (HTTP Basic, RFC 6749 §2.3.1), through httpx on the trio
 side (`env.reactor.to_trio`), within `timeout`. Results are cached (SHA-256 of the
 token -> result) in an `Introspector` kept in `env.services` per (url, client_id):
 an active token until min(its exp, now + cache_ttl), an inactive one for
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
-import httpcore
+import httpx
 import trio
 
 from dataplane.policies.auth.common import (
@@ -80,7 +80,7 @@ class Introspector:
         self.calls = 0  # introspection requests sent
         self.errors = 0
         self._inflight: dict[bytes, trio.Event] = {}
-        self._pool: httpcore.AsyncConnectionPool | None = None
+        self._pool: httpx.AsyncClient | None = None
         self._nursery = nursery
         self._failing = False
 
@@ -151,7 +151,7 @@ class Introspector:
             self._nursery.start_soon(_aclose, pool)
 
 
-async def _aclose(pool: httpcore.AsyncConnectionPool) -> None:
+async def _aclose(pool: httpx.AsyncClient) -> None:
     try:
         await pool.aclose()
     except Exception:

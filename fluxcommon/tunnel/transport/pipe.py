@@ -6,7 +6,8 @@
 - `TransformStream`: a stream seen through a per-stream `Outbound`/`Inbound` pair
   (useEncryption / useCompression).
 - `pipe(a, b)`: copy both ways until both directions ended, passing half-closes on, and
-  count bytes; a reset or error on either side closes both.
+  count bytes; a reset or error on either side closes both. The copying loop itself is the
+  one every byte pipe shares, `fluxcommon.bytepipe.copy`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
+from fluxcommon.bytepipe import copy
 from fluxcommon.tunnel.protocol.crypto import Inbound, Outbound
 from fluxcommon.tunnel.protocol.frames import ProtocolError
 from fluxcommon.tunnel.transport.sockstream import send_parts
@@ -155,32 +158,41 @@ class PipeStats:
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
+def _parts_size(parts: list[bytes | memoryview]) -> int:
+    return sum(map(len, parts))
+
+
 async def _copy(
     src: trio.abc.Stream,
     dst: trio.abc.Stream,
     count: Callable[[int], None],
     limit: Limit | None,
 ) -> None:
+    """One direction through the shared loop (`fluxcommon.bytepipe.copy`), paced by `limit`,
+    then the half-close."""
     size = limit.chunk() if limit is not None else CHUNK
+
+    async def pace(n: int) -> None:
+        if limit is not None:
+            delay = limit.take(n, trio.current_time())
+            if delay > 0:
+                await trio.sleep(delay)
+
     receive_parts = getattr(src, "receive_parts", None)
     if receive_parts is not None:
         # A tunnel stream's frames, gathered by one sendmsg when `dst` is a socket stream.
-        while parts := await receive_parts(size):
-            n = sum(map(len, parts))
-            if limit is not None:
-                delay = limit.take(n, trio.current_time())
-                if delay > 0:
-                    await trio.sleep(delay)
+        async def send_gathered(parts: list[bytes | memoryview]) -> None:
+            await pace(_parts_size(parts))
             await send_parts(dst, parts)
-            count(n)
+
+        await copy(partial(receive_parts, size), send_gathered, count, _parts_size)
     else:
-        while data := await src.receive_some(size):
-            if limit is not None:
-                delay = limit.take(len(data), trio.current_time())
-                if delay > 0:
-                    await trio.sleep(delay)
+
+        async def send(data: bytes | bytearray) -> None:
+            await pace(len(data))
             await dst.send_all(data)
-            count(len(data))
+
+        await copy(partial(src.receive_some, size), send, count)
     if isinstance(dst, trio.abc.HalfCloseableStream):
         await dst.send_eof()
     else:  # pragma: no cover - every stream we pipe can half-close
