@@ -11,12 +11,17 @@ its endpoint list change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import ConnectionTerminated, ResponseReceived, StreamReset
+from h2.exceptions import H2Error
 
 from dataplane import net
 from dataplane.balancing import EndpointState
@@ -37,8 +42,12 @@ from fluxcommon.health import HTTP_2XX_3XX, StatusRule
 log = logging.getLogger("flux.health")
 
 
-async def probe(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None = None) -> tuple[bool, str]:
-    """One check of `ep`: (healthy, what was seen); over TLS when the cluster speaks it.
+async def probe(
+    ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None = None, *, http2: bool = False
+) -> tuple[bool, str]:
+    """One check of `ep`: (healthy, what was seen); over TLS when the cluster speaks it, and in
+    HTTP/2 (`http2`: a `protocol: http2` cluster, whose endpoints may speak nothing else: h2c,
+    or TLS whose ALPN offers only h2) as Envoy checks such clusters.
 
     Hand-written, not httpx, for two reasons. Over TLS the probe must use the cluster's own
     `ssl.SSLContext` (its CA, client certificate and verification), and that context is shared
@@ -46,18 +55,20 @@ async def probe(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None =
     on any context it is given, which would take `h2` away from an http2 cluster's traffic.
     And the probe reads only the status line and headers (`ResponseReader`, the parser the
     proxy uses), connecting to the endpoint's address while naming `hc.host` (or the
-    endpoint) in Host. The exchange itself is one function for both, `_http_status`.
+    endpoint) in Host. The exchange itself is one function for both, `_http_status` (`_h2_status`
+    for an http2 cluster).
     """
     timeout = (hc.timeout_ms or 2000) / 1000
     if tls is not None:
-        return await _probe_tls(ep, hc, tls, limit=timeout)
+        return await _probe_tls(ep, hc, tls, limit=timeout, http2=http2)
     try:
         with trio.fail_after(timeout):
             sock = await net.connect(ep.address, ep.port, timeout)
             try:
                 if hc.type == "tcp":
                     return True, "tcp connect ok"
-                return await _http_status(hc, ep, partial(net.send_all, sock), partial(net.recv, sock), "http")
+                exchange = _h2_status if http2 else _http_status
+                return await exchange(hc, ep, partial(net.send_all, sock), partial(net.recv, sock), "http")
             finally:
                 net.close(sock)
     except trio.TooSlowError:
@@ -94,7 +105,62 @@ async def _http_status(
     return ok, f"{scheme} {status}"
 
 
-async def _probe_tls(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *, limit: float) -> tuple[bool, str]:
+async def _h2_status(
+    hc: pb.HealthCheck,
+    ep: EndpointState,
+    send_all: Callable[[bytes], Awaitable[None]],
+    recv: Callable[[], Awaitable[bytes | bytearray]],
+    scheme: str,
+) -> tuple[bool, str]:
+    """`_http_status` in HTTP/2 (the `h2` library, sans-IO): one GET on stream 1, judged by its
+    `:status`; the connection is closed with GOAWAY once the answer's headers are in."""
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [
+            (b":method", b"GET"),
+            (b":scheme", scheme.encode()),
+            (b":authority", (hc.host or ep.key).encode()),
+            (b":path", (hc.path or "/").encode()),
+            (b"user-agent", b"flux-health-check"),
+            (b"accept", b"*/*"),
+        ],
+        end_stream=True,
+    )
+    await send_all(conn.data_to_send())
+    while True:
+        data = await recv()
+        if not data:
+            return False, "connection closed before a response"
+        try:
+            events = conn.receive_data(bytes(data))
+        except H2Error as exc:
+            return False, f"HTTP/2 protocol error: {exc}"
+        for event in events:
+            if isinstance(event, ResponseReceived) and event.stream_id == stream_id:
+                status_text = dict(event.headers).get(b":status", b"")
+                if not status_text.isdigit():
+                    return False, "HTTP/2 response without a valid :status"
+                status = int(status_text)
+                conn.close_connection()
+                with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    await send_all(conn.data_to_send())
+                ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
+                return ok, f"{scheme} {status} (h2)"
+            if isinstance(event, StreamReset) and event.stream_id == stream_id:
+                return False, f"HTTP/2 stream reset (error code {event.error_code})"
+            if isinstance(event, ConnectionTerminated):
+                return False, f"HTTP/2 GOAWAY (error code {event.error_code})"
+        pending = conn.data_to_send()
+        if pending:  # SETTINGS ACKs, PING answers, window updates
+            await send_all(pending)
+
+
+async def _probe_tls(
+    ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *, limit: float, http2: bool = False
+) -> tuple[bool, str]:
     """The same check over TLS, with the cluster's context (CA, verification, client certificate, SNI)."""
     timeout = limit
     try:
@@ -106,7 +172,8 @@ async def _probe_tls(ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *,
                 await stream.do_handshake()
                 if hc.type == "tcp":
                     return True, "tls handshake ok"
-                return await _http_status(hc, ep, stream.send_all, partial(stream.receive_some, 65536), "https")
+                exchange = _h2_status if http2 else _http_status
+                return await exchange(hc, ep, stream.send_all, partial(stream.receive_some, 65536), "https")
     except trio.TooSlowError:
         return False, f"timed out after {timeout:g}s"
     except trio.BrokenResourceError as exc:
@@ -173,8 +240,10 @@ class HealthService:
             hc = cluster.health_check
             if hc is None:
                 continue
-            fingerprint = hc.SerializeToString(deterministic=True) + (
-                b"|tls:" + repr(cluster.tls.key).encode() if cluster.tls is not None else b""
+            fingerprint = (
+                hc.SerializeToString(deterministic=True)
+                + (b"|tls:" + repr(cluster.tls.key).encode() if cluster.tls is not None else b"")
+                + (b"|h2" if cluster.protocol == "http2" else b"")
             )
             for ep in cluster.endpoints:
                 if ep.address.startswith("tunnel:"):
@@ -193,8 +262,9 @@ class HealthService:
             self._checks[key] = (fingerprint, scope)
             assert self._nursery is not None, "start() first"
             self._nursery.start_soon(
-                self._check_loop, cluster.name, ep, cluster.health_check, cluster.check_policy, scope, cluster.tls
-            )
+                self._check_loop, cluster.name, ep, cluster.health_check, cluster.check_policy, scope, cluster.tls,
+                cluster.protocol == "http2",
+            )  # fmt: skip
         # endpoints without checks any more are healthy by definition
         checked = set(wanted)
         for cluster in cfg.clusters.values():
@@ -210,12 +280,13 @@ class HealthService:
         policy: ActiveCheckPolicy,
         scope: trio.CancelScope,
         tls: UpstreamTls | None = None,
+        http2: bool = False,
     ) -> None:
         interval = (hc.interval_ms or 5000) / 1000
         with scope:
             await trio.sleep(random.uniform(0, min(interval, 1.0) * 0.2))  # spread the first probes
             while True:
-                ok, detail = await probe(ep, hc, tls)
+                ok, detail = await probe(ep, hc, tls, http2=http2)
                 self.checks_run += 1
                 if record_check(ep, ok, policy, detail):
                     state = "healthy" if ep.healthy else "UNHEALTHY"

@@ -3,12 +3,17 @@ plain and over TLS: one HTTP exchange (`_http_status`) behind both."""
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import socket
 import ssl
 from typing import Any
 
 import trio
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import RequestReceived
+from h2.exceptions import ProtocolError
 from support.tls import contexts
 
 from dataplane.balancing import EndpointState
@@ -86,5 +91,62 @@ def test_https_probe_uses_the_cluster_context_and_sni(tmp_path: pathlib.Path) ->
             assert not ok and detail.startswith("tls: ")
             nursery.cancel_scope.cancel()
         assert heads[0].startswith(b"GET /ready HTTP/1.1\r\n")
+
+    trio.run(main)
+
+
+async def _h2_service(status: bytes, tls: ssl.SSLContext | None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A server that speaks HTTP/2 only (h2c with prior knowledge, or TLS with ALPN h2), as a
+    gRPC backend does: it answers every request's headers with `status` and records them."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    seen: list[dict[bytes, bytes]] = []
+
+    async def handle(raw: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = trio.SSLStream(raw, tls, server_side=True) if tls is not None else raw
+        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        try:
+            await stream.send_all(conn.data_to_send())
+            while data := await stream.receive_some(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, RequestReceived):
+                        seen.append(dict(event.headers))
+                        conn.send_headers(event.stream_id, [(b":status", status)], end_stream=True)
+                await stream.send_all(conn.data_to_send())
+        except (trio.BrokenResourceError, ProtocolError):
+            pass  # a client speaking HTTP/1.1 to this server, or gone
+        finally:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.aclose()
+
+    task_status.started((listeners[0].socket.getsockname()[1], seen))
+    await trio.serve_listeners(handle, listeners)
+
+
+def test_an_http2_cluster_is_checked_in_http2_cleartext_and_over_tls(tmp_path: pathlib.Path) -> None:
+    server_ctx, client_ctx = contexts(tmp_path, "grpc.example")
+    server_ctx.set_alpn_protocols(["h2"])
+    client_ctx.set_alpn_protocols(["h2"])  # what the node's context of a protocol: http2 cluster offers
+    tls = UpstreamTls(client_ctx, "grpc.example")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port, seen = await nursery.start(_h2_service, b"200", None)
+            ep = EndpointState("127.0.0.1", port)
+            check = pb.HealthCheck(type="http", path="/grpc.health.v1.Health/Check", host="grpc.local")
+            assert await probe(ep, check, http2=True) == (True, "http 200 (h2)")
+            ok, _ = await probe(ep, check)  # HTTP/1.1 to an h2c-only server: what the probe did before
+            assert not ok
+            tls_port, tls_seen = await nursery.start(_h2_service, b"503", server_ctx)
+            tls_ep = EndpointState("127.0.0.1", tls_port)
+            assert await probe(tls_ep, check, tls, http2=True) == (False, "https 503 (h2)")
+            allow_503 = pb.HealthCheck(type="http", expected_statuses=[503])
+            assert await probe(tls_ep, allow_503, tls, http2=True) == (True, "https 503 (h2)")
+            nursery.cancel_scope.cancel()
+        head = seen[0]
+        assert head[b":method"] == b"GET" and head[b":scheme"] == b"http"
+        assert head[b":path"] == b"/grpc.health.v1.Health/Check" and head[b":authority"] == b"grpc.local"
+        assert head[b"user-agent"] == b"flux-health-check"
+        assert tls_seen[0][b":scheme"] == b"https" and tls_seen[1][b":authority"] == f"127.0.0.1:{tls_port}".encode()
 
     trio.run(main)
