@@ -28,8 +28,8 @@ def set_install_secret(secret: bytes) -> None:
     _secret = secret
 
 
-def _mac(label: bytes, data: bytes) -> str:
-    return hmac.new(_secret, label + b"\0" + data, hashlib.sha256).hexdigest()
+def _mac(label: bytes, data: bytes, secret: bytes | None = None) -> str:
+    return hmac.new(_secret if secret is None else secret, label + b"\0" + data, hashlib.sha256).hexdigest()
 
 
 def credential_fingerprint(key_sha256: str) -> str:
@@ -46,6 +46,7 @@ def fingerprint_matches(fingerprint: str, key_sha256: str) -> bool:
     return hmac.compare_digest(full[: len(shown)], shown)
 
 
-def config_digest(document: bytes) -> str:
-    """The digest of a config document shown on reads (64 hex digits)."""
-    return _mac(b"config digest", document)
+def config_digest(document: bytes, install_secret: bytes | None = None) -> str:
+    """The digest of a config document shown on reads (64 hex digits); keyed with
+    `install_secret` when given (a migration, before the start sets it), else the one set."""
+    return _mac(b"config digest", document, install_secret)

@@ -181,9 +181,10 @@ async def serve(args: argparse.Namespace) -> int:
     if data_dir.exists():
         private_dir(data_dir)  # 0700; created so by the first file written into it otherwise
     engine = make_engine(args.db)
-    await asyncio.to_thread(migrate, engine)
+    loaded_key = load_secret_key(data_dir)
+    await asyncio.to_thread(lambda: migrate(engine, secrets=encryption.migration_box(engine, loaded_key)))
     token = load_admin_token(data_dir)
-    secret_key, _ = await asyncio.to_thread(encryption.start, engine, load_secret_key(data_dir))
+    secret_key, _ = await asyncio.to_thread(encryption.start, engine, loaded_key)
     store = ConfigStore(engine, history_limit=args.history_limit, secrets=SecretBox(secret_key.key))
     node_ca, ca_source = await asyncio.to_thread(_node_ca, args, engine, SecretBox(secret_key.key))
     trust = TrustStore(engine, node_ca, timedelta(seconds=args.node_cert_ttl))

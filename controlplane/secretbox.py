@@ -8,14 +8,15 @@ Where the key comes from
     the same FLUX_SECRET_KEY on each, or copy one key file to each data directory.
 
 What a sealed value looks like
-    text (resource rows): ``enc:v1:`` + base64url(key id 4 | nonce 12 | ciphertext+tag),
+    text (single values: the install secret, the node CA's key):
+    ``enc:v1:`` + base64url(key id 4 | nonce 12 | ciphertext+tag),
     where the plaintext is the value's JSON (so strings, numbers and lists round-trip).
     blobs (history documents): ``FXENC1`` + the same bytes, unencoded.
     The key id is derived from the key (HKDF), so it names a key without revealing it:
     a value sealed under another key is reported as such instead of decrypting to garbage.
 
-This module knows nothing of the database: `controlplane.store.sealing` decides which
-fields are sealed, `controlplane.store.encryption` migrates and re-encrypts the rows.
+This module knows nothing of the database: `controlplane.store.encryption` seals what
+earlier versions left in plaintext and re-encrypts everything on rotation.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class SecretBox:
         except InvalidTag:
             raise SecretKeyError(f"{what} does not decrypt with key {key.id}: the database is corrupt") from None
 
-    # -- values of resource rows -----------------------------------------------------------
+    # -- single values -----------------------------------------------------------------------
 
     def seal(self, value: Any) -> str:
         """``enc:v1:...`` holding `value` (anything JSON can carry)."""

@@ -82,8 +82,9 @@ def _rotate(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     engine = make_engine(args.db)
     try:
-        migrate(engine)
-        loaded = encryption.settle_pending(engine, load_secret_key(data_dir, create=False))
+        loaded = load_secret_key(data_dir, create=False)
+        migrate(engine, secrets=encryption.migration_box(engine, loaded))
+        loaded = encryption.settle_pending(engine, loaded)
         running = _running_control_plane(engine)
         if running and not args.force:
             print(

@@ -3,13 +3,18 @@
 Every committed change, whatever its size, runs in one transaction that
   1. takes the single version row's lock (`UPDATE config_state SET version = version + 1`),
   2. applies the change to the current ConfigSet in memory and checks the result whole,
-  3. writes the changed rows and the new version's document to `config_history`.
+  3. writes the new version's document to `config_history`.
 A write that fails validation changes nothing. Two control planes on one MySQL
 database serialise on the version row, so versions stay monotonic and gap-free.
 
-With a SecretBox (`secrets=`, what the control plane always passes), secret fields of the
-resource rows and every history document are stored sealed (controlplane.secretbox);
-the config in memory, and everything the API and the snapshots see, is plaintext.
+The history documents are the config's one storage: the current config is the document of
+the current version (version 0, nothing written yet, is the empty config), an earlier one is
+what a rollback reads. Pruning (`history_limit`) never deletes the current version's document.
+(Earlier versions also kept one row per resource; migration 0015 moved them into the history.)
+
+With a SecretBox (`secrets=`, what the control plane always passes), every history document
+is stored sealed whole (controlplane.secretbox); the config in memory, and everything the API
+and the snapshots see, is plaintext.
 """
 
 from __future__ import annotations
@@ -29,8 +34,6 @@ from sqlmodel import Session
 
 from controlplane.secretbox import SecretBox, is_sealed_blob
 from controlplane.spec import KINDS, ConfigSet, ResourceSpec
-from controlplane.spec.configset import APPLY_ORDER
-from controlplane.store import rows
 from controlplane.store.models import ConfigHistoryRow, ConfigStateRow, utcnow
 from controlplane.validation import ConfigError, FieldError, check_config, referrers
 
@@ -122,8 +125,9 @@ class ConfigStore:
     """The single writer of config. Thread-safe; blocking (call from a worker thread)."""
 
     def __init__(self, engine: Engine, *, history_limit: int = 1000, secrets: SecretBox | None = None) -> None:
-        """`secrets`: the box that seals secret fields and history documents; None stores
-        them in the clear (tests, tools; the control plane always passes its box)."""
+        """`history_limit`: versions kept (the current one always; 0 or less: all);
+        `secrets`: the box that seals the history documents; None stores them in the clear
+        (tests, tools; the control plane always passes its box)."""
         self.engine = engine
         self.history_limit = history_limit
         self.secrets = secrets
@@ -185,11 +189,13 @@ class ConfigStore:
             return int(total), [HistoryEntry(*r) for r in s.execute(q).all()]
 
     def _load_at(self, s: Session, version: int) -> ConfigSet:
-        row = s.get(ConfigHistoryRow, version) if version else None
-        if row is not None:
-            return decode_document(row.document, self.secrets)
-        # No history row (history pruned or version 0): read the resource tables.
-        return rows.load_config(s, self.secrets)
+        """The config of the current `version`: its history document (never pruned)."""
+        if version == 0:
+            return ConfigSet()  # nothing written yet
+        row = s.get(ConfigHistoryRow, version)
+        if row is None:
+            raise RuntimeError(f"config version {version} has no history document: the database is damaged")
+        return decode_document(row.document, self.secrets)
 
     # -- writing -----------------------------------------------------------------
 
@@ -231,9 +237,7 @@ class ConfigStore:
             cached = self._cache
             base = cached[1] if cached and cached[0] == base_version else self._load_at(s, base_version)
             try:
-                changes, target, stored_puts, real_deletes = self._plan(
-                    base, puts, deletes, create_only, replace_all, allow_missing_deletes
-                )
+                changes, target = self._plan(base, puts, deletes, create_only, replace_all, allow_missing_deletes)
             except Exception:
                 s.rollback()
                 raise
@@ -242,14 +246,6 @@ class ConfigStore:
                 s.rollback()
                 self._cache = (base_version, base)
                 return ApplyResult(base_version, changes, False, base)
-            for plural in APPLY_ORDER[::-1]:
-                for p, name in real_deletes:
-                    if p == plural:
-                        rows.delete_resource(s, plural, name)
-            for plural in APPLY_ORDER:
-                for p, spec in stored_puts:
-                    if p == plural:
-                        rows.upsert_resource(s, plural, spec, self.secrets)
             if not summary:
                 summary = ", ".join(f"{c.action} {c.kind}/{c.name}" for c in effective[:20])
                 if len(effective) > 20:
@@ -266,7 +262,9 @@ class ConfigStore:
             )
             s.execute(update(ConfigStateRow).where(ConfigStateRow.id == 1).values(updated_at=utcnow()))
             if self.history_limit > 0:
-                s.execute(delete(ConfigHistoryRow).where(ConfigHistoryRow.version <= new_version - self.history_limit))
+                # Keep the newest `history_limit` versions, and the current one whatever the limit.
+                oldest_kept = new_version - max(self.history_limit, 1) + 1
+                s.execute(delete(ConfigHistoryRow).where(ConfigHistoryRow.version < oldest_kept))
             if before_commit is not None:
                 before_commit(s, new_version, base, target)
             s.commit()
@@ -287,7 +285,7 @@ class ConfigStore:
         create_only: bool,
         replace_all: bool,
         allow_missing: bool,
-    ) -> tuple[list[Change], ConfigSet, list[tuple[str, ResourceSpec]], list[tuple[str, str]]]:
+    ) -> tuple[list[Change], ConfigSet]:
         changes: list[Change] = []
         stored_puts: list[tuple[str, ResourceSpec]] = []
         seen: set[tuple[str, str]] = set()
@@ -349,7 +347,7 @@ class ConfigStore:
         errors = check_config(target)
         if errors:
             raise ConfigError(errors)
-        return changes, target, stored_puts, real_deletes
+        return changes, target
 
     def rollback(self, version: int, *, author: str = "", rollout: str = "", summary: str = "") -> ApplyResult:
         """Make the config of `version` current again, as a new version."""

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from controlplane.filemodes import SQLITE_SUFFIXES, private_dir, private_file, private_sqlite
+from controlplane.secretbox import SecretBox
 
 log = logging.getLogger("flux.store")
 
@@ -68,10 +69,15 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema up to `revision`; existing data is kept."""
+def migrate(engine: Engine, revision: str = "head", *, secrets: SecretBox | None = None) -> None:
+    """Bring the schema up to `revision`; existing data is kept.
+
+    `secrets`: the box of the secret key, for a migration that has to read or write sealed
+    values (0015 writes the current config document from the sealed resource tables of an
+    earlier version); the control plane's start passes it."""
     cfg = alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
+        cfg.attributes["secrets"] = secrets
         command.upgrade(cfg, revision)
     log.info("database schema at %s", revision)

@@ -7,11 +7,12 @@ with other control planes starting on the same MySQL database) on the `config_st
      created, sealed, on the first start; otherwise it is opened, which proves that the key
      is the one that wrote the database: a wrong key stops here (SecretKeyError, one line)
      and nothing is changed.
-  2. Every secret field of every resource row that is not sealed under the box's key is
-     sealed: plaintext written by earlier versions at start, everything during a rotation
-     (the box then opens the old key's values too).
-  3. Every history document not sealed under the box's key is sealed whole. A plaintext
-     document of an earlier version also gets its digest again, keyed now.
+  2. The node CA's private key (controlplane.store.trust) is sealed under the box's key if it
+     is not yet.
+  3. Every history document not sealed under the box's key is sealed whole: plaintext written
+     by earlier versions at start, everything during a rotation (the box then opens the old
+     key's values too). A plaintext document of an earlier version also gets its digest
+     again, keyed now. The history documents are the config's one storage (migration 0015).
 
 On SQLite the file is then vacuumed and its WAL emptied, so the pages that held the old
 values are gone. (MySQL keeps old row images in its undo and binary logs for a while;
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from controlplane import fingerprints
@@ -44,7 +46,7 @@ from controlplane.secretbox import (
     is_sealed_blob,
     key_id_of,
 )
-from controlplane.store import rows, trust
+from controlplane.store import trust
 from controlplane.store.models import ConfigHistoryRow, ConfigStateRow
 
 log = logging.getLogger("flux.store")
@@ -55,7 +57,7 @@ _HEAD = 16  # bytes of a history document that say whether, and under which key,
 @dataclass(frozen=True)
 class SealReport:
     key_id: str
-    fields: int  # secret column values sealed (or re-sealed)
+    fields: int  # secret values outside the history sealed (or re-sealed): the node CA's key
     documents: int  # history documents sealed (or re-sealed)
     created: bool  # the per-install secret was created (first start on this database)
 
@@ -99,8 +101,7 @@ def seal_database(engine: Engine, box: SecretBox) -> SealReport:
             raise RuntimeError("config_state has no row: the schema was not migrated")
         secret, created = _install_secret(state, box)
         fingerprints.set_install_secret(secret)
-        fields = rows.map_secrets(s, reseal)
-        fields += trust.reseal_ca_key(s, reseal)  # the node CA's private key
+        fields = trust.reseal_ca_key(s, reseal)  # the node CA's private key
         documents = 0
         heads = select(ConfigHistoryRow.version, func.substr(ConfigHistoryRow.document, 1, _HEAD))
         stale = [v for v, head in s.execute(heads.order_by(ConfigHistoryRow.version)) if not box.is_current_blob(head)]
@@ -128,6 +129,21 @@ def _scrub_sqlite(engine: Engine) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM")
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def migration_box(engine: Engine, loaded: LoadedKey) -> SecretBox:
+    """The box migrations get (controlplane.store.db.migrate, before `start`): it opens values
+    sealed under the loaded key or under the key of an interrupted rotation, and seals with the
+    one `settle_pending` will keep (the key that sealed the database)."""
+    if loaded.pending is None:
+        return SecretBox(loaded.key)
+    try:
+        stored = stored_key_id(engine)
+    except SQLAlchemyError:  # a schema older than the install secret
+        stored = None
+    if stored == loaded.pending.id:
+        return SecretBox(loaded.pending, old=[loaded.key])
+    return SecretBox(loaded.key, old=[loaded.pending])
 
 
 def settle_pending(engine: Engine, loaded: LoadedKey) -> LoadedKey:

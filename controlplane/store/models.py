@@ -1,8 +1,9 @@
 """SQLModel tables of the store.
 
-Resource tables mirror the spec fields one to one (nested objects and lists in
-JSON columns, child lists in their own tables), so a spec converts to a row and
-back without hand-written mapping. Durations are kept as integer milliseconds.
+The config itself is the version row (`config_state`) and one document per version
+(`config_history`, controlplane.store.config_store); the other tables hold what is not
+config: nodes, API tokens, node trust, rollouts. (Earlier versions also kept one table per
+resource kind; migration 0015 dropped them.)
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlmodel import Field, SQLModel
 
@@ -29,152 +30,6 @@ def _json(default: Any = None) -> Any:
 
 def _json_opt() -> Any:
     return Field(default=None, sa_column=Column(JSON, nullable=True))
-
-
-class _Row(SQLModel):
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=63, unique=True, index=True)
-    description: str = Field(default="", sa_type=Text, nullable=False)
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-
-
-class ListenerRow(_Row, table=True):
-    __tablename__ = "listeners"
-    protocol: str = Field(max_length=8)
-    address: str = Field(max_length=255)
-    port: int
-    node_group: str = Field(max_length=63, index=True)
-    policies: list[str] = _json([])
-    certificates: list[str] = _json([])
-    cluster: str | None = Field(default=None, max_length=63)
-    timeouts: dict[str, Any] | None = _json_opt()
-    limits: dict[str, Any] | None = _json_opt()
-    path_normalization: dict[str, Any] | None = _json_opt()
-    tls: dict[str, Any] | None = _json_opt()
-    mode: str = Field(default="reverse", max_length=8)
-    forward: dict[str, Any] | None = _json_opt()
-    http2: bool | None = None
-
-
-class ClusterRow(_Row, table=True):
-    __tablename__ = "clusters"
-    lb: str = Field(max_length=32)
-    hash_on: str | None = Field(default=None, max_length=255)
-    session_affinity: dict[str, Any] | None = _json_opt()
-    service: dict[str, Any] | None = _json_opt()
-    health_check: dict[str, Any] | None = _json_opt()
-    outlier_detection: dict[str, Any] = _json({})
-    timeouts: dict[str, Any] = _json({})
-    pool: dict[str, Any] = _json({})
-    scheme: str = Field(default="http", max_length=8)
-    tls: dict[str, Any] | None = _json_opt()
-    protocol: str = Field(default="http1", max_length=8)
-    policies: list[str] = _json([])
-
-
-class EndpointRow(SQLModel, table=True):
-    __tablename__ = "endpoints"
-    id: int | None = Field(default=None, primary_key=True)
-    cluster_id: int = Field(foreign_key="clusters.id", index=True, ondelete="CASCADE")
-    position: int
-    address: str = Field(max_length=255)
-    port: int
-    weight: int = 1
-    zone: str = Field(default="", max_length=63)
-    version: str = Field(default="", max_length=63)
-    metadata_: dict[str, str] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
-    draining: bool = False
-
-
-class RouteRow(_Row, table=True):
-    __tablename__ = "routes"
-    listener: str | None = Field(default=None, max_length=63, index=True)
-    hosts: list[str] = _json([])
-    path: str = Field(sa_column=Column(Text, nullable=False))
-    path_type: str = Field(max_length=8)
-    methods: list[str] = _json([])
-    headers: dict[str, str] = _json({})
-    cluster: str | None = Field(default=None, max_length=63, index=True)
-    clusters: list[dict[str, Any]] = _json([])
-    priority: int = 0
-    policies: list[str] = _json([])
-    timeout: int = 0
-    retry: dict[str, Any] | None = _json_opt()
-    prefix_rewrite: str | None = Field(default=None, max_length=1024)
-    host_rewrite: str | None = Field(default=None, max_length=255)
-    grpc_web: bool = False
-
-
-class PolicyRow(_Row, table=True):
-    __tablename__ = "policies"
-    type: str = Field(max_length=32)
-    config: dict[str, Any] = _json({})
-    global_: bool = Field(default=False, sa_column=Column("is_global", Boolean, nullable=False))
-
-
-class ConsumerRow(_Row, table=True):
-    __tablename__ = "consumers"
-    groups: list[str] = _json([])
-    metadata_: dict[str, str] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
-
-
-class CredentialRow(SQLModel, table=True):
-    __tablename__ = "credentials"
-    id: int | None = Field(default=None, primary_key=True)
-    consumer_id: int = Field(foreign_key="consumers.id", index=True, ondelete="CASCADE")
-    position: int
-    type: str = Field(max_length=16)
-    # Sealed like the secrets below (controlplane.store.sealing), hence wider than a hash.
-    key_sha256: str | None = Field(default=None, max_length=255, index=True)
-    issuer: str | None = Field(default=None, max_length=255)
-    algorithm: str | None = Field(default=None, max_length=8)
-    secret: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    public_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    private_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    username: str | None = Field(default=None, max_length=255)
-    password_hash: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    subject: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # mtls
-
-
-class CertificateRow(_Row, table=True):
-    __tablename__ = "certificates"
-    snis: list[str] = _json([])
-    cert: str = Field(sa_column=Column(Text, nullable=False))
-    key: str = Field(sa_column=Column(Text, nullable=False))
-
-
-class TunnelRow(_Row, table=True):
-    __tablename__ = "tunnels"
-    node_group: str = Field(max_length=63, index=True)
-    bind_address: str = Field(max_length=255)
-    bind_port: int
-    token: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    tokens: list[str] = _json([])
-    allow_ports: str = Field(max_length=255)
-    vhost_http_port: int = 0
-    vhost_https_port: int = 0
-    subdomain_host: str = Field(default="", max_length=255)
-    tls: dict[str, Any] = _json({})
-    heartbeat_timeout: int = 90_000
-    users: list[dict[str, Any]] = _json([])  # tunnel users; their tokens sealed (TunnelSpec.secret_paths)
-    domains: list[str] = _json([])
-    vhost_overrides_routes: bool = False
-    tcpmux_httpconnect_port: int = 0
-    tcpmux_passthrough: bool = False
-
-
-class TunnelMappingRow(SQLModel, table=True):
-    __tablename__ = "tunnel_mappings"
-    id: int | None = Field(default=None, primary_key=True)
-    tunnel_id: int = Field(foreign_key="tunnels.id", index=True, ondelete="CASCADE")
-    position: int
-    name: str = Field(max_length=63)
-    agent: str = Field(max_length=63)
-    type: str = Field(max_length=8)
-    remote_port: int
-    local_ip: str = Field(max_length=255)
-    local_port: int
 
 
 class ConfigStateRow(SQLModel, table=True):
@@ -227,34 +82,6 @@ class NodeRow(SQLModel, table=True):
     load_at: datetime | None = None
     # Resources of the acked version the node could not apply (controlplane.discovery.nodes).
     failing_resources: list[dict[str, Any]] | None = _json_opt()
-
-
-class RegistrySourceRow(_Row, table=True):
-    __tablename__ = "registries"
-    type: str = Field(max_length=16)
-    address: str = Field(sa_column=Column(Text, nullable=False))
-    services: list[str] = _json([])
-    prefix: str = Field(default="", max_length=255)
-    namespace: str = Field(default="", max_length=255)
-    group: str = Field(default="", max_length=255)
-    import_: bool = Field(default=True, sa_column=Column("import_enabled", Boolean, nullable=False))
-    export: bool = False
-    export_services: list[str] = _json([])
-    interval: int = 10_000
-    username: str = Field(default="", max_length=255)
-    password: str = Field(default="", sa_column=Column(Text, nullable=False))
-    token: str = Field(default="", sa_column=Column(Text, nullable=False))
-
-
-class AlertRow(_Row, table=True):
-    __tablename__ = "alerts"
-    kind: str = Field(max_length=16)
-    service: str = Field(default="*", max_length=63)
-    threshold: int = 0
-    window: int = 60_000
-    webhook: str = Field(sa_column=Column(Text, nullable=False))
-    headers: dict[str, str] = _json({})
-    cooldown: int = 300_000
 
 
 class ApiTokenRow(SQLModel, table=True):

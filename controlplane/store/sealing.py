@@ -1,7 +1,7 @@
 """Which values of a stored resource are sealed, and sealing or opening them.
 
-A resource's dict form (what `rows` writes to and reads from the tables) has its secret
-fields named by the spec's `secret_paths` (see `controlplane.spec._types.Resource`):
+A resource's dict form has its secret fields named by the spec's `secret_paths` (see
+`controlplane.spec._types.Resource`):
 
     "key"                  the field key
     "tokens[]"             every item of the list tokens
@@ -12,7 +12,9 @@ fields named by the spec's `secret_paths` (see `controlplane.spec._types.Resourc
 `seal_fields` replaces each such value (not None, not "") by `SecretBox.seal(value)`
 (a value that merely looks sealed is sealed again, so it reads back as it was written);
 `open_fields` does the reverse and passes through values that are not sealed (plaintext
-written by an earlier version, read once before the start-up migration seals it).
+written by an earlier version). Since the config is stored as whole sealed documents, these
+serve reading the resource tables of earlier versions (controlplane.store.legacy_rows,
+migration 0015) and the tests that look for secrets.
 Both return new dicts and leave their input alone.
 """
 
@@ -62,11 +64,6 @@ def _apply(data: dict[str, Any], paths: tuple[str, ...], visit: Visit) -> dict[s
     for path in paths:
         _walk(out, path.split("."), visit, "")
     return out
-
-
-def map_fields(data: dict[str, Any], paths: tuple[str, ...], visit: Visit) -> dict[str, Any]:
-    """A copy of `data` with each value `paths` name replaced by `visit(value, where)`."""
-    return _apply(data, paths, visit)
 
 
 def seal_fields(box: SecretBox, paths: tuple[str, ...], data: dict[str, Any]) -> dict[str, Any]:

@@ -10,31 +10,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, select, text
 from sqlmodel import Session
-from support.tls import self_signed
+from support.store_samples import full_config
 
 from controlplane.spec import (
-    CertificateSpec,
     ClusterSpec,
     ConfigSet,
-    ConsumerSpec,
     ListenerSpec,
-    PolicySpec,
     RouteSpec,
     TunnelSpec,
 )
 from controlplane.spec._types import MASK
-from controlplane.store import rows
 from controlplane.store.config_store import ConfigStore, NotFound, decode_document
 from controlplane.store.db import make_engine, migrate
 from controlplane.store.models import ConfigHistoryRow
 from controlplane.validation import ConfigError
-
-RESOURCE_TABLES = [
-    "listeners", "clusters", "endpoints", "routes", "policies", "consumers", "credentials",
-    "certificates", "tunnels", "tunnel_mappings",
-]  # fmt: skip
 
 
 def sqlite_engine(path: pathlib.Path) -> Engine:
@@ -67,84 +58,9 @@ def dump_tables(engine: Engine) -> dict[str, list[tuple]]:
     """Every row of every table, for "nothing changed" checks."""
     out = {}
     with engine.connect() as conn:
-        for table in [*RESOURCE_TABLES, "config_state", "config_history"]:
+        for table in ["config_state", "config_history"]:
             out[table] = [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1"))]
     return out
-
-
-def full_config() -> list[tuple[str, Any]]:
-    """One resource of every kind, with child rows and secrets."""
-    cert, key = self_signed("api.example.com")
-    return [
-        ("certificates", CertificateSpec(name="api", snis=["api.example.com"], cert=cert, key=key)),
-        ("policies", PolicySpec(name="rl", type="rate_limit", config={"rate": 10, "per": "1s", "burst": 20})),
-        (
-            "policies",
-            PolicySpec(
-                name="introspect",
-                type="oauth2",
-                config={"introspection_url": "https://idp/i", "client_id": "gw", "client_secret": "cs-1"},
-            ),
-        ),
-        (
-            "consumers",
-            ConsumerSpec(
-                name="alice",
-                groups=["partners"],
-                metadata={"tier": "gold"},
-                credentials=[
-                    {"type": "api_key", "key": "plain-api-key-of-alice"},
-                    {"type": "jwt", "issuer": "idp", "secret": "jwt-secret-0123456789"},
-                    {"type": "basic_auth", "username": "alice", "password": "alice-password"},
-                ],
-            ),
-        ),
-        (
-            "clusters",
-            ClusterSpec(
-                name="orders",
-                lb="consistent_hash",
-                hash_on="header:x-user",
-                session_affinity={"cookie": "srv_id"},
-                endpoints=[
-                    {"address": "10.0.0.1", "port": 9001, "weight": 2, "metadata": {"az": "a"}},
-                    {"address": "10.0.0.2", "port": 9001, "draining": True},
-                ],
-                health_check={"type": "http", "path": "/healthz", "interval": "5s", "unhealthy_threshold": 3},
-                timeouts={"connect": "2s", "read": "30s"},
-            ),
-        ),
-        ("clusters", ClusterSpec(name="orders-v2", service="orders")),
-        ("listeners", ListenerSpec(name="public", port=8080, policies=["rl"])),
-        ("listeners", ListenerSpec(name="tls", protocol="https", port=8443, certificates=["api"])),
-        (
-            "routes",
-            RouteSpec(
-                name="orders-api",
-                listener="public",
-                hosts=["api.example.com", "*.example.com"],
-                path="/orders",
-                methods=["GET", "POST"],
-                headers={"x-canary": "true"},
-                clusters=[{"name": "orders", "weight": 90}, {"name": "orders-v2", "weight": 10}],
-                priority=5,
-                policies=["rl", "introspect"],
-                retry={"attempts": 2},
-                timeout="15s",
-            ),
-        ),
-        (
-            "tunnels",
-            TunnelSpec(
-                name="edge",
-                token="change-me",
-                allow_ports="6000-6999",
-                vhost_http_port=8080,
-                subdomain_host="tunnel.example.com",
-                mappings=[{"name": "ssh", "agent": "office", "remote_port": 6022, "local_port": 22}],
-            ),
-        ),
-    ]
 
 
 def test_versions_are_monotonic_gap_free_one_per_write(store: ConfigStore) -> None:
@@ -317,8 +233,6 @@ def test_rollback_makes_a_new_version_equal_to_the_old_one(store: ConfigStore) -
     assert result.committed and result.version == 5
     assert store.config_at(5) == store.config_at(1)
     assert store.current() == (5, store.config_at(1))
-    with Session(store.engine) as s:
-        assert rows.load_config(s) == store.config_at(1)  # the tables were rewritten too
     _, entries = store.history(limit=1)
     assert entries[0].summary == "rollback to version 1" and entries[0].author == "ops"
     assert entries[0].digest == store.config_at(1).digest()
@@ -345,26 +259,8 @@ def test_restart_keeps_config_and_history(db_path: pathlib.Path) -> None:
     assert store2.current() == (version, cfg)
     assert store2.history(limit=100) == history
     assert store2.config_at(2).get("clusters", "more") is not None
-    with Session(engine2) as s:
-        assert rows.load_config(s) == cfg  # the resource tables agree with the history document
     assert store2.apply([("clusters", cluster("after-restart"))]).version == version + 1
     engine2.dispose()
-
-
-def test_rows_round_trip_every_kind(store: ConfigStore) -> None:
-    """Specs -> tables -> specs is lossless (this is what serves a pruned history)."""
-    store.apply(full_config())
-    _, cfg = store.current()
-    with Session(store.engine) as s:
-        from_rows = rows.load_config(s)
-    assert from_rows == cfg
-    assert ConfigSet.from_document(cfg.document()) == cfg
-    insp = inspect(store.engine)
-    with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM endpoints")).scalar() == 2
-        assert conn.execute(text("SELECT count(*) FROM credentials")).scalar() == 3
-        assert conn.execute(text("SELECT count(*) FROM tunnel_mappings")).scalar() == 1
-    assert "metadata" in {c["name"] for c in insp.get_columns("endpoints")}
 
 
 def test_history_limit_prunes_old_versions_but_not_current(db_path: pathlib.Path) -> None:
@@ -378,6 +274,23 @@ def test_history_limit_prunes_old_versions_but_not_current(db_path: pathlib.Path
         store.config_at(2)
     fresh = ConfigStore(engine)  # no cache: reads version 6 from history
     assert fresh.current()[1] == store.current()[1]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("limit", [1, 0, -1])
+def test_the_current_version_is_kept_whatever_the_history_limit(db_path: pathlib.Path, limit: int) -> None:
+    """The current version's document is the config itself: no limit prunes it (1 keeps only it,
+    0 or less keeps every version)."""
+    engine = sqlite_engine(db_path)
+    store = ConfigStore(engine, history_limit=limit)
+    assert store.current() == (0, ConfigSet())  # version 0: the empty config, nothing stored
+    for i in range(4):
+        store.apply([("clusters", cluster(f"c{i}"))])
+    _, entries = store.history(limit=100)
+    assert [e.version for e in entries] == ([4] if limit == 1 else [4, 3, 2, 1])
+    fresh = ConfigStore(engine)  # no cache: the config is read from the current version's document
+    assert fresh.current() == (4, store.current()[1]) and len(fresh.current()[1]["clusters"]) == 4
+    assert fresh.rollback(4 if limit == 1 else 1).version == (4 if limit == 1 else 5)
     engine.dispose()
 
 

@@ -6,7 +6,9 @@
 - No value that a read masks is in the database in plaintext: not in the SQLite file nor
   its WAL, not in any row, not in any history document; every kind with secrets is written.
 - `flux-controlplane rotate-secret-key` (a child process) re-encrypts everything in one go.
-- A plaintext database of the previous schema is sealed on the first start, idempotently.
+- A database of an earlier schema (config stored as resource rows and history documents,
+  plaintext or sealed) is migrated to the history documents alone and sealed on the first
+  start, idempotently.
 - A key that did not write the database stops the start with one clear line.
 - API key fingerprints are keyed HMACs, not prefixes of the unsalted SHA-256.
 """
@@ -30,6 +32,7 @@ import jwt
 import pytest
 from sqlalchemy import inspect, select, text
 from sqlmodel import Session
+from support.legacy_store import LegacyStore
 from support.processes import ControlPlaneProcess, ProcessStartError, executable
 from support.tls import es256_pair, self_signed
 
@@ -47,8 +50,8 @@ from controlplane.secretbox import (
 from controlplane.spec import KINDS, ConfigSet
 from controlplane.spec._types import Resource
 from controlplane.store import encryption
-from controlplane.store.config_store import ConfigStore
 from controlplane.store.db import make_engine, migrate
+from controlplane.store.legacy_rows import TABLE_NAMES
 from controlplane.store.models import ConfigHistoryRow
 from controlplane.store.sealing import secret_values
 
@@ -202,6 +205,14 @@ def raw_rows(url: str) -> tuple[str, list[bytes]]:
     finally:
         engine.dispose()
     return "\n".join(parts), docs
+
+
+def table_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
 def sqlite_bytes(cp: ControlPlaneProcess) -> bytes:
@@ -425,29 +436,42 @@ def test_rotate_secret_key_re_encrypts_everything(db_url: str, tmp_path: pathlib
         assert_secrets_work(c, sample)
 
 
-def test_plaintext_database_of_an_earlier_version_is_sealed_on_start(db_url: str, tmp_path: pathlib.Path) -> None:
-    sample = Sample()
+def earlier_version_database(db_url: str, sample: Sample, *, current_in_history: bool, box: SecretBox | None) -> None:
+    """A database of an earlier version (schema 0014): the config stored twice, as resource rows
+    and as history documents (tests/support/legacy_store.py); with `box` None, secrets and
+    history in the clear and no install secret yet, as versions before the secret key wrote it."""
     engine = make_engine(db_url)
-    # The schema of today (the ORM writes every column it knows) holding what earlier versions
-    # wrote: secrets and history in the clear, and no install secret yet.
-    migrate(engine)
-    old = ConfigStore(engine)  # no secret key: secrets in the clear, as earlier versions stored them
-    old.apply(sample.specs())
-    tunnel = old.current()[1].get("tunnels", "sar-tun")
-    old.apply([("tunnels", tunnel.model_copy(update={"token": sample.tunnel_token_v2}))])  # type: ignore[union-attr]
+    old = LegacyStore(engine, box)
+    first = ConfigSet().with_changes(sample.specs(), [])
+    tunnel = first.get("tunnels", "sar-tun")
+    second = first.with_put("tunnels", tunnel.model_copy(update={"token": sample.tunnel_token_v2}))  # type: ignore[union-attr]
+    old.apply(first)
+    old.apply(second, history=current_in_history)  # False: only the rows hold the current version
     engine.dispose()
+
+
+@pytest.mark.parametrize("current_in_history", [True, False], ids=["with-history", "rows-only"])
+def test_plaintext_database_of_an_earlier_version_is_sealed_on_start(
+    db_url: str, tmp_path: pathlib.Path, current_in_history: bool
+) -> None:
+    sample = Sample()
+    earlier_version_database(db_url, sample, current_in_history=current_in_history, box=None)
     rows, docs = raw_rows(db_url)
     assert sample.tunnel_token_v2 in rows and sample.client_secret in rows  # the test is not vacuous
-    assert len(docs) == 2 and sample.tunnel_token.encode() in zlib.decompress(docs[0])
+    assert len(docs) == (2 if current_in_history else 1) and sample.tunnel_token.encode() in zlib.decompress(docs[0])
 
     cp = ControlPlaneProcess(tmp_path / "cp", db_url)
     with cp, cp.client() as c:
+        # Migration 0015 wrote the current document from the rows if the history lacked it
+        # (plaintext, as the rows were), then dropped the rows; the start sealed every document.
         assert re.search(r"encrypted \d+ secret field value\(s\) and 2 history document\(s\) left in plaintext",
                          start_log(cp)), start_log(cp)  # fmt: skip
+        assert not table_names(db_url) & set(TABLE_NAMES), "resource tables left"
         assert_nothing_in_plaintext(cp, sample)
         assert_secrets_work(c, sample)
         history = c.get("/api/v1/config/history").json()["items"]
         assert c.get("/api/v1/config").json()["digest"] == history[0]["digest"]  # digests keyed again
+        assert c.get("/api/v1/tunnels/sar-tun").json()["token"] == "********"
         r = c.post("/api/v1/config/rollback", json={"version": 1})  # an old document, opened
         assert r.status_code == 200, r.text
         _, sealed_docs = raw_rows(db_url)
@@ -455,6 +479,37 @@ def test_plaintext_database_of_an_earlier_version_is_sealed_on_start(db_url: str
         assert "left in plaintext" not in start_log(cp)  # idempotent: nothing more to do
         assert raw_rows(db_url)[1] == sealed_docs
         assert_secrets_work(c, sample)
+
+
+def test_sealed_rows_of_an_earlier_version_without_history_are_migrated_with_the_key(
+    db_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Rows sealed under the key (an earlier version that was started since secrets at rest),
+    the history lacking the current version: the start hands the key to migration 0015, which
+    writes the current document sealed from them."""
+    sample = Sample()
+    cp = ControlPlaneProcess(tmp_path / "cp", db_url)
+    shared = cp.shared_secret_key()
+    if shared:
+        key = SecretKey.parse(shared["FLUX_SECRET_KEY"], "FLUX_SECRET_KEY")
+    else:
+        cp.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = SecretKey.generate()
+        write_key_file(cp.workdir / KEY_FILE, key)
+    earlier_version_database(db_url, sample, current_in_history=False, box=SecretBox(key))
+    rows, docs = raw_rows(db_url)
+    assert "enc:v1:" in rows and len(docs) == 1
+    with cp, cp.client() as c:
+        assert "left in plaintext" not in start_log(cp)
+        assert not table_names(db_url) & set(TABLE_NAMES), "resource tables left"
+        assert_nothing_in_plaintext(cp, sample)
+        assert_secrets_work(c, sample)
+        history = c.get("/api/v1/config/history").json()["items"]
+        assert [h["author"] for h in history] == ["migration 0015", "legacy"]
+        assert c.get("/api/v1/config").json()["digest"] == history[0]["digest"]
+        r = c.post("/api/v1/config/rollback", json={"version": 1})
+        assert r.status_code == 200, r.text
+        assert_nothing_in_plaintext(cp, sample)
 
 
 def test_a_key_that_did_not_write_the_database_stops_the_start(db_url: str, tmp_path: pathlib.Path) -> None:
