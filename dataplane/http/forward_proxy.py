@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
 from typing import TYPE_CHECKING
 
 from dataplane.http.headers import LAST_CHUNK, chunk, client_response_head, upstream_request_head
@@ -100,7 +99,7 @@ async def serve_forward(conn: HttpConnection, head: RequestHead, listener: Liste
         return await conn._reply_error(403, f"destination refused: {why}", close=connect_method)
     chain = listener.chain
     if chain.policies:
-        ctx = ex.ctx = RequestContext(head, conn.client_ip, conn.listener, "forward", time.monotonic())
+        ctx = ex.ctx = RequestContext(head, conn.client_ip, conn.listener, "forward", conn.now())
         ctx.forward = True
         ex.chain = chain
         answer = chain.run(ctx, svc.metrics.policy)
@@ -108,7 +107,7 @@ async def serve_forward(conn: HttpConnection, head: RequestHead, listener: Liste
             answer = await answer
         if answer is not None:
             return await conn._reply_local(_as_proxy_auth(answer))
-    conn.conn.deadline = time.monotonic() + CONNECT_TIMEOUT
+    conn.conn.deadline = conn.now() + CONNECT_TIMEOUT
     addresses = await _resolve(conn, host, port)
     if not addresses:
         return await conn._reply_error(502, f"cannot resolve {host}", close=connect_method)
@@ -165,7 +164,7 @@ async def _relay_request(conn: HttpConnection, head: RequestHead, up: RSock) -> 
         except OSError as exc:
             return await conn._reply_error(502, f"{ex.upstream} reset the connection: {exc}", close=True)
         reader = ResponseReader(head_request=head.method == "HEAD")
-        conn.conn.deadline = time.monotonic() + READ_TIMEOUT
+        conn.conn.deadline = conn.now() + READ_TIMEOUT
         try:
             while reader.head is None:
                 data = await up.recv()
@@ -200,7 +199,7 @@ async def _relay_request(conn: HttpConnection, head: RequestHead, up: RSock) -> 
                 out = []
             if done:
                 break
-            conn.conn.deadline = time.monotonic() + READ_TIMEOUT
+            conn.conn.deadline = conn.now() + READ_TIMEOUT
             data = await up.recv()
             if not data:
                 if not reader.eof():

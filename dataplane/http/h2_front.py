@@ -52,7 +52,7 @@ from dataplane.exchange.core import Exchange
 from dataplane.http import grpc
 from dataplane.http.errors import error_body
 from dataplane.http.request import MAX_HEADER_BYTES, RequestHead
-from dataplane.http.services import BODY, IDLE, RESPONDING, UPSTREAM, Conn, Drain, Timeout, now
+from dataplane.http.services import BODY, IDLE, RESPONDING, UPSTREAM, Conn, Drain, Timeout
 from dataplane.http.target import TargetError, host_key, normalize_path
 from dataplane.upstream import h1
 from dataplane.upstream.h1 import ClientGone
@@ -104,6 +104,7 @@ class H2Connection:
     def __init__(self, http: HttpConnection, first: bytes) -> None:
         self.http = http
         self.svc = http.svc
+        self.now = http.now  # the deadlines' clock (ProxyServices.clock)
         self.sock = http.sock
         # Outbound fields are the node's own (lower-case names, hop-by-hop removed, values checked
         # by the response reader): h2's outbound validation would only repeat that, at a cost.
@@ -221,7 +222,7 @@ class H2Connection:
                     if self.fatal or (self.goaway_sent and not self.streams):
                         return
                 conn.phase = IDLE if not self.streams else UPSTREAM
-                conn.deadline = now() + (self.http.idle_timeout if not self.streams else math.inf)
+                conn.deadline = self.now() + (self.http.idle_timeout if not self.streams else math.inf)
                 data = await self.sock.recv()
                 if not data:
                     return
@@ -268,16 +269,16 @@ class H2Connection:
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None and not stream.finished:
                 stream.cancel()
-                if self.resets.hit(now()) > RESET_LIMIT:
+                if self.resets.hit(self.now()) > RESET_LIMIT:
                     self.goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset: too many streams reset")
         elif kind is h2.events.WindowUpdated:
             self.wake_windows()
         elif kind is h2.events.RemoteSettingsChanged:
             self.wake_windows()  # the initial window may have grown
-            if self.settings_frames.hit(now()) > CONTROL_LIMIT:
+            if self.settings_frames.hit(self.now()) > CONTROL_LIMIT:
                 self.goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS flood")
         elif kind is h2.events.PingReceived:
-            if self.pings.hit(now()) > CONTROL_LIMIT:
+            if self.pings.hit(self.now()) > CONTROL_LIMIT:
                 self.goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "PING flood")
         elif kind is h2.events.ConnectionTerminated:
             self.closed = True
@@ -334,6 +335,7 @@ class H2Stream:
     async def run(self) -> None:
         c, svc = self.c, self.c.svc
         http = c.http
+        now = c.now
         conn = self.conn
         conn.task = svc.reactor.current
         svc.conns.add(conn)
@@ -346,7 +348,7 @@ class H2Stream:
                 return
             self.ex = ex = Exchange(
                 svc, head, head.request_id or svc.request_ids.next(), http.listener, http.client_ip, http.proto,
-                http.identity,
+                http.identity, monotonic=now,
             )  # fmt: skip
             self.grpc = grpc.is_grpc(head.get("content-type"))
             if self.grpc:
@@ -505,7 +507,7 @@ class H2Stream:
         status = 504 if self.conn.phase == UPSTREAM else 408
         if status == 504:
             self.c.svc.metrics.upstream_error(ex.cluster, "timeout")
-        self.conn.deadline = now() + 1.0
+        self.conn.deadline = self.c.now() + 1.0
         try:
             gen = ex.reply(status, f"upstream {ex.upstream} did not answer in time" if status == 504
                            else "request not received in time")  # fmt: skip
@@ -655,7 +657,7 @@ class _StreamBody:
             raise ClientGone("the client reset the stream")
         state = state or s.conn
         state.phase = BODY
-        state.deadline = now() + s.c.http.body_idle
+        state.deadline = s.c.now() + s.c.http.body_idle
         ev = s.c.svc.reactor.event()
         s.waiter = ev
         await ev

@@ -60,7 +60,6 @@ from dataplane.http.services import (
     ProxyServices,
     ProxySettings,
     Timeout,
-    now,
 )
 from dataplane.policies.base import LocalResponse
 from dataplane.reactor import Reactor, RSock
@@ -115,7 +114,7 @@ class _Body:
         c = self.conn
         state = state or c.conn
         state.phase = BODY
-        state.deadline = now() + c.body_idle
+        state.deadline = c.now() + c.body_idle
         data = await c.sock.recv()
         if not data:
             raise ClientGone("client closed while sending the request body")
@@ -128,11 +127,12 @@ class HttpConnection:
 
     __slots__ = (
         "body", "body_idle", "client_ip", "conn", "ex", "header_timeout", "http2", "identity", "idle_timeout",
-        "listener", "path_rules", "proto", "reader", "sock", "svc",
+        "listener", "now", "path_rules", "proto", "reader", "sock", "svc",
     )  # fmt: skip
 
     def __init__(self, svc: ProxyServices, sock: RSock, peer: tuple[str, int], listener: str, proto: bytes) -> None:
         self.svc = svc
+        self.now = svc.clock  # the deadlines' clock, bound once per connection
         self.sock = sock
         self.client_ip = peer[0]
         self.listener = listener
@@ -159,7 +159,7 @@ class HttpConnection:
 
     async def _handshake(self, sock: TlsRSock) -> bool:
         """TLS handshake within the header timeout; the client's certificate identity, if any."""
-        self.conn.deadline = now() + self.header_timeout
+        self.conn.deadline = self.now() + self.header_timeout
         try:
             await sock.handshake()
         except OSError as exc:  # ssl.SSLError included: a bad client hello, no or a bad certificate
@@ -175,7 +175,7 @@ class HttpConnection:
         return True
 
     async def serve(self) -> None:
-        svc, conn, sock = self.svc, self.conn, self.sock
+        svc, conn, sock, now = self.svc, self.conn, self.sock, self.now
         conn.task = svc.reactor.current
         metrics = svc.metrics
         metrics.downstream_active += 1
@@ -267,7 +267,7 @@ class HttpConnection:
         """HTTP/2 with prior knowledge on a listener without `http2: true`: answer in HTTP/2 that
         HTTP/1.1 is required (GOAWAY HTTP_1_1_REQUIRED, RFC 9113 7), so the client says why."""
         self.svc.metrics.count("h2c_refused")
-        now_s = now()
+        now_s = self.now()
         if now_s - _h2c_refusal_logged[0] >= 60.0:
             _h2c_refusal_logged[0] = now_s
             log.warning(
@@ -292,7 +292,7 @@ class HttpConnection:
         if ex is None:
             if phase == READING:  # part of a head came, the rest did not
                 self.svc.metrics.count("client_header_timeout")
-                self.conn.deadline = now() + 1.0
+                self.conn.deadline = self.now() + 1.0
                 try:
                     await self.sock.send_all(error_response(408, "request head not received in time", close=True))
                 except (OSError, Timeout):
@@ -307,7 +307,7 @@ class HttpConnection:
         if status == 504:
             self.svc.metrics.upstream_error(ex.cluster, "timeout")
             log.warning("%s %s -> %s (%s): %s", ex.head.method, ex.head.path, ex.upstream, ex.cluster, message)
-        self.conn.deadline = now() + 1.0
+        self.conn.deadline = self.now() + 1.0
         try:
             await self._reply_error(status, message, close=True)
         except (OSError, Timeout):
@@ -319,7 +319,7 @@ class HttpConnection:
         svc = self.svc
         ex = self.ex = Exchange(
             svc, head, head.request_id or svc.request_ids.next(), self.listener, self.client_ip, self.proto,
-            self.identity,
+            self.identity, monotonic=self.now,
         )  # fmt: skip
         cfg = svc.holder.current
         listener = cfg.listeners.get(self.listener) if cfg is not None else None

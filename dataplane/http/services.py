@@ -28,8 +28,6 @@ from dataplane.exchange.trace import RequestTracer
 from dataplane.metrics import Metrics
 from dataplane.reactor import Reactor, Task
 
-now = time.monotonic  # the clock of connection deadlines (the reaper uses the same)
-
 # Connection phases (what a timeout means). IDLE: waiting for the first byte of a request
 # (a connection the node may close when it runs short of descriptors); READING: the head;
 # UPSTREAM: waiting on the upstream; RESPONDING: sending the response; BODY: the client's
@@ -103,6 +101,9 @@ class ProxyServices:
     _reclaimable: list[Conn] = field(default_factory=list)  # oldest idle first, taken by reclaim_idle
     drain_hooks: list[Callable[[], None]] = field(default_factory=list)  # e.g. HTTP/2 connections' GOAWAY
     tracer: RequestTracer | None = None  # None: tracing is off (dataplane.exchange.trace)
+    # Monotonic seconds: the clock of connection deadlines, the reaper, and the exchanges' route
+    # deadlines. Each connection binds it once (HttpConnection.now): no lookup per read.
+    clock: Callable[[], float] = time.monotonic
 
     def start_draining(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their request."""
@@ -136,8 +137,16 @@ class ProxyServices:
         """Stop connections whose deadline passed (idle, slow client, slow upstream)."""
         while True:
             await trio.sleep(interval)
-            t = now()
-            for conn in self.conns:  # throw() only schedules: the set does not change under us
-                if conn.deadline <= t and conn.task is not None:
-                    conn.deadline = math.inf
-                    self.reactor.throw(conn.task, Timeout())
+            self.reap()
+
+    def reap(self) -> int:
+        """One pass of the reaper: throw `Timeout` into the connections whose deadline passed
+        by `clock`; how many."""
+        t = self.clock()
+        n = 0
+        for conn in self.conns:  # throw() only schedules: the set does not change under us
+            if conn.deadline <= t and conn.task is not None:
+                conn.deadline = math.inf
+                self.reactor.throw(conn.task, Timeout())
+                n += 1
+        return n

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from dataplane.exchange.commands import Attempt, Failure
@@ -23,7 +24,7 @@ from dataplane.exchange.core import RETRY_BUFFER, Exchange
 from dataplane.http.headers import LAST_CHUNK, chunk, upstream_request_head
 from dataplane.http.request import MESSAGE_END
 from dataplane.http.response import ResponseHead, ResponseReader, UpstreamProtocolError
-from dataplane.http.services import BODY, UPSTREAM, Conn, Timeout, now
+from dataplane.http.services import BODY, UPSTREAM, Conn, Timeout
 from dataplane.reactor import ConnectError
 from dataplane.upstream.pool import PoolOverflow, UpstreamConn, UpstreamTlsError
 
@@ -61,6 +62,7 @@ def _framing(x: Exchange) -> bytes:
 async def attempt(x: Exchange, a: Attempt, body: RequestBody, state: Conn) -> H1Response:
     """One attempt against one endpoint; Failure while the client has seen nothing."""
     head = x.head
+    now = x.monotonic  # the clock of the deadlines (the worker's ProxyServices.clock)
     cluster, ep, req = a.cluster, a.ep, a.request
     pool = cluster.pools[ep.key]
     framing = _framing(x)
@@ -137,7 +139,7 @@ async def attempt(x: Exchange, a: Attempt, body: RequestBody, state: Conn) -> H1
             except UpstreamProtocolError as exc:
                 raise Failure("protocol", 502, f"upstream {ep.key} sent a bad response: {exc}",
                               retryable=False) from None  # fmt: skip
-        response = H1Response(reader, conn, pool, state, read_timeout, a.deadline, body_sent)
+        response = H1Response(reader, conn, pool, state, read_timeout, a.deadline, body_sent, now)
         conn = None  # the response owns it now
         return response
     except Timeout:
@@ -168,6 +170,7 @@ async def send_body(
 ) -> int:
     """Send the head and the body (streamed chunk by chunk); the bytes of body sent."""
     kept = x.body_buffer
+    now = x.monotonic
     if replay and kept:
         pieces = [chunk(b) for b in kept] + [LAST_CHUNK] if chunked else kept
         await up.send_all(b"".join([head_bytes, *pieces]))
@@ -203,7 +206,7 @@ async def send_body(
 class H1Response:
     """An upstream HTTP/1.1 response whose head arrived; its body comes through `first`/`more`."""
 
-    __slots__ = ("body_sent", "conn", "deadline", "head", "pool", "read_timeout", "reader", "state")
+    __slots__ = ("body_sent", "conn", "deadline", "head", "now", "pool", "read_timeout", "reader", "state")
 
     trailers: tuple[tuple[bytes, bytes], ...] = ()
 
@@ -216,6 +219,7 @@ class H1Response:
         read_timeout: float,
         deadline: float,
         body_sent: int,
+        now: Callable[[], float],
     ) -> None:
         assert reader.head is not None
         self.reader = reader
@@ -226,6 +230,7 @@ class H1Response:
         self.read_timeout = read_timeout
         self.deadline = deadline
         self.body_sent = body_sent
+        self.now = now  # the deadline's clock
 
     @property
     def sock(self) -> RSock:
@@ -256,7 +261,7 @@ class H1Response:
     async def more(self) -> tuple[list[bytes], bool]:
         """The next body bytes (waits for them), and whether the response ended."""
         state = self.state
-        state.deadline = min(now() + self.read_timeout, self.deadline)
+        state.deadline = min(self.now() + self.read_timeout, self.deadline)
         reader = self.reader
         data = await self.sock.recv()
         if not data:

@@ -38,7 +38,7 @@ from dataplane.exchange.commands import Attempt, Failure
 from dataplane.http.grpc import GrpcWebCodec, is_grpc_web
 from dataplane.http.headers import upstream_request_fields
 from dataplane.http.response import ResponseHead
-from dataplane.http.services import BODY, UPSTREAM, Conn, Timeout, now
+from dataplane.http.services import BODY, UPSTREAM, Conn, Timeout
 from dataplane.reactor import ConnectError
 from dataplane.upstream.h1 import ClientGone, RequestBody
 from dataplane.upstream.pool import UpstreamTlsError
@@ -272,6 +272,7 @@ async def _connection(pool: EndpointPool, connect_timeout: float, reactor: React
 async def attempt(x: Exchange, a: Attempt, body: RequestBody, state: Conn, reactor: Reactor) -> H2Response:
     """One attempt on an HTTP/2 connection; Failure while the client has seen nothing."""
     head = x.head
+    now = x.monotonic  # the clock of the deadlines (the worker's ProxyServices.clock)
     cluster, ep, req = a.cluster, a.ep, a.request
     pool = cluster.pools[ep.key]
     read_timeout = cluster.read_timeout
@@ -326,7 +327,7 @@ async def attempt(x: Exchange, a: Attempt, body: RequestBody, state: Conn, react
             ev = reactor.event()
             stream.waiter = ev
             await ev
-        response = H2Response(conn, stream, state, read_timeout, a.deadline, stream.body_sent, web)
+        response = H2Response(conn, stream, state, read_timeout, a.deadline, stream.body_sent, web, now)
         ok = True
         return response
     except Timeout:
@@ -395,7 +396,7 @@ async def _pump(
 class H2Response:
     """An upstream HTTP/2 response whose head arrived."""
 
-    __slots__ = ("body_sent", "conn", "deadline", "head", "read_timeout", "state", "stream", "web")
+    __slots__ = ("body_sent", "conn", "deadline", "head", "now", "read_timeout", "state", "stream", "web")
 
     def __init__(
         self,
@@ -406,6 +407,7 @@ class H2Response:
         deadline: float,
         body_sent: int,
         web: GrpcWebCodec | None,
+        now: Callable[[], float],
     ) -> None:
         self.conn = conn
         self.stream = stream
@@ -414,6 +416,7 @@ class H2Response:
         self.deadline = deadline
         self.body_sent = body_sent
         self.web = web
+        self.now = now  # the deadline's clock
         self.head = _head(stream.head or [], web)
 
     @property
@@ -449,7 +452,7 @@ class H2Response:
         while not stream.chunks and not stream.ended:
             if stream.error is not None:
                 raise ConnectionResetError(stream.error)
-            self.state.deadline = min(now() + self.read_timeout, self.deadline)
+            self.state.deadline = min(self.now() + self.read_timeout, self.deadline)
             ev = self.conn.reactor.event()
             stream.waiter = ev
             await ev
