@@ -24,6 +24,7 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +58,7 @@ from fluxcommon.tunnel.transport.sockstream import UDP_BATCH, BulkSocketStream, 
 from fluxcommon.tunnel.transport.tlsstream import TLSStream
 from tunnelclient.config import AgentConfig, ProxyConfig, frp_wording, load_config
 from tunnelclient.plugins import Plugin, make_plugin
+from tunnelclient.visitors import VisitorManager  # (it imports the agent for its annotations only)
 
 log = logging.getLogger("flux.tunnel.agent")
 
@@ -65,6 +67,12 @@ MAX_FRAME_DATA = 64 * 1024
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 UDP_IDLE = 60.0
+
+
+def udp_peer_idle(last_used: float, now: float) -> bool:
+    """Whether a UDP peer last used at `last_used` has been idle for UDP_IDLE at `now` (its
+    socket is closed and the peer forgotten; its next packet makes a new one)."""
+    return now - last_used >= UDP_IDLE
 
 
 class LoginRefused(Exception):
@@ -112,8 +120,16 @@ class ProxyState:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, config_path: str | None = None, *, exit_on_refusal: bool = False) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        config_path: str | None = None,
+        *,
+        exit_on_refusal: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self.clock = clock  # monotonic seconds: UDP peers' last use and idle expiry
         self.config_path = config_path
         self.exit_on_refusal = exit_on_refusal
         self.stopping = False  # told to stop: the connection's end is no reason to reconnect
@@ -130,8 +146,6 @@ class Agent:
         self.nursery: trio.Nursery = None  # type: ignore[assignment]
         self._online = trio.Event()
         self._tls_warned = False
-        from tunnelclient.visitors import VisitorManager  # (circular: visitors use the agent)
-
         self.visitors = VisitorManager(self)
         self._load_proxies(config)
 
@@ -543,9 +557,9 @@ class Agent:
         if peer is None:
             std = socket.socket(socket.AF_INET6 if ":" in state.local_ip else socket.AF_INET, socket.SOCK_DGRAM)
             std.setblocking(False)
-            peer = state.udp_peers[packet.peer] = [std, trio.socket.from_stdlib_socket(std), time.monotonic()]
+            peer = state.udp_peers[packet.peer] = [std, trio.socket.from_stdlib_socket(std), self.clock()]
             self.nursery.start_soon(self._udp_peer, state, packet.peer, peer)
-        peer[2] = time.monotonic()
+        peer[2] = self.clock()
         try:
             peer[0].sendto(packet.data, (state.local_ip, state.local_port))  # drop when it would block
         except OSError:
@@ -553,17 +567,18 @@ class Agent:
 
     async def _udp_peer(self, state: ProxyState, peer_name: str, peer: list[Any]) -> None:
         sock = peer[1]
+        clock = self.clock
         try:
             while True:
                 with trio.move_on_after(UDP_IDLE) as scope:
                     batch = [await sock.recv(65535)]
                 if scope.cancelled_caught:
-                    if time.monotonic() - peer[2] >= UDP_IDLE:
+                    if udp_peer_idle(peer[2], clock()):
                         return
                     continue
                 # what else the local service sent goes to the node in the same write
                 batch += [data for data, _ in drain_datagrams(peer[0], UDP_BATCH - 1)]
-                peer[2] = time.monotonic()
+                peer[2] = clock()
                 if self.link is not None:
                     try:
                         for data in batch:
