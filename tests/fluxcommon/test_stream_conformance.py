@@ -14,17 +14,21 @@ as trio requires, which tests the same code paths.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import trio
 import trio.testing
 from support import tls
 
+from fluxcommon.tunnel.protocol.crypto import Inbound, Outbound
 from fluxcommon.tunnel.transport import sockstream
+from fluxcommon.tunnel.transport.pipe import TransformStream
 from fluxcommon.tunnel.transport.prefixed import PrefixedStream
 from fluxcommon.tunnel.transport.sockstream import BulkSocketStream
 from fluxcommon.tunnel.transport.tlsstream import TLSStream
@@ -186,3 +190,144 @@ def tls_makers(
 def test_tls_stream_conforms(contexts: Contexts) -> None:
     pair, clogged = tls_makers(contexts)
     _run(lambda: trio.testing.check_two_way_stream(pair, clogged))
+
+
+# -- TransformStream (useEncryption / useCompression over BulkSocketStream) -------------------
+
+TOKEN = "conformance-token"
+MODES = {"encrypt": (TOKEN, False), "compress": (None, True), "both": (TOKEN, True)}
+
+
+class GracefulTransformStream(TransformStream):
+    """trio's checks want `aclose` after sending to be a graceful end (the peer reads the data,
+    then b""). `TransformStream.aclose` is an abort on purpose: `pipe()` closes both ends with
+    it after an error too, and the peer must then see a cut stream (BrokenResourceError, from
+    the missing final chunk), not a clean end. So here `aclose` ends the stream with `send_eof`
+    first; every other step of the checks runs the real code."""
+
+    async def aclose(self) -> None:
+        try:
+            if not (self._closed or self._sent_eof or self._sending):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.send_eof()
+        finally:
+            await super().aclose()
+
+
+def _transform(sock: socket.socket, out: Outbound, mode: str) -> TransformStream:
+    key, compress = MODES[mode]
+    return GracefulTransformStream(BulkSocketStream(sock), out, Inbound(key, compress=compress))
+
+
+def _outbound(mode: str, salt: bytes) -> Outbound:
+    key, compress = MODES[mode]
+    return Outbound(key, compress=compress, salt=salt)
+
+
+def _clog_transformed(sock: socket.socket, mode: str, salt: bytes) -> Outbound:
+    """Fill `sock`'s buffer with valid transformed bytes (the peer decodes them as the stream's
+    first bytes); the `Outbound` to continue the stream with. A piece the kernel refused would be
+    lost from the stream (its chunk counter and DEFLATE state moved on), so a dry run on an
+    identical pair counts the pieces that fit first; the real run sends exactly those."""
+
+    def pieces(out: Outbound) -> Iterator[bytes]:
+        while True:
+            yield out.update(b"x")
+
+    dry_a, dry_b = _socketpair()
+    with dry_a, dry_b:
+        dry_a.setblocking(False)
+        fit = 0
+        try:
+            for piece in pieces(_outbound(mode, salt)):
+                if dry_a.send(piece) != len(piece):
+                    raise AssertionError("a small send was split: the clog would not be exact")
+                fit += 1
+        except BlockingIOError:
+            pass
+    out = _outbound(mode, salt)
+    sock.setblocking(False)
+    for _, piece in zip(range(fit), pieces(out), strict=False):
+        assert sock.send(piece) == len(piece)
+    with pytest.raises(BlockingIOError):
+        sock.send(b"x")
+    return out
+
+
+def transform_makers(
+    mode: str,
+) -> tuple[
+    Callable[[], Awaitable[tuple[TransformStream, TransformStream]]],
+    Callable[[], Awaitable[tuple[TransformStream, TransformStream]]],
+]:
+    async def pair() -> tuple[TransformStream, TransformStream]:
+        a, b = _tcp_pair()
+        out_a, out_b = _outbound(mode, os.urandom(16)), _outbound(mode, os.urandom(16))
+        return _transform(a, out_a, mode), _transform(b, out_b, mode)
+
+    async def clogged() -> tuple[TransformStream, TransformStream]:
+        a, b = _socketpair()
+        out_a = _clog_transformed(a, mode, os.urandom(16))
+        out_b = _clog_transformed(b, mode, os.urandom(16))
+        return _transform(a, out_a, mode), _transform(b, out_b, mode)
+
+    return pair, clogged
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_transform_stream_conforms(mode: str) -> None:
+    pair, clogged = transform_makers(mode)
+    _run(lambda: trio.testing.check_half_closeable_stream(pair, clogged))
+
+
+def test_transform_stream_states_the_checks_do_not_reach() -> None:
+    """Decoded bytes held back (max_bytes) are refused after aclose; a read at EOF still
+    checkpoints; a second sender is refused before the transform's state moves, so the stream
+    stays decodable."""
+
+    async def main() -> None:
+        a, b = _socketpair()
+        s = _transform(a, _outbound("both", os.urandom(16)), "both")
+        r = _transform(b, _outbound("both", os.urandom(16)), "both")
+        with trio.testing.assert_checkpoints():
+            await s.send_all(b"abcdef")
+        with trio.testing.assert_checkpoints():
+            assert await r.receive_some(2) == b"ab"  # the rest is decoded and held back
+        with trio.testing.assert_checkpoints():
+            assert await r.receive_some(2) == b"cd"  # from what was held back
+
+        socket_full = trio.Event()
+        bulk = os.urandom(1_000_000)  # does not compress
+
+        async def blocked_sender() -> None:
+            socket_full.set()
+            await s.send_all(bulk)  # more than the buffers hold: parks
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blocked_sender)
+            await socket_full.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await s.send_all(b"z")
+            got = b""
+            while len(got) < 2 + len(bulk):
+                got += await r.receive_some()
+        assert got == b"ef" + bulk  # nothing of the refused send in between
+        await s.send_eof()
+        with trio.testing.assert_checkpoints():
+            assert await r.receive_some() == b""
+        with trio.testing.assert_checkpoints():
+            assert await r.receive_some() == b""  # at EOF: still a checkpoint
+
+        c, d = _socketpair()
+        s2 = _transform(c, _outbound("encrypt", os.urandom(16)), "encrypt")
+        r2 = _transform(d, _outbound("encrypt", os.urandom(16)), "encrypt")
+        await s2.send_all(b"held")
+        assert await r2.receive_some(1) == b"h"
+        await r2.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await r2.receive_some(1)  # "eld" was decoded already: still refused
+        for stream in (s, r, s2):
+            await stream.aclose()
+
+    _run(main)

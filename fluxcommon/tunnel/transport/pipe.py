@@ -22,7 +22,7 @@ import trio
 from fluxcommon.bytepipe import copy
 from fluxcommon.tunnel.protocol.crypto import Inbound, Outbound
 from fluxcommon.tunnel.protocol.frames import ProtocolError
-from fluxcommon.tunnel.transport.sockstream import send_parts
+from fluxcommon.tunnel.transport.sockstream import receive_size, send_parts
 
 CHUNK = 256 * 1024
 
@@ -87,53 +87,96 @@ def combined(*limits: Limit | None) -> Limit | None:
 
 
 class TransformStream(trio.abc.HalfCloseableStream):
-    """`inner` with its outgoing bytes passed through `outbound` and incoming through `inbound`."""
+    """`inner` with its outgoing bytes passed through `outbound` and incoming through `inbound`.
+
+    The transforms keep state (chunk counters, DEFLATE), so a second task sending or receiving
+    at once gets `BusyResourceError` before anything is transformed, and a send after
+    `send_eof` or `aclose` gets `ClosedResourceError`; a call answered from bytes already
+    decoded still checkpoints (trio's stream contract, tests/fluxcommon/test_stream_conformance.py).
+    """
 
     def __init__(self, inner: trio.abc.HalfCloseableStream, outbound: Outbound, inbound: Inbound) -> None:
         self.inner = inner
         self.outbound = outbound
         self.inbound = inbound
         self._eof = False
+        self._closed = False
+        self._sent_eof = False
+        self._sending = False
+        self._receiving = False
+
+    def _check_send(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        if self._sent_eof:
+            raise trio.ClosedResourceError("stream already half-closed for sending")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        out = self.outbound.update(bytes(data))
-        if out:
-            await self.inner.send_all(out)
+        self._check_send()
+        self._sending = True
+        try:
+            # Also when there is nothing to send (b""): the inner stream's checkpoint.
+            await self.inner.send_all(self.outbound.update(bytes(data)))
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        tail = self.outbound.finish()
-        if tail:
-            await self.inner.send_all(tail)
-        await self.inner.send_eof()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._sent_eof or self._closed:
+            await self.inner.send_eof()  # idempotent, or ClosedResourceError, as the inner stream says
+            return
+        self._sent_eof = True
+        self._sending = True
+        try:
+            tail = self.outbound.finish()
+            if tail:
+                await self.inner.send_all(tail)
+            await self.inner.send_eof()
+        finally:
+            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        limit = max_bytes or CHUNK
-        while True:
-            if not self.inbound.needs_input:
-                out = self.inbound.update(b"", limit)
-                if out:
-                    return out
-            if self._eof:
-                return b""
-            data = await self.inner.receive_some(CHUNK)
-            if not data:
-                self._eof = True
+        limit = receive_size(max_bytes, CHUNK)
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            if self._eof or not self.inbound.needs_input:
+                await trio.lowlevel.checkpoint()  # answered without the inner stream: checkpoint anyway
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream closed")
+                if not self.inbound.needs_input:
+                    out = self.inbound.update(b"", limit)
+                    if out:
+                        return out
+                if self._eof:
+                    return b""
+                data = await self.inner.receive_some(CHUNK)
+                if not data:
+                    self._eof = True
+                    try:
+                        self.inbound.finish()
+                    except ProtocolError as exc:
+                        raise trio.BrokenResourceError(f"tunnel payload: {exc}") from None
+                    return b""
                 try:
-                    self.inbound.finish()
+                    out = self.inbound.update(data, limit)
                 except ProtocolError as exc:
                     raise trio.BrokenResourceError(f"tunnel payload: {exc}") from None
-                return b""
-            try:
-                out = self.inbound.update(data, limit)
-            except ProtocolError as exc:
-                raise trio.BrokenResourceError(f"tunnel payload: {exc}") from None
-            if out:
-                return out
+                if out:
+                    return out
+        finally:
+            self._receiving = False
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.inner.aclose()
 
 
