@@ -41,6 +41,11 @@ from fluxcommon.health import HTTP_2XX_3XX, StatusRule
 
 log = logging.getLogger("flux.health")
 
+SendAll = Callable[[bytes], Awaitable[None]]
+Recv = Callable[[], Awaitable[bytes | bytearray]]
+# one HTTP exchange of a probe over an open connection: (check, endpoint, send_all, recv, scheme)
+ProbeExchange = Callable[[pb.HealthCheck, EndpointState, SendAll, Recv, str], Awaitable[tuple[bool, str]]]
+
 
 async def probe(
     ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls | None = None, *, http2: bool = False
@@ -59,15 +64,15 @@ async def probe(
     for an http2 cluster).
     """
     timeout = (hc.timeout_ms or 2000) / 1000
+    exchange = _h2_status if http2 else _http_status
     if tls is not None:
-        return await _probe_tls(ep, hc, tls, limit=timeout, http2=http2)
+        return await _probe_tls(ep, hc, tls, exchange, limit=timeout)
     try:
         with trio.fail_after(timeout):
             sock = await net.connect(ep.address, ep.port, timeout)
             try:
                 if hc.type == "tcp":
                     return True, "tcp connect ok"
-                exchange = _h2_status if http2 else _http_status
                 return await exchange(hc, ep, partial(net.send_all, sock), partial(net.recv, sock), "http")
             finally:
                 net.close(sock)
@@ -79,11 +84,16 @@ async def probe(
         return False, f"error: {exc}"
 
 
+def _judge(hc: pb.HealthCheck, status: int, scheme: str, suffix: str = "") -> tuple[bool, str]:
+    """The status against the check's expected ones, else 200-399 (`fluxcommon.health`)."""
+    return StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status), f"{scheme} {status}{suffix}"
+
+
 async def _http_status(
     hc: pb.HealthCheck,
     ep: EndpointState,
-    send_all: Callable[[bytes], Awaitable[None]],
-    recv: Callable[[], Awaitable[bytes | bytearray]],
+    send_all: SendAll,
+    recv: Recv,
     scheme: str,
 ) -> tuple[bool, str]:
     """GET `hc.path` and judge the status (the expected ones, else 200-399: `fluxcommon.health`)."""
@@ -100,16 +110,14 @@ async def _http_status(
                 break
             return False, "connection closed before a response"
         reader.feed(bytes(data))
-    status = reader.head.status
-    ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
-    return ok, f"{scheme} {status}"
+    return _judge(hc, reader.head.status, scheme)
 
 
 async def _h2_status(
     hc: pb.HealthCheck,
     ep: EndpointState,
-    send_all: Callable[[bytes], Awaitable[None]],
-    recv: Callable[[], Awaitable[bytes | bytearray]],
+    send_all: SendAll,
+    recv: Recv,
     scheme: str,
 ) -> tuple[bool, str]:
     """`_http_status` in HTTP/2 (the `h2` library, sans-IO): one GET on stream 1, judged by its
@@ -147,8 +155,7 @@ async def _h2_status(
                 conn.close_connection()
                 with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     await send_all(conn.data_to_send())
-                ok = StatusRule.of(hc.expected_statuses, HTTP_2XX_3XX).accepts(status)
-                return ok, f"{scheme} {status} (h2)"
+                return _judge(hc, status, scheme, " (h2)")
             if isinstance(event, StreamReset) and event.stream_id == stream_id:
                 return False, f"HTTP/2 stream reset (error code {event.error_code})"
             if isinstance(event, ConnectionTerminated):
@@ -159,7 +166,7 @@ async def _h2_status(
 
 
 async def _probe_tls(
-    ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, *, limit: float, http2: bool = False
+    ep: EndpointState, hc: pb.HealthCheck, tls: UpstreamTls, exchange: ProbeExchange, *, limit: float
 ) -> tuple[bool, str]:
     """The same check over TLS, with the cluster's context (CA, verification, client certificate, SNI)."""
     timeout = limit
@@ -172,7 +179,6 @@ async def _probe_tls(
                 await stream.do_handshake()
                 if hc.type == "tcp":
                     return True, "tls handshake ok"
-                exchange = _h2_status if http2 else _http_status
                 return await exchange(hc, ep, stream.send_all, partial(stream.receive_some, 65536), "https")
     except trio.TooSlowError:
         return False, f"timed out after {timeout:g}s"
