@@ -174,9 +174,17 @@ def write_snapshot(cache: pathlib.Path, port: int, upstream: int) -> None:
 
 
 def start_flux(
-    procs: Procs, tmp: pathlib.Path, workers: int, admin: int, *, src: pathlib.Path | None = None, tag: str = ""
+    procs: Procs,
+    tmp: pathlib.Path,
+    workers: int,
+    admin: int,
+    *,
+    src: pathlib.Path | None = None,
+    tag: str = "",
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """flux-node of this checkout, or (`src`) of another source tree run with the same Python."""
+    """flux-node of this checkout, or (`src`) of another source tree run with the same Python;
+    `env`: its whole environment (default: this process's)."""
     node = [sys.executable, "-m", "dataplane.main"] if src else [str(pathlib.Path(sys.executable).parent / "flux-node")]
     cmd = [
         *node,
@@ -188,7 +196,8 @@ def start_flux(
         "--workers", str(workers),
         "--log-level", "warning",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(src)} if src else None
+    if src:
+        env = {**(env or os.environ), "PYTHONPATH": str(src)}
     proc = procs.start(cmd, tmp / f"flux{tag}-{workers}.log", env=env, cwd=src)
     wait_http(f"http://127.0.0.1:{admin}/ready")
     return proc

@@ -41,6 +41,7 @@ from node_vs_nginx import (  # noqa: E402
     compare,
     free_port,
     need,
+    start_flux,
     start_nginx,
     wait_http,
     write_snapshot,
@@ -50,8 +51,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
     ExportTraceServiceResponse,
 )
 
-VARIANTS: dict[str, dict[str, str]] = {
-    "off": {},
+VARIANTS: dict[str, dict[str, str] | None] = {
+    "off": None,
     "sampled 0": {"OTEL_TRACES_SAMPLER": "always_off"},
     "10%": {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
     "100%": {"OTEL_TRACES_SAMPLER": "always_on"},
@@ -93,25 +94,14 @@ class SpanCounter:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def start_node(procs: Procs, tmp: pathlib.Path, tag: str, upstream: int, otel: dict[str, str], collector: str):
+def start_node(procs: Procs, tmp: pathlib.Path, index: int, upstream: int, otel: dict[str, str] | None, collector: str):
+    """A one-worker node from a snapshot; `otel` None: no OTEL_* variable at all (tracing off)."""
     port, admin = free_port(), free_port()
-    cache = tmp / f"cache-{tag}"
-    write_snapshot(cache, port, upstream)
+    write_snapshot(tmp / f"cache{index}", port, upstream)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    if tag != "off":
+    if otel is not None:
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_BSP_SCHEDULE_DELAY": "1000", **otel}
-    cmd = [
-        str(pathlib.Path(sys.executable).parent / "flux-node"),
-        "--control-plane", "127.0.0.1:1",  # nobody: the node serves its cached snapshot
-        "--node-id", f"bench-{tag}",
-        "--cache-dir", str(cache),
-        "--admin", f"127.0.0.1:{admin}",
-        "--access-log", str(tmp / f"flux-{tag}-access.log"),
-        "--workers", "1",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    procs.start(cmd, tmp / f"flux-{tag}.log", env=env)
-    wait_http(f"http://127.0.0.1:{admin}/ready")
+    start_flux(procs, tmp, 1, admin, tag=str(index), env=env)
     return port
 
 
@@ -134,8 +124,8 @@ def main() -> int:
         nginx_port = free_port()
         start_nginx(procs, tmp, nginx, 1, nginx_port, upstream, True)
         targets = {"nginx": f"http://127.0.0.1:{nginx_port}/"}
-        for tag, otel in VARIANTS.items():
-            targets[tag] = f"http://127.0.0.1:{start_node(procs, tmp, tag, upstream, otel, counter.url)}/"
+        for index, (name, otel) in enumerate(VARIANTS.items()):
+            targets[name] = f"http://127.0.0.1:{start_node(procs, tmp, index, upstream, otel, counter.url)}/"
         print(f"== 1 worker each, {args.connections} connections, {args.rounds} rounds of {args.duration}s", flush=True)
         medians = compare(args, targets)
         base = medians["off"]["rps"]
