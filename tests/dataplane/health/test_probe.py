@@ -150,3 +150,14 @@ def test_an_http2_cluster_is_checked_in_http2_cleartext_and_over_tls(tmp_path: p
         assert tls_seen[0][b":scheme"] == b"https" and tls_seen[1][b":authority"] == f"127.0.0.1:{tls_port}".encode()
 
     trio.run(main)
+
+
+def test_an_http2_probe_answered_in_http1_or_garbage_is_unhealthy_never_an_error() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port, _ = await nursery.start(_service, b"200 OK", None)  # an HTTP/1.1 answer to an h2 preface
+            ok, detail = await probe(EndpointState("127.0.0.1", port), pb.HealthCheck(type="http"), http2=True)
+            assert not ok and ("protocol error" in detail or "closed" in detail), detail
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
