@@ -415,8 +415,9 @@ def test_admin_endpoints(stack: dict[str, Any]) -> None:
     assert "s" * 24 not in node.get("/config_dump").text
     clusters = node.clusters()
     assert clusters["app"]["endpoints"][0]["available"] is True
-    lines = [e for e in node.access_log() if e["route"] == "all"]
-    assert lines, "access log has the request"
+    lines = wait_until(
+        lambda: [e for e in node.access_log() if e["route"] == "all"], message="the access log has the request"
+    )
     entry = lines[-1]
     for key in ("request_id", "route", "upstream", "status", "bytes_out", "duration_ms"):
         assert key in entry
