@@ -177,11 +177,12 @@ def test_leaky_queue_mode_delays_on_the_reactor() -> None:
 
     trio.run(main)
     results = p_env["results"]
-    # one per 50 ms: waits 0, 50, 100 ms; the 4th would wait 150 ms > 120 ms
+    # one per 50 ms: waits 0, 50, 100 ms; the 4th would wait 150 ms > 120 ms. The lower bounds are
+    # the queue's promise; the upper ones only say "not a different slot" (a loaded machine wakes late).
     assert results[:3] == [None, None, None]
     assert isinstance(results[3], LocalResponse) and isinstance(results[4], LocalResponse)
-    assert delays[0] < 0.02
-    assert 0.04 <= delays[1] < 0.09 and 0.09 <= delays[2] < 0.14
+    assert delays[0] < 0.04
+    assert 0.04 <= delays[1] < 0.3 and 0.09 <= delays[2] < 0.35
 
 
 # -- state across config pushes ------------------------------------------------------------------
