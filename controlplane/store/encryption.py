@@ -9,7 +9,8 @@ with other control planes starting on the same MySQL database) on the `config_st
      and nothing is changed.
   2. The node CA's private key (controlplane.store.trust) is sealed under the box's key if it
      is not yet.
-  3. Every history document not sealed under the box's key is sealed whole: plaintext written
+  3. Console sessions sealed under another key are ended (a rotation logs everyone out).
+  4. Every history document not sealed under the box's key is sealed whole: plaintext written
      by earlier versions at start, everything during a rotation (the box then opens the old
      key's values too). A plaintext document of an earlier version also gets its digest
      again, keyed now. The history documents are the config's one storage (migration 0015).
@@ -31,7 +32,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -47,7 +48,7 @@ from controlplane.secretbox import (
     key_id_of,
 )
 from controlplane.store import trust
-from controlplane.store.models import ConfigHistoryRow, ConfigStateRow
+from controlplane.store.models import ConfigHistoryRow, ConfigStateRow, ConsoleSessionRow
 
 log = logging.getLogger("flux.store")
 
@@ -102,6 +103,7 @@ def seal_database(engine: Engine, box: SecretBox) -> SealReport:
         secret, created = _install_secret(state, box)
         fingerprints.set_install_secret(secret)
         fields = trust.reseal_ca_key(s, reseal)  # the node CA's private key
+        ended = _end_console_sessions_of_other_keys(s, box)  # after a rotation: everyone logs in again
         documents = 0
         heads = select(ConfigHistoryRow.version, func.substr(ConfigHistoryRow.document, 1, _HEAD))
         stale = [v for v, head in s.execute(heads.order_by(ConfigHistoryRow.version)) if not box.is_current_blob(head)]
@@ -118,9 +120,22 @@ def seal_database(engine: Engine, box: SecretBox) -> SealReport:
             s.flush()
             s.expunge(row)  # one document in memory at a time
         s.commit()
-    if (fields or documents) and engine.dialect.name == "sqlite":
+    if ended:
+        log.info("ended %d web console session(s) sealed under an earlier secret key", ended)
+    if (fields or documents or ended) and engine.dialect.name == "sqlite":
         _scrub_sqlite(engine)
     return SealReport(box.key_id, fields, documents, created)
+
+
+def _end_console_sessions_of_other_keys(s: Session, box: SecretBox) -> int:
+    """Delete the console sessions (controlplane.ui.sessions) not sealed under `box`'s key: a
+    session is a login, not data, so a rotation ends it rather than re-sealing the API token
+    it holds."""
+    rows = s.execute(select(ConsoleSessionRow.id, ConsoleSessionRow.secrets_sealed)).all()
+    stale = [key for key, sealed in rows if not box.is_current(sealed)]
+    for chunk in range(0, len(stale), 500):
+        s.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.id.in_(stale[chunk : chunk + 500])))  # type: ignore[attr-defined]
+    return len(stale)
 
 
 def _scrub_sqlite(engine: Engine) -> None:

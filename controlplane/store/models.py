@@ -2,7 +2,7 @@
 
 The config itself is the version row (`config_state`) and one document per version
 (`config_history`, controlplane.store.config_store); the other tables hold what is not
-config: nodes, API tokens, node trust, rollouts. (Earlier versions also kept one table per
+config: nodes, API tokens, node trust, rollouts, console sessions. (Earlier versions also kept one table per
 resource kind; migration 0015 dropped them.)
 """
 
@@ -174,3 +174,17 @@ class RolloutRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+
+
+class ConsoleSessionRow(SQLModel, table=True):
+    """A web console session (controlplane.ui.sessions): found by the SHA-256 of the cookie's
+    id (the id itself is never stored); the API token it acts with and its CSRF token are
+    sealed with the secret key. Every control plane of the database sees every session."""
+
+    __tablename__ = "console_sessions"
+    id: str = Field(max_length=64, primary_key=True)
+    secrets_sealed: str = Field(sa_column=Column(Text, nullable=False))
+    principal: dict[str, Any] = _json()
+    flashes: list[Any] = _json([])
+    created_at: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    last_used_at: int = Field(sa_column=Column(BigInteger, nullable=False))

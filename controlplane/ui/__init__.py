@@ -25,10 +25,11 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from controlplane.ui import docs, views_auth, views_config, views_dashboard, views_live, views_resources
 from controlplane.ui.apiclient import ApiError, TokenRefused
-from controlplane.ui.sessions import COOKIE, COOKIE_PATH, CsrfRefused, SessionStore
+from controlplane.ui.sessions import COOKIE, COOKIE_PATH, CsrfRefused
 from controlplane.ui.web import HERE, LoginRequired, message_page, store
 
 __all__ = ["install"]
@@ -48,7 +49,6 @@ def _to_login(request: Request, next_path: str, reason: str) -> Response:
 
 def install(app: FastAPI) -> None:
     """Serve the console under /ui/ and the API docs at /docs, both with local assets only."""
-    app.state.console_sessions = SessionStore()
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="console-static")
     for module in (views_auth, views_dashboard, views_resources, views_config, views_live, docs):
         app.include_router(module.router)
@@ -60,15 +60,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TokenRefused)
     async def _refused(request: Request, _exc: TokenRefused) -> Response:
-        store(request).end(request.cookies.get(COOKIE, ""))
+        await run_in_threadpool(store(request).end, request.cookies.get(COOKIE, ""))
         return _to_login(request, "/ui/", "refused")
 
     @app.exception_handler(CsrfRefused)
     async def _csrf(request: Request, exc: CsrfRefused) -> Response:
-        return message_page(request, 403, "Write refused", str(exc))
+        return await message_page(request, 403, "Write refused", str(exc))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
         """A read the API refused where the page has no better place to say so."""
         why = f"Your token may not see this: {exc.message}" if exc.forbidden else exc.message
-        return message_page(request, exc.status, "Not available", why)
+        return await message_page(request, exc.status, "Not available", why)

@@ -12,6 +12,7 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from controlplane.api.access import Refusal, authenticate
 from controlplane.ui.sessions import COOKIE, COOKIE_PATH, same_origin
@@ -52,7 +53,7 @@ async def login(request: Request) -> Response:
         principal = await authenticate(request.app.state.flux, f"Bearer {token}")
     except Refusal:
         return render("login.html", next=target, error="Wrong token: the API does not know it.", notice="")
-    session_id, _ = store(request).create(token, principal, time.time())
+    session_id, _ = await run_in_threadpool(store(request).create, token, principal, time.time())
     response = redirect(target)
     response.set_cookie(
         COOKIE,
@@ -68,7 +69,7 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 async def logout(p: Page = Depends(page)) -> Response:
     await p.form()
-    store(p.request).end(p.request.cookies.get(COOKIE, ""))
+    await run_in_threadpool(store(p.request).end, p.request.cookies.get(COOKIE, ""))
     response = redirect("/ui/login?reason=logout")
     response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
     return response

@@ -21,7 +21,9 @@ from urllib.parse import parse_qsl, quote
 import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
+from controlplane.secretbox import SecretBox, SecretKey
 from controlplane.ui.apiclient import AUTHOR, BOOTSTRAP_AUTHOR, Api
 from controlplane.ui.kinds import UI_KINDS, cell
 from controlplane.ui.sessions import COOKIE, Session, SessionStore, check_write
@@ -79,7 +81,13 @@ class LoginRequired(Exception):
 
 
 def store(request: Request) -> SessionStore:
-    return request.app.state.console_sessions  # type: ignore[no-any-return]
+    """The console's sessions, kept in the control plane's database (made on first use)."""
+    sessions: SessionStore | None = getattr(request.app.state, "console_sessions", None)
+    if sessions is None:
+        config = request.app.state.flux.store
+        box = config.secrets or SecretBox(SecretKey.generate())  # no secret key (a test's store): this process's
+        sessions = request.app.state.console_sessions = SessionStore(config.engine, box)
+    return sessions
 
 
 def origin_of(request: Request) -> str:
@@ -108,10 +116,14 @@ class Page:
         return fields
 
     def flash(self, message: str, kind: str = "ok") -> None:
+        """A message for the next page this browser sees (kept with the session)."""
         self.session.flashes.append((kind, message))
+        store(self.request).save_flashes(self.session)
 
     def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         flashes, self.session.flashes = self.session.flashes, []
+        if flashes:
+            store(self.request).save_flashes(self.session)
         return render(
             template,
             status,
@@ -132,9 +144,9 @@ def render(template: str, status: int = 200, **values: Any) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
-def message_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:
+async def message_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:
     """An error page, with the menu when the request has a live session."""
-    session = store(request).get(request.cookies.get(COOKIE, ""), time.time())
+    session = await run_in_threadpool(store(request).get, request.cookies.get(COOKIE, ""), time.time())
     if session is None:
         return render("message.html", status, title=title, message=message)
     author = BOOTSTRAP_AUTHOR if session.principal.bootstrap else AUTHOR
@@ -156,7 +168,7 @@ async def read_form(request: Request) -> dict[str, str]:
 
 async def page(request: Request) -> Page:
     """Dependency of every page behind the login."""
-    session = store(request).get(request.cookies.get(COOKIE, ""), time.time())
+    session = await run_in_threadpool(store(request).get, request.cookies.get(COOKIE, ""), time.time())
     if session is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target if request.method == "GET" else "/ui/")

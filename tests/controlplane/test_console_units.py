@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from controlplane.api_tokens import BOOTSTRAP_ADMIN, Principal
+from controlplane.secretbox import SecretBox, SecretKey
 from controlplane.spec import KINDS
+from controlplane.store.db import make_engine, migrate
 from controlplane.ui.dashboard import RateMeter, counters_of, route_rates
 from controlplane.ui.diffs import dry_run_diffs, version_diffs
 from controlplane.ui.forms import defaults, fields_of, from_form, place_errors, to_form
@@ -15,13 +20,28 @@ from controlplane.ui.sessions import CsrfRefused, SessionStore, check_write
 from controlplane.ui.views_auth import _safe_next
 
 READER = Principal("viewer", "read")
+BOX = SecretBox(SecretKey.generate())
 
 
-def test_sessions_end_on_idle_lifetime_and_logout() -> None:
-    store = SessionStore(idle=10, lifetime=100)
-    sid, session = store.create("tok", READER, now=0)
-    assert store.get(sid, 5) is session and not session.can_write
-    assert store.get(sid, 14) is session  # used at 5: idle clock restarted
+@pytest.fixture
+def engine(tmp_path: pathlib.Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'flux.db'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def sessions(engine: Engine, **kw: Any) -> SessionStore:
+    return SessionStore(engine, BOX, **kw)
+
+
+def test_sessions_end_on_idle_lifetime_and_logout(engine: Engine) -> None:
+    store = sessions(engine, idle=10, lifetime=100, touch_every=0)
+    sid, made = store.create("tok", READER, now=0)
+    got = store.get(sid, 5)
+    assert got is not None and (got.token, got.csrf, got.principal) == ("tok", made.csrf, READER)
+    assert not got.can_write
+    assert store.get(sid, 14) is not None  # used at 5: idle clock restarted
     assert store.get(sid, 30) is None  # idle past 10 s
     sid, _ = store.create("tok", BOOTSTRAP_ADMIN, now=0)
     for t in range(9, 100, 9):
@@ -30,19 +50,58 @@ def test_sessions_end_on_idle_lifetime_and_logout() -> None:
     sid, _ = store.create("tok", BOOTSTRAP_ADMIN, now=0)
     store.end(sid)
     assert store.get(sid, 1) is None
-    assert store.get("", 1) is None and store.get("made-up", 1) is None
+    assert store.get("", 1) is None and store.get("made-up", 1) is None and store.get("x" * 10_000, 1) is None
 
 
-def test_session_table_keeps_no_usable_id_or_bounds_itself() -> None:
-    store = SessionStore(limit=3)
-    ids = [store.create("tok", READER, now=i)[0] for i in range(5)]
+def test_the_last_use_is_written_at_most_every_touch_interval(engine: Engine) -> None:
+    store = sessions(engine, idle=100, touch_every=60)
+    sid, _ = store.create("tok", READER, now=0)
+    got = store.get(sid, 30)
+    assert got is not None and got.last_used == 0  # read, not written
+    got = store.get(sid, 90)
+    assert got is not None and got.last_used == 90
+    assert store.get(sid, 180) is not None  # 90 s after the last use written, not 180 after login
+
+
+def test_another_control_plane_of_the_database_serves_the_session(engine: Engine) -> None:
+    """Two stores on one database are two control planes: a login on one is valid on the other,
+    flashes written by one are read by the other, a logout on one ends it on both."""
+    one, two = sessions(engine), sessions(engine)
+    sid, made = one.create("tok", Principal("ops", "registry", frozenset({"orders"})), now=0)
+    seen = two.get(sid, 1)
+    assert seen is not None and seen.csrf == made.csrf and seen.principal.services == frozenset({"orders"})
+    seen.flashes.append(("ok", "route saved"))
+    two.save_flashes(seen)
+    again = one.get(sid, 2)
+    assert again is not None and again.flashes == [("ok", "route saved")]
+    one.end(sid)
+    assert two.get(sid, 3) is None
+
+
+def test_session_rows_keep_no_usable_id_or_token_and_bound_themselves(engine: Engine, tmp_path: pathlib.Path) -> None:
+    store = sessions(engine, limit=3)
+    ids = [store.create("flux_0123456789ab_" + "s" * 43, READER, now=i)[0] for i in range(5)]
     assert len(store) == 3
     assert store.get(ids[0], 5) is None and store.get(ids[4], 5) is not None
-    assert not any(sid in store._sessions for sid in ids)  # only digests are kept
+    with engine.connect() as conn:
+        rows = [tuple(map(str, r)) for r in conn.exec_driver_sql("SELECT * FROM console_sessions")]
+    stored = " ".join(" ".join(r) for r in rows)
+    assert not any(sid in stored for sid in ids)  # only digests are kept
+    assert "s" * 43 not in stored and "flux_" not in stored  # the API token is sealed
+    engine.dispose()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("flux.db*"))
+    assert b"s" * 43 not in raw
 
 
-def test_writes_need_the_csrf_token_and_our_origin() -> None:
-    _, session = SessionStore().create("tok", BOOTSTRAP_ADMIN, now=0)
+def test_a_session_sealed_under_another_key_is_ended(engine: Engine) -> None:
+    sid, _ = sessions(engine).create("tok", READER, now=0)
+    other = SessionStore(engine, SecretBox(SecretKey.generate()))
+    assert other.get(sid, 1) is None
+    assert sessions(engine).get(sid, 2) is None  # the row is gone
+
+
+def test_writes_need_the_csrf_token_and_our_origin(engine: Engine) -> None:
+    _, session = sessions(engine).create("tok", BOOTSTRAP_ADMIN, now=0)
     here = "http://127.0.0.1:9080"
     check_write(session, session.csrf, "", here)  # no Origin (a non-browser client): token alone
     check_write(session, session.csrf, here, here)
