@@ -35,6 +35,9 @@ def masked_snapshot(snap: pb.Snapshot) -> dict[str, Any]:
     for tunnel in copy.tunnels:
         for i in range(len(tunnel.tokens)):
             tunnel.tokens[i] = MASK
+        for user in tunnel.users:
+            if user.token:
+                user.token = MASK
     for policy in copy.policies:
         for key in list(policy.config.keys()):
             if key in _SECRET_POLICY_KEYS:
