@@ -579,9 +579,15 @@ def main(argv: list[str] | None = None) -> None:
     client = Client(args.server, args.token)
     try:
         code = args.func(client, args)
+        sys.stdout.flush()
     except CliError as exc:
         print(str(exc), file=sys.stderr)
         code = 1
+    except BrokenPipeError:
+        # `fluxctl history | head -1`: the reader went away. Stop quietly, as a tool killed by
+        # SIGPIPE would (128 + 13), and keep the flush at exit from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     sys.exit(code)
 
 

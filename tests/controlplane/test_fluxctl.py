@@ -231,3 +231,19 @@ def test_apply_from_stdin(cp: ControlPlaneProcess, api: httpx.Client) -> None:
     out = ok(fluxctl(cp, "apply", "-f", "-", stdin=doc))
     assert "+ policies/stdin-cors create" in out
     assert api.get("/api/v1/policies/stdin-cors").status_code == 200
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(cp: ControlPlaneProcess) -> None:
+    """`fluxctl history | head -1`: the reader goes away; fluxctl stops quietly (as a C tool would)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before fluxctl writes a byte
+    try:
+        env = {**os.environ, "FLUX_SERVER": cp.url, "FLUX_ADMIN_TOKEN": cp.token}
+        result = subprocess.run(
+            [executable("fluxctl"), "history"], env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert result.returncode == 141, result.stderr
