@@ -29,7 +29,8 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.resource}: {self.field}: {self.message}" if self.field else f"{self.resource}: {self.message}"
+        where = ": ".join(part for part in (self.resource, self.field) if part)
+        return f"{where}: {self.message}" if where else self.message
 
     def as_dict(self) -> dict[str, str]:
         return {"resource": self.resource, "field": self.field, "message": self.message}

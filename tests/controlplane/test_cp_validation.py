@@ -568,3 +568,11 @@ def test_policy_secrets_masked_and_kept() -> None:
     assert PolicySpec.model_validate(m).keep_secrets_from(p) == p
     with pytest.raises(ValueError, match=r"config\.client_secret"):
         PolicySpec.model_validate(m).keep_secrets_from(None)
+
+
+def test_field_error_without_a_resource_reads_without_a_leading_colon() -> None:
+    # POST /api/v1/auth/token/verify {"policy": "nope"} answered "message": ": policy: unknown policy 'nope'"
+    assert str(FieldError("", "policy", "unknown policy 'nope'")) == "policy: unknown policy 'nope'"
+    assert str(FieldError("", "", "bad")) == "bad"
+    assert str(FieldError("routes/a", "cluster", "unknown cluster 'x'")) == "routes/a: cluster: unknown cluster 'x'"
+    assert str(FieldError("routes/a", "", "bad")) == "routes/a: bad"
