@@ -200,6 +200,8 @@ def _error_lines(status: int, body: Row) -> list[str]:
 class Client:
     def __init__(self, server: str, token: str | None, timeout: float = 30.0) -> None:
         self.server = server.rstrip("/")
+        if "://" not in self.server:  # `--server 127.0.0.1:9080`: plain HTTP, as the default
+            self.server = f"http://{self.server}"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers["X-Flux-Author"] = os.environ.get("USER", "fluxctl")
         if os.environ.get("TRACEPARENT"):  # OpenTelemetry's environment carrier: the write joins that trace
@@ -218,6 +220,8 @@ class Client:
                 body = resp.json()
             except ValueError:
                 raise CliError(f"{resp.status_code}: {resp.text[:200]}") from None
+            if not isinstance(body, dict) or "error" not in body or "message" not in body:
+                raise CliError(self.not_control_plane(f"{method} {path}: {resp.status_code} {resp.text[:200]!r}"))
             lines = _error_lines(resp.status_code, body)
             if resp.status_code == 401:
                 lines.append(
@@ -225,7 +229,16 @@ class Client:
                     " plane printed where it is, or an API token)"
                 )
             raise CliError("\n".join(lines))
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError:
+            raise CliError(self.not_control_plane(f"{method} {path}: {resp.text[:200]!r}")) from None
+
+    def not_control_plane(self, answer: str) -> str:
+        return (
+            f"{self.server} does not answer as a FLUX control plane ({answer}):"
+            " is --server (FLUX_SERVER) the control plane's REST address, such as http://127.0.0.1:9080?"
+        )
 
     def list_all(self, plural: str) -> list[Row]:
         items: list[Row] = []
@@ -582,6 +595,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except CliError as exc:
         print(str(exc), file=sys.stderr)
+        code = 1
+    except (KeyError, TypeError) as exc:
+        # an answer without the fields a control plane's has: --server names something else (the gateway?)
+        shape = f"an answer without {exc}" if isinstance(exc, KeyError) else f"an answer of another shape: {exc}"
+        print(client.not_control_plane(shape), file=sys.stderr)
         code = 1
     except BrokenPipeError:
         # `fluxctl history | head -1`: the reader went away. Stop quietly, as a tool killed by

@@ -247,3 +247,46 @@ def test_output_into_a_closed_pipe_is_no_traceback(cp: ControlPlaneProcess) -> N
     assert "Traceback" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
     assert result.returncode == 141, result.stderr
+
+
+@pytest.fixture
+def not_a_control_plane() -> Iterator[str]:
+    """An HTTP server that answers JSON, but not as a control plane: the gateway's echo route, say."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = (404, b'{"error": "not_found"}') if self.path.startswith("/api/v1/nodes") else (200, b"{}")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_is_no_control_plane_is_named_not_a_traceback(not_a_control_plane: str) -> None:
+    env = {**os.environ, "FLUX_SERVER": not_a_control_plane, "FLUX_ADMIN_TOKEN": "x"}
+    for args in (["get", "routes"], ["history"], ["nodes"]):
+        result = subprocess.run([executable("fluxctl"), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert "does not answer as a FLUX control plane" in result.stderr, (args, result.stderr)
+        assert "--server (FLUX_SERVER)" in result.stderr
+
+
+def test_server_without_a_scheme_is_plain_http(cp: ControlPlaneProcess) -> None:
+    bare = cp.url.removeprefix("http://")
+    out = ok(fluxctl(cp, "--server", bare, "history"))
+    assert "VERSION" in out
