@@ -43,6 +43,7 @@ from dataplane.http.request import RequestHead
 from dataplane.listeners import ListenerManager, ListenError
 from dataplane.metrics import Metrics
 from dataplane.policies.base import PolicyEnv, SharedServices
+from dataplane.policies.breaker import admin_state
 from dataplane.reactor import Reactor
 from dataplane.tls.contexts import TICKET_KEY_LIFETIME
 from dataplane.tunnel.manager import TunnelConfigError, TunnelManager
@@ -306,7 +307,7 @@ class NodeWorker:
     def _breakers(self, _head: RequestHead) -> tuple[int, str, bytes]:
         now = time.monotonic()
         out = [
-            {"policy": key[1], "scope": key[3], **breaker.snapshot(now)}
+            {"policy": key[1], "scope": key[3], **admin_state(breaker, now)}
             for key, breaker in self.services.items()
             if isinstance(key, tuple) and key and key[0] == "breaker"
         ]
