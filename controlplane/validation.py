@@ -147,12 +147,13 @@ def check_config(cfg: ConfigSet) -> list[FieldError]:
     routed = {r.listener for r in cfg["routes"].values() if isinstance(r, RouteSpec) and r.listener}
     for lst in cfg["listeners"].values():
         assert isinstance(lst, ListenerSpec)
-        if lst.protocol == "tls" and lst.name not in routed:
+        if lst.protocol == "tls" and lst.name not in routed and not lst.cluster:
             errors.append(
                 FieldError(
                     f"listeners/{lst.name}",
                     "protocol",
-                    "a tls listener picks clusters by SNI from routes naming it (hosts); add such a route",
+                    "a tls listener picks clusters by SNI from routes naming it (hosts), else sends to its"
+                    " `cluster`; add such a route or a cluster",
                 )
             )
     for route in cfg["routes"].values():
