@@ -547,8 +547,15 @@ class NodeWorker:
                 services.start_soon(self.svc.run_reaper)
                 _tune_gc()
                 task_status.started(admin_port)
-                await self._wait_for_stop()
-                await self._drain()
+                # the receiver stays open through the drain: a second SIGTERM (systemd signals every
+                # process of the unit while the supervisor forwards its own; Ctrl-C reaches a whole
+                # process group) must not end the process by the default action mid-drain
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    await self._wait_for_stop(signals)
+                    async with trio.open_nursery() as draining:
+                        draining.start_soon(self._ignore_while_draining, signals)
+                        await self._drain()
+                        draining.cancel_scope.cancel()
                 connections.cancel_scope.cancel()
             services.cancel_scope.cancel()
         self.pools.close_all()
@@ -556,11 +563,14 @@ class NodeWorker:
             await trio.to_thread.run_sync(self.tracing.shutdown, 3.0)
         log.info("node stopped")
 
-    async def _wait_for_stop(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for sig in signals:
-                log.info("received %s: draining (up to %gs)", signal.Signals(sig).name, self.opts.drain_timeout)
-                return
+    async def _wait_for_stop(self, signals: Any) -> None:
+        async for sig in signals:
+            log.info("received %s: draining (up to %gs)", signal.Signals(sig).name, self.opts.drain_timeout)
+            return
+
+    async def _ignore_while_draining(self, signals: Any) -> None:
+        async for sig in signals:
+            log.info("received %s again: still draining (up to %gs)", signal.Signals(sig).name, self.opts.drain_timeout)
 
     async def _drain(self) -> None:
         self.draining = True
