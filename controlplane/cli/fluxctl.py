@@ -39,6 +39,7 @@ import httpx
 import yaml
 
 from controlplane.cli import rollouts, waiting
+from controlplane.cli.paths import segment
 from controlplane.spec.configset import KINDS, kind_of
 from fluxcommon import yamlsafe
 from fluxcommon.didyoumean import suggest
@@ -347,7 +348,7 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise CliError(str(exc).strip("'\"")) from None
     if args.name:
-        item = client.call("GET", f"/api/v1/{plural}/{args.name}")
+        item = client.call("GET", f"/api/v1/{plural}/{segment(args.name)}")
         rows = [item]
     else:
         rows = client.list_all(plural)
@@ -362,14 +363,14 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     if args.kind in ("services", "service"):  # the registry's: no config version to wait for
-        gone = client.call("DELETE", f"/api/v1/services/{args.name}")
+        gone = client.call("DELETE", f"/api/v1/services/{segment(args.name)}")
         print(f"deleted services/{args.name}: registry index {gone['index']}")
         return 0
     try:
         plural = kind_of(args.kind).plural
     except KeyError as exc:
         raise CliError(str(exc).strip("'\"")) from None
-    result = client.call("DELETE", f"/api/v1/{plural}/{args.name}")
+    result = client.call("DELETE", f"/api/v1/{plural}/{segment(args.name)}")
     print(f"deleted {plural}/{args.name}: config version {result['version']}")
     return waiting.after_commit(client, args, result["version"])
 
@@ -387,7 +388,7 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 0
     if args.nodes_action == "revoke":
-        gone = client.call("DELETE", f"/api/v1/nodes/{args.node_id}")
+        gone = client.call("DELETE", f"/api/v1/nodes/{segment(args.node_id)}")
         print(f"revoked node {gone['revoked']}: {gone['certificates']} certificate(s); its streams are cut")
         return 0
     result = client.call("GET", "/api/v1/nodes")
@@ -450,7 +451,7 @@ def cmd_tokens(client: Client, args: argparse.Namespace) -> int:
         note = f"token {result['name']!r} (role {result['role']}, {expires}): shown this once, keep it now"
         print(note, file=sys.stderr)
     elif args.action == "delete":
-        client.call("DELETE", f"/api/v1/tokens/{args.name}")
+        client.call("DELETE", f"/api/v1/tokens/{segment(args.name)}")
         print(f"revoked token {args.name}")
     else:
         result = client.call("GET", "/api/v1/tokens")
@@ -466,7 +467,7 @@ def cmd_tokens(client: Client, args: argparse.Namespace) -> int:
 def cmd_tunnels(client: Client, args: argparse.Namespace) -> int:
     """`tunnels agent-config`: a ready flux-tunnel config for one tunnel user (admin: it holds the token)."""
     body = {"user": args.user, "server": args.server_addr}
-    result = client.call("POST", f"/api/v1/tunnels/{args.name}/agent-config", json=body)
+    result = client.call("POST", f"/api/v1/tunnels/{segment(args.name)}/agent-config", json=body)
     config: str = result["config"]
     directory = os.path.dirname(os.path.abspath(args.file)) if args.file else os.getcwd()
     if result["ca_pem"]:

@@ -290,3 +290,22 @@ def test_server_without_a_scheme_is_plain_http(cp: ControlPlaneProcess) -> None:
     bare = cp.url.removeprefix("http://")
     out = ok(fluxctl(cp, "--server", bare, "history"))
     assert "VERSION" in out
+
+
+def test_a_name_is_one_path_segment(cp: ControlPlaneProcess, api: httpx.Client) -> None:
+    """`fluxctl get route ..` printed the API's index as a route, and `fluxctl delete route
+    ../clusters/NAME` deleted a cluster: names went into the URL as they were typed."""
+    doc = "clusters:\n  - {name: seg-c, endpoints: [{address: 127.0.0.1, port: 9}]}\n"
+    ok(fluxctl(cp, "apply", "-f", "-", stdin=doc))
+    for args in (
+        ["get", "route", ".."],
+        ["get", "route", "../clusters/seg-c"],
+        ["delete", "route", "../clusters/seg-c"],
+    ):
+        result = fluxctl(cp, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "404" in result.stderr, (args, result.stderr)
+    assert api.get("/api/v1/clusters/seg-c").status_code == 200  # still there
+    for args in (["rollouts", "get", ".."], ["nodes", "revoke", ".."], ["tokens", "delete", ".."]):
+        result = fluxctl(cp, *args)
+        assert result.returncode == 1 and "404" in result.stderr, (args, result.stderr)
