@@ -273,6 +273,8 @@ def _load_files(paths: list[str]) -> dict[str, list[Row]]:
                 problems.append(f"{path}: the top level must be a mapping of kinds (listeners:, routes:, ...)")
                 continue
             for plural, items in doc.items():
+                if plural == "version":  # GET /api/v1/config/export names its version; POST /apply skips it too
+                    continue
                 if plural == "services":
                     problems.append(
                         f"{path}: services are the registry's, not config: curl -X POST $FLUX_SERVER/api/v1/"

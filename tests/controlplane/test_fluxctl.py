@@ -309,3 +309,15 @@ def test_a_name_is_one_path_segment(cp: ControlPlaneProcess, api: httpx.Client) 
     for args in (["rollouts", "get", ".."], ["nodes", "revoke", ".."], ["tokens", "delete", ".."]):
         result = fluxctl(cp, *args)
         assert result.returncode == 1 and "404" in result.stderr, (args, result.stderr)
+
+
+def test_an_export_applies_as_it_is(cp: ControlPlaneProcess, api: httpx.Client, tmp_path: pathlib.Path) -> None:
+    """GET /api/v1/config/export names its version; POST /api/v1/apply takes the document as it is,
+    and so does `fluxctl apply -f` (it said: unknown kind 'version')."""
+    export = api.get("/api/v1/config/export")
+    assert export.status_code == 200, export.text
+    assert "version" in export.json()
+    path = tmp_path / "export.json"
+    path.write_text(export.text)
+    out = ok(fluxctl(cp, "apply", "-f", str(path), "--diff"))
+    assert "unknown kind" not in out
