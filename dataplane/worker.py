@@ -509,7 +509,11 @@ class NodeWorker:
                 self.listeners.bind(services, connections)
                 self.tunnels.bind(services)
                 self.health.start(services)
-                admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)
+                try:
+                    admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)
+                except OSError as exc:  # name the flag: the node's other sockets fail per resource
+                    where = f"{opts.admin_address}:{opts.admin_port}"
+                    raise OSError(exc.errno, f"--admin {where}: {exc.strerror}") from None
                 log.info("admin endpoint on http://%s:%d", opts.admin_address, admin_port)
                 cached = self.cache.load()
                 version = ""
