@@ -64,6 +64,9 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC binds with SO_REUSEPORT by default: a second control plane given a taken --grpc port
+    # would start and take half of the nodes' connections (of another database, maybe)
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -169,7 +172,11 @@ def _bind(address: str) -> socket.socket:
     # socket says so; with proto 0 every response waits ~40 ms on Nagle + delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen for the REST API on {address}: {exc.strerror}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -221,18 +228,22 @@ async def serve(args: argparse.Namespace) -> int:
     store.on_commit(lambda _v: watcher.poke_threadsafe(loop))
     await watcher.load_once()
 
+    http_sock = _bind(args.http)  # before gRPC starts: a taken port stops us with nothing to undo
     grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(servicer, grpc_server)
     enrolment = EnrolmentServicer(trust, authenticator)
     enrolment_pb2_grpc.add_EnrolmentServiceServicer_to_server(enrolment, grpc_server)
     server_tls = ServerTLS.issue(node_ca, split_host_port(args.grpc)[0])
-    grpc_port = grpc_server.add_secure_port(args.grpc, server_tls.credentials())
+    try:
+        grpc_port = grpc_server.add_secure_port(args.grpc, server_tls.credentials())
+    except RuntimeError:  # grpcio raises "Failed to bind" where older versions returned 0
+        grpc_port = 0
     if not grpc_port:
-        log.error("cannot listen for gRPC on %s", args.grpc)
+        log.error("cannot listen for the config stream (gRPC) on %s: the address is in use or not local", args.grpc)
+        http_sock.close()
         return 2
     await grpc_server.start()
 
-    http_sock = _bind(args.http)
     http_host, http_port = http_sock.getsockname()[:2]
     prober = HealthProber(registry)  # active health checks (registry leader only)
     alerts = AlertManager(registry, lambda: alert_rules(store.current()[1]), lambda: cache.version)

@@ -29,7 +29,8 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.resource}: {self.field}: {self.message}" if self.field else f"{self.resource}: {self.message}"
+        where = ": ".join(part for part in (self.resource, self.field) if part)
+        return f"{where}: {self.message}" if where else self.message
 
     def as_dict(self) -> dict[str, str]:
         return {"resource": self.resource, "field": self.field, "message": self.message}
@@ -146,12 +147,13 @@ def check_config(cfg: ConfigSet) -> list[FieldError]:
     routed = {r.listener for r in cfg["routes"].values() if isinstance(r, RouteSpec) and r.listener}
     for lst in cfg["listeners"].values():
         assert isinstance(lst, ListenerSpec)
-        if lst.protocol == "tls" and lst.name not in routed:
+        if lst.protocol == "tls" and lst.name not in routed and not lst.cluster:
             errors.append(
                 FieldError(
                     f"listeners/{lst.name}",
                     "protocol",
-                    "a tls listener picks clusters by SNI from routes naming it (hosts); add such a route",
+                    "a tls listener picks clusters by SNI from routes naming it (hosts), else sends to its"
+                    " `cluster`; add such a route or a cluster",
                 )
             )
     for route in cfg["routes"].values():

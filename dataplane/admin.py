@@ -14,6 +14,7 @@ from google.protobuf.json_format import MessageToDict
 
 from flux.v1 import config_pb2 as pb
 from fluxcommon.adminhttp import AdminRequest, AdminServer, Handler, Reply, json_body
+from fluxcommon.secrets import url_password, with_url_password
 
 __all__ = ["MASK", "AdminRequest", "AdminServer", "Handler", "Reply", "json_body", "masked_snapshot"]
 
@@ -35,8 +36,13 @@ def masked_snapshot(snap: pb.Snapshot) -> dict[str, Any]:
     for tunnel in copy.tunnels:
         for i in range(len(tunnel.tokens)):
             tunnel.tokens[i] = MASK
+        for user in tunnel.users:
+            if user.token:
+                user.token = MASK
     for policy in copy.policies:
         for key in list(policy.config.keys()):
             if key in _SECRET_POLICY_KEYS:
                 policy.config[key] = MASK
+            elif key == "redis" and url_password(policy.config[key]):
+                policy.config[key] = with_url_password(policy.config[key], MASK)
     return MessageToDict(copy, preserving_proto_field_name=True)

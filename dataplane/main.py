@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers > 1 and args.worker_index is None:
         from dataplane.supervisor import run_supervisor
 
-        sys.exit(run_supervisor(args, admin))
+        try:
+            sys.exit(run_supervisor(args, admin))
+        except (OSError, BaseExceptionGroup) as exc:
+            _exit_if_oserror(exc)
+            raise
     index = args.worker_index or 0
     opts = options_from(args, index, admin)
     if not opts.control_planes:
@@ -167,10 +171,19 @@ def main(argv: list[str] | None = None) -> None:
         trio.run(_run_worker, opts, args.report_file)
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(2)
+    except (OSError, BaseExceptionGroup) as exc:  # trio groups what its nurseries raise
+        _exit_if_oserror(exc)
+        raise
     sys.exit(0)
+
+
+def _exit_if_oserror(exc: BaseException) -> None:
+    """A start that failed on a socket (--admin taken, say): one line and exit 2, no traceback."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError):
+        print(f"flux-node: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

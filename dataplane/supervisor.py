@@ -186,7 +186,10 @@ class Supervisor:
 
     async def run(self) -> int:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(self.server.serve, self.admin[0], self.admin[1])
+            try:
+                port = await nursery.start(self.server.serve, self.admin[0], self.admin[1])
+            except OSError as exc:
+                raise OSError(exc.errno, f"--admin {self.admin[0]}:{self.admin[1]}: {exc.strerror}") from None
             log.info("supervising %d workers; admin on http://%s:%d", len(self.workers), self.admin[0], port)
             for w in self.workers:
                 nursery.start_soon(self._run_worker, w)

@@ -43,6 +43,7 @@ from dataplane.http.request import RequestHead
 from dataplane.listeners import ListenerManager, ListenError
 from dataplane.metrics import Metrics
 from dataplane.policies.base import PolicyEnv, SharedServices
+from dataplane.policies.breaker import admin_state
 from dataplane.reactor import Reactor
 from dataplane.tls.contexts import TICKET_KEY_LIFETIME
 from dataplane.tunnel.manager import TunnelConfigError, TunnelManager
@@ -306,7 +307,7 @@ class NodeWorker:
     def _breakers(self, _head: RequestHead) -> tuple[int, str, bytes]:
         now = time.monotonic()
         out = [
-            {"policy": key[1], "scope": key[3], **breaker.snapshot(now)}
+            {"policy": key[1], "scope": key[3], **admin_state(breaker, now)}
             for key, breaker in self.services.items()
             if isinstance(key, tuple) and key and key[0] == "breaker"
         ]
@@ -508,7 +509,11 @@ class NodeWorker:
                 self.listeners.bind(services, connections)
                 self.tunnels.bind(services)
                 self.health.start(services)
-                admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)
+                try:
+                    admin_port = await services.start(self.admin.serve, opts.admin_address, opts.admin_port)
+                except OSError as exc:  # name the flag: the node's other sockets fail per resource
+                    where = f"{opts.admin_address}:{opts.admin_port}"
+                    raise OSError(exc.errno, f"--admin {where}: {exc.strerror}") from None
                 log.info("admin endpoint on http://%s:%d", opts.admin_address, admin_port)
                 cached = self.cache.load()
                 version = ""
@@ -546,8 +551,15 @@ class NodeWorker:
                 services.start_soon(self.svc.run_reaper)
                 _tune_gc()
                 task_status.started(admin_port)
-                await self._wait_for_stop()
-                await self._drain()
+                # the receiver stays open through the drain: a second SIGTERM (systemd signals every
+                # process of the unit while the supervisor forwards its own; Ctrl-C reaches a whole
+                # process group) must not end the process by the default action mid-drain
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    await self._wait_for_stop(signals)
+                    async with trio.open_nursery() as draining:
+                        draining.start_soon(self._ignore_while_draining, signals)
+                        await self._drain()
+                        draining.cancel_scope.cancel()
                 connections.cancel_scope.cancel()
             services.cancel_scope.cancel()
         self.pools.close_all()
@@ -555,11 +567,14 @@ class NodeWorker:
             await trio.to_thread.run_sync(self.tracing.shutdown, 3.0)
         log.info("node stopped")
 
-    async def _wait_for_stop(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for sig in signals:
-                log.info("received %s: draining (up to %gs)", signal.Signals(sig).name, self.opts.drain_timeout)
-                return
+    async def _wait_for_stop(self, signals: Any) -> None:
+        async for sig in signals:
+            log.info("received %s: draining (up to %gs)", signal.Signals(sig).name, self.opts.drain_timeout)
+            return
+
+    async def _ignore_while_draining(self, signals: Any) -> None:
+        async for sig in signals:
+            log.info("received %s again: still draining (up to %gs)", signal.Signals(sig).name, self.opts.drain_timeout)
 
     async def _drain(self) -> None:
         self.draining = True

@@ -27,3 +27,20 @@ def verify_password(password: str, encoded: str) -> bool:
         return False
     again = hash_password(password, salt=base64.b64decode(salt), iterations=int(iterations))
     return hmac.compare_digest(again.rsplit("$", 1)[1], digest)
+
+
+def url_password(url: object) -> str:
+    """The password in a URL's userinfo (`redis://:PASSWORD@host/0`), as written; "" when none."""
+    if not isinstance(url, str) or "://" not in url:
+        return ""
+    userinfo, at, _ = url.partition("://")[2].partition("/")[0].rpartition("@")
+    return userinfo.partition(":")[2] if at else ""
+
+
+def with_url_password(url: str, password: str) -> str:
+    """`url` with the password of its userinfo replaced (the URL has one: see `url_password`)."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, _, hostport = authority.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:{password}@{hostport}{slash}{path}"

@@ -184,6 +184,9 @@ def _gateway_lines(api: httpx.Client) -> str:
             continue
         host = "127.0.0.1" if lst["address"] in ("0.0.0.0", "::") else lst["address"]
         url = f"http://{f'[{host}]' if ':' in host else host}:{lst['port']}/"
+        if lst.get("mode") == "forward":  # a GET / there is refused (400): say how to use it instead
+            lines.append(f"  proxy ({lst['name']})".ljust(25) + f"{url}  (forward proxy: curl -x {url} http://HOST/)")
+            continue
         try:
             answer = repr(_wait(url, timeout=10.0).text.strip()[:60])
         except SystemExit:

@@ -413,7 +413,8 @@ class Agent:
         elif isinstance(event, NatHoleAnswered):
             self.visitors.nat_answered(event)
         elif isinstance(event, GoAway):
-            log.info("the node is going away: %s", event.reason or "no reason given")
+            if not self.stopping:  # on SIGTERM the agent's own close comes back as a GoAway
+                log.info("the node is going away: %s", event.reason or "no reason given")
         elif isinstance(event, PeerTimedOut):
             log.warning("%s", event.reason)
 

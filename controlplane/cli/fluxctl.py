@@ -39,6 +39,7 @@ import httpx
 import yaml
 
 from controlplane.cli import rollouts, waiting
+from controlplane.cli.paths import segment
 from controlplane.spec.configset import KINDS, kind_of
 from fluxcommon import yamlsafe
 from fluxcommon.didyoumean import suggest
@@ -200,6 +201,8 @@ def _error_lines(status: int, body: Row) -> list[str]:
 class Client:
     def __init__(self, server: str, token: str | None, timeout: float = 30.0) -> None:
         self.server = server.rstrip("/")
+        if "://" not in self.server:  # `--server 127.0.0.1:9080`: plain HTTP, as the default
+            self.server = f"http://{self.server}"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers["X-Flux-Author"] = os.environ.get("USER", "fluxctl")
         if os.environ.get("TRACEPARENT"):  # OpenTelemetry's environment carrier: the write joins that trace
@@ -218,6 +221,8 @@ class Client:
                 body = resp.json()
             except ValueError:
                 raise CliError(f"{resp.status_code}: {resp.text[:200]}") from None
+            if not isinstance(body, dict) or "error" not in body or "message" not in body:
+                raise CliError(self.not_control_plane(f"{method} {path}: {resp.status_code} {resp.text[:200]!r}"))
             lines = _error_lines(resp.status_code, body)
             if resp.status_code == 401:
                 lines.append(
@@ -225,7 +230,16 @@ class Client:
                     " plane printed where it is, or an API token)"
                 )
             raise CliError("\n".join(lines))
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError:
+            raise CliError(self.not_control_plane(f"{method} {path}: {resp.text[:200]!r}")) from None
+
+    def not_control_plane(self, answer: str) -> str:
+        return (
+            f"{self.server} does not answer as a FLUX control plane ({answer}):"
+            " is --server (FLUX_SERVER) the control plane's REST address, such as http://127.0.0.1:9080?"
+        )
 
     def list_all(self, plural: str) -> list[Row]:
         items: list[Row] = []
@@ -259,6 +273,8 @@ def _load_files(paths: list[str]) -> dict[str, list[Row]]:
                 problems.append(f"{path}: the top level must be a mapping of kinds (listeners:, routes:, ...)")
                 continue
             for plural, items in doc.items():
+                if plural == "version":  # GET /api/v1/config/export names its version; POST /apply skips it too
+                    continue
                 if plural == "services":
                     problems.append(
                         f"{path}: services are the registry's, not config: curl -X POST $FLUX_SERVER/api/v1/"
@@ -334,7 +350,7 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise CliError(str(exc).strip("'\"")) from None
     if args.name:
-        item = client.call("GET", f"/api/v1/{plural}/{args.name}")
+        item = client.call("GET", f"/api/v1/{plural}/{segment(args.name)}")
         rows = [item]
     else:
         rows = client.list_all(plural)
@@ -349,14 +365,14 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     if args.kind in ("services", "service"):  # the registry's: no config version to wait for
-        gone = client.call("DELETE", f"/api/v1/services/{args.name}")
+        gone = client.call("DELETE", f"/api/v1/services/{segment(args.name)}")
         print(f"deleted services/{args.name}: registry index {gone['index']}")
         return 0
     try:
         plural = kind_of(args.kind).plural
     except KeyError as exc:
         raise CliError(str(exc).strip("'\"")) from None
-    result = client.call("DELETE", f"/api/v1/{plural}/{args.name}")
+    result = client.call("DELETE", f"/api/v1/{plural}/{segment(args.name)}")
     print(f"deleted {plural}/{args.name}: config version {result['version']}")
     return waiting.after_commit(client, args, result["version"])
 
@@ -374,7 +390,7 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 0
     if args.nodes_action == "revoke":
-        gone = client.call("DELETE", f"/api/v1/nodes/{args.node_id}")
+        gone = client.call("DELETE", f"/api/v1/nodes/{segment(args.node_id)}")
         print(f"revoked node {gone['revoked']}: {gone['certificates']} certificate(s); its streams are cut")
         return 0
     result = client.call("GET", "/api/v1/nodes")
@@ -437,7 +453,7 @@ def cmd_tokens(client: Client, args: argparse.Namespace) -> int:
         note = f"token {result['name']!r} (role {result['role']}, {expires}): shown this once, keep it now"
         print(note, file=sys.stderr)
     elif args.action == "delete":
-        client.call("DELETE", f"/api/v1/tokens/{args.name}")
+        client.call("DELETE", f"/api/v1/tokens/{segment(args.name)}")
         print(f"revoked token {args.name}")
     else:
         result = client.call("GET", "/api/v1/tokens")
@@ -453,7 +469,7 @@ def cmd_tokens(client: Client, args: argparse.Namespace) -> int:
 def cmd_tunnels(client: Client, args: argparse.Namespace) -> int:
     """`tunnels agent-config`: a ready flux-tunnel config for one tunnel user (admin: it holds the token)."""
     body = {"user": args.user, "server": args.server_addr}
-    result = client.call("POST", f"/api/v1/tunnels/{args.name}/agent-config", json=body)
+    result = client.call("POST", f"/api/v1/tunnels/{segment(args.name)}/agent-config", json=body)
     config: str = result["config"]
     directory = os.path.dirname(os.path.abspath(args.file)) if args.file else os.getcwd()
     if result["ca_pem"]:
@@ -579,9 +595,20 @@ def main(argv: list[str] | None = None) -> None:
     client = Client(args.server, args.token)
     try:
         code = args.func(client, args)
+        sys.stdout.flush()
     except CliError as exc:
         print(str(exc), file=sys.stderr)
         code = 1
+    except (KeyError, TypeError) as exc:
+        # an answer without the fields a control plane's has: --server names something else (the gateway?)
+        shape = f"an answer without {exc}" if isinstance(exc, KeyError) else f"an answer of another shape: {exc}"
+        print(client.not_control_plane(shape), file=sys.stderr)
+        code = 1
+    except BrokenPipeError:
+        # `fluxctl history | head -1`: the reader went away. Stop quietly, as a tool killed by
+        # SIGPIPE would (128 + 13), and keep the flush at exit from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     sys.exit(code)
 
 

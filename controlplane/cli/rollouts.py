@@ -12,6 +12,7 @@ import argparse
 import json
 from typing import Any
 
+from controlplane.cli.paths import segment
 from controlplane.cli.waiting import Print
 
 
@@ -41,7 +42,7 @@ def cmd_rollouts(client: Any, args: argparse.Namespace, out: Print = print) -> i
             out("\n".join(_line(r) for r in result["items"]) if result["items"] else "no rollouts")
         return 0
     method = "GET" if action == "get" else "POST"
-    path = f"/api/v1/rollouts/{args.rollout_id}" + ("" if action == "get" else f"/{action}")
+    path = f"/api/v1/rollouts/{segment(args.rollout_id)}" + ("" if action == "get" else f"/{action}")
     doc = client.call(method, path)
     if args.output == "json":
         out(json.dumps(doc, indent=2))

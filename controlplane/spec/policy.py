@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from controlplane.spec._types import MASK, Resource
+from fluxcommon.secrets import url_password, with_url_password
 
 PolicyType = Literal[
     "jwt",
@@ -27,6 +28,8 @@ PolicyType = Literal[
 
 # Config keys whose values are secrets (masked on read).
 _SECRET_KEYS = {"client_secret", "secret", "password"}
+# Config keys holding a URL whose userinfo password is a secret (rate_limit's `redis`).
+_URL_KEYS = {"redis"}
 
 
 class PolicySpec(Resource):
@@ -64,6 +67,9 @@ class PolicySpec(Resource):
     def masked(self) -> dict[str, Any]:
         out = super().masked()
         out["config"] = {k: (MASK if k in _SECRET_KEYS and v else v) for k, v in self.config.items()}
+        for key in _URL_KEYS & out["config"].keys():
+            if url_password(out["config"][key]):
+                out["config"][key] = with_url_password(out["config"][key], MASK)
         return out
 
     def keep_secrets_from(self, old: Resource | None) -> PolicySpec:
@@ -74,5 +80,9 @@ class PolicySpec(Resource):
                 if key not in stored:
                     raise ValueError(f"config.{key}: masked value but nothing stored to keep")
                 value = stored[key]
+            elif key in _URL_KEYS and url_password(value) == MASK:  # redis://:********@host: the stored password
+                if not url_password(stored.get(key)):
+                    raise ValueError(f"config.{key}: masked password but nothing stored to keep")
+                value = with_url_password(value, url_password(stored[key]))
             restored[key] = value
         return self if restored == self.config else self.model_copy(update={"config": restored})

@@ -32,7 +32,9 @@ class UiKind:
     admin_read: bool = False  # tokens: even listing needs the admin role
 
     def item(self, name: str) -> str:
-        return f"{self.api}/{quote(name, safe='')}"
+        # "." and ".." would be dot segments, which the HTTP client resolves: /ui/resources/routes/..
+        # read /api/v1 and showed it as a route. Encoded, they reach the API as names (404).
+        return f"{self.api}/{quote(name, safe='') if name not in ('.', '..') else name.replace('.', '%2E')}"
 
 
 _COLUMNS: dict[str, tuple[str, ...]] = {

@@ -148,6 +148,8 @@ async def history_diff(
 
 @router.get("/history/{version}/rollback")
 async def rollback_confirm(version: int, p: Page = Depends(page)) -> Response:
+    if version < 1:  # the API's floor: offering it led to "rollback refused: version: ... >= 1"
+        return p.render("message.html", 404, title="Rollback", message=f"version {version} is not in the history")
     current = (await p.api.get("/api/v1/config"))["version"]
     try:
         diffs = version_diffs(await _version_doc(p, current), await _version_doc(p, version))

@@ -88,12 +88,18 @@ class CircuitBreakerPolicy(Policy):
         times (ISO 8601, UTC; the core keeps monotonic seconds), durations in seconds."""
         if self.breaker is None:
             return {"policy": self.name, "scope": self.scope}
-        mono, wall = self.env.clock(), time.time()
-        state = self.breaker.snapshot(mono)
-        for key in ("since", "next_probe_at"):
-            if state.get(key) is not None:
-                state[key] = _wall_clock(wall - (mono - state[key]))
-        return {"policy": self.name, "scope": self.scope, **state}
+        return {"policy": self.name, "scope": self.scope, **admin_state(self.breaker, self.env.clock())}
+
+
+def admin_state(breaker: CircuitBreaker, mono: float) -> dict[str, Any]:
+    """One breaker's state for /circuit_breakers: its snapshot at monotonic `mono`, with `since`
+    and `next_probe_at` turned into wall-clock times (ISO 8601, UTC)."""
+    wall = time.time()
+    state = breaker.snapshot(mono)
+    for key in ("since", "next_probe_at"):
+        if state.get(key) is not None:
+            state[key] = _wall_clock(wall - (mono - state[key]))
+    return state
 
 
 def _wall_clock(seconds: float) -> str:

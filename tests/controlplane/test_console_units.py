@@ -205,3 +205,17 @@ def test_route_rates_are_summed_over_the_nodes() -> None:
     rows = route_rates([node("a", t1, (100, 10), (2, 0)), node("b", t1, (50, 0), (0, 0))], meter)
     assert [(r.name, r.requests, r.errors, r.nodes) for r in rows] == [("api", 70.0, 5.0, 2), ("web", 1.0, 0.0, 2)]
     assert route_rates([{"id": "x", "load": None}, {"id": "y"}], meter) == []  # no report, no row
+
+
+def test_item_paths_never_hold_dot_segments() -> None:
+    """/ui/resources/routes/.. read GET /api/v1/ (the client resolves `..`) and showed a blank route."""
+    import httpx
+
+    from controlplane.ui.kinds import UI_KINDS
+
+    routes = UI_KINDS["routes"]
+    for name in (".", ".."):
+        path = httpx.URL("http://cp" + routes.item(name)).path
+        assert path.startswith("/api/v1/routes/"), path
+    assert routes.item("a.b") == "/api/v1/routes/a.b"
+    assert routes.item("a/b") == "/api/v1/routes/a%2Fb"

@@ -67,6 +67,17 @@ def test_bad_tls_input_is_422_naming_the_field(
     assert any(res == resource and (f or "").startswith(field) for res, f in fields), body
 
 
+def test_a_tls_listener_with_only_a_fallback_cluster_is_accepted(module_controlplane: ControlPlaneProcess) -> None:
+    """README: SNI routing 'to the cluster of the route naming the listener whose hosts match it,
+    or to the listener's `cluster` when none does': a cluster alone is a complete listener."""
+    doc = {
+        "clusters": [{"name": "tls-back", "endpoints": [{"address": "127.0.0.1", "port": 9443}]}],
+        "listeners": [{"name": "passthrough", "protocol": "tls", "port": 9443, "cluster": "tls-back"}],
+    }
+    r = apply(module_controlplane, doc)
+    assert r.status_code == 200, r.text
+
+
 def test_an_expired_certificate_is_accepted_and_shown_expired(module_controlplane: ControlPlaneProcess) -> None:
     r = apply(module_controlplane, {"certificates": [{"name": "old", "cert": EXPIRED, "key": EXPIRED_KEY}]})
     assert r.status_code == 200, r.text

@@ -568,3 +568,30 @@ def test_policy_secrets_masked_and_kept() -> None:
     assert PolicySpec.model_validate(m).keep_secrets_from(p) == p
     with pytest.raises(ValueError, match=r"config\.client_secret"):
         PolicySpec.model_validate(m).keep_secrets_from(None)
+
+
+def test_field_error_without_a_resource_reads_without_a_leading_colon() -> None:
+    # POST /api/v1/auth/token/verify {"policy": "nope"} answered "message": ": policy: unknown policy 'nope'"
+    assert str(FieldError("", "policy", "unknown policy 'nope'")) == "policy: unknown policy 'nope'"
+    assert str(FieldError("", "", "bad")) == "bad"
+    assert str(FieldError("routes/a", "cluster", "unknown cluster 'x'")) == "routes/a: cluster: unknown cluster 'x'"
+    assert str(FieldError("routes/a", "", "bad")) == "routes/a: bad"
+
+
+def test_a_redis_url_password_is_masked_and_kept() -> None:
+    """A rate_limit's `redis: redis://:PASSWORD@host/0` read back in clear, to read tokens too."""
+    config = {"rate": 5, "per": "1m", "scope": "redis", "redis": "redis://:pw-value@127.0.0.1:6379/0"}
+    stored = PolicySpec(name="rl", type="rate_limit", config=config)
+    read = stored.masked()
+    assert read["config"]["redis"] == f"redis://:{MASK}@127.0.0.1:6379/0"
+    assert "pw-value" not in str(read)
+    written_back = PolicySpec(name="rl", type="rate_limit", config=read["config"]).keep_secrets_from(stored)
+    assert written_back.config["redis"] == "redis://:pw-value@127.0.0.1:6379/0"
+    moved = dict(read["config"], redis=f"redis://:{MASK}@10.0.0.9:6379/1")  # same password, new host
+    assert PolicySpec(name="rl", type="rate_limit", config=moved).keep_secrets_from(stored).config["redis"] == (
+        "redis://:pw-value@10.0.0.9:6379/1"
+    )
+    plain = PolicySpec(name="rl", type="rate_limit", config=dict(config, redis="redis://127.0.0.1:6379/0"))
+    assert plain.masked()["config"]["redis"] == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ValueError, match="nothing stored"):
+        PolicySpec(name="rl", type="rate_limit", config=read["config"]).keep_secrets_from(plain)

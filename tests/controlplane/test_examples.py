@@ -279,6 +279,15 @@ def test_a_second_start_keeps_a_listener_the_user_changed(stack: Stack) -> None:
         r = api.put("/api/v1/listeners/public", json=public)
         assert r.status_code == 200, r.text
         assert api.delete("/api/v1/routes/demo").status_code == 200  # a demo route removed stays removed
+        egress = {
+            "name": "egress",
+            "protocol": "http",
+            "address": "127.0.0.1",
+            "port": free_port(),
+            "mode": "forward",
+            "forward": {"allow_hosts": ["example.com"]},
+        }
+        assert api.post("/api/v1/listeners", json=egress).status_code == 201
         version = api.get("/api/v1/config").json()["version"]
     stack.stop()
     stack.start()
@@ -287,3 +296,6 @@ def test_a_second_start_keeps_a_listener_the_user_changed(stack: Stack) -> None:
         assert api.get("/api/v1/routes/demo").status_code == 404
         assert api.get("/api/v1/config").json()["version"] == version  # the restart wrote nothing
     assert "(bound to 0.0.0.0)" in stack.banner, stack.banner
+    # a forward proxy listener is shown as one, not with the 400 a GET / there answers
+    assert f"(forward proxy: curl -x http://127.0.0.1:{egress['port']}/ http://HOST/)" in stack.banner, stack.banner
+    assert "bad_request" not in stack.banner, stack.banner

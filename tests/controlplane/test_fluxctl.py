@@ -231,3 +231,93 @@ def test_apply_from_stdin(cp: ControlPlaneProcess, api: httpx.Client) -> None:
     out = ok(fluxctl(cp, "apply", "-f", "-", stdin=doc))
     assert "+ policies/stdin-cors create" in out
     assert api.get("/api/v1/policies/stdin-cors").status_code == 200
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(cp: ControlPlaneProcess) -> None:
+    """`fluxctl history | head -1`: the reader goes away; fluxctl stops quietly (as a C tool would)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before fluxctl writes a byte
+    try:
+        env = {**os.environ, "FLUX_SERVER": cp.url, "FLUX_ADMIN_TOKEN": cp.token}
+        result = subprocess.run(
+            [executable("fluxctl"), "history"], env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert result.returncode == 141, result.stderr
+
+
+@pytest.fixture
+def not_a_control_plane() -> Iterator[str]:
+    """An HTTP server that answers JSON, but not as a control plane: the gateway's echo route, say."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = (404, b'{"error": "not_found"}') if self.path.startswith("/api/v1/nodes") else (200, b"{}")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_is_no_control_plane_is_named_not_a_traceback(not_a_control_plane: str) -> None:
+    env = {**os.environ, "FLUX_SERVER": not_a_control_plane, "FLUX_ADMIN_TOKEN": "x"}
+    for args in (["get", "routes"], ["history"], ["nodes"]):
+        result = subprocess.run([executable("fluxctl"), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert "does not answer as a FLUX control plane" in result.stderr, (args, result.stderr)
+        assert "--server (FLUX_SERVER)" in result.stderr
+
+
+def test_server_without_a_scheme_is_plain_http(cp: ControlPlaneProcess) -> None:
+    bare = cp.url.removeprefix("http://")
+    out = ok(fluxctl(cp, "--server", bare, "history"))
+    assert "VERSION" in out
+
+
+def test_a_name_is_one_path_segment(cp: ControlPlaneProcess, api: httpx.Client) -> None:
+    """`fluxctl get route ..` printed the API's index as a route, and `fluxctl delete route
+    ../clusters/NAME` deleted a cluster: names went into the URL as they were typed."""
+    doc = "clusters:\n  - {name: seg-c, endpoints: [{address: 127.0.0.1, port: 9}]}\n"
+    ok(fluxctl(cp, "apply", "-f", "-", stdin=doc))
+    for args in (
+        ["get", "route", ".."],
+        ["get", "route", "../clusters/seg-c"],
+        ["delete", "route", "../clusters/seg-c"],
+    ):
+        result = fluxctl(cp, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "404" in result.stderr, (args, result.stderr)
+    assert api.get("/api/v1/clusters/seg-c").status_code == 200  # still there
+    for args in (["rollouts", "get", ".."], ["nodes", "revoke", ".."], ["tokens", "delete", ".."]):
+        result = fluxctl(cp, *args)
+        assert result.returncode == 1 and "404" in result.stderr, (args, result.stderr)
+
+
+def test_an_export_applies_as_it_is(cp: ControlPlaneProcess, api: httpx.Client, tmp_path: pathlib.Path) -> None:
+    """GET /api/v1/config/export names its version; POST /api/v1/apply takes the document as it is,
+    and so does `fluxctl apply -f` (it said: unknown kind 'version')."""
+    export = api.get("/api/v1/config/export")
+    assert export.status_code == 200, export.text
+    assert "version" in export.json()
+    path = tmp_path / "export.json"
+    path.write_text(export.text)
+    out = ok(fluxctl(cp, "apply", "-f", str(path), "--diff"))
+    assert "unknown kind" not in out

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
@@ -435,6 +436,12 @@ def test_circuit_breaker_degrades_and_state_is_visible(stack: dict[str, Any]) ->
     wait_until(tripped_everywhere, 5, message="both nodes answer with the degradation response")
     states = [b for n in stack["nodes"] for b in n.get("/circuit_breakers").json()["circuit_breakers"]]
     assert any(b["state"] == "open" and b["scope"] == "route:api" for b in states), states
+    # the admin page shows wall-clock times (ISO 8601, UTC), as the README says, not monotonic seconds
+    for b in states:
+        since = datetime.fromisoformat(b["since"])
+        assert since.tzinfo is not None and abs(since.timestamp() - time.time()) < 120, b
+        if b["next_probe_at"] is not None:
+            assert datetime.fromisoformat(b["next_probe_at"]).timestamp() >= since.timestamp(), b
 
 
 def test_retry_on_5xx_goes_to_another_endpoint(stack: dict[str, Any]) -> None:

@@ -107,6 +107,40 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: pathlib.Pat
     cp.stop()
 
 
+def test_a_second_sigterm_while_draining_does_not_kill_the_node(
+    tmp_path: pathlib.Path, upstream: UpstreamProcess
+) -> None:
+    """systemd sends SIGTERM to every process of the unit while the supervisor forwards its own,
+    and Ctrl-C reaches a whole process group: a worker gets the signal twice. The second one
+    must not end it by the default action (exit -15) with requests in flight."""
+    cp = ControlPlaneProcess(tmp_path / "cp").start()
+    node = None
+    try:
+        port = free_port()
+        version = put_config(cp, port, upstream)
+        node = NodeProcess(tmp_path / "node", cp.grpc_addr).start()
+        node.wait_version(version)
+        results: dict[str, Any] = {}
+
+        def slow() -> None:
+            results["r"] = httpx.get(f"http://127.0.0.1:{port}/delay?ms=1500", timeout=10)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.4)
+        assert node.proc is not None
+        node.proc.send_signal(15)
+        time.sleep(0.3)
+        node.proc.send_signal(15)
+        t.join()
+        assert results.get("r") is not None and results["r"].status_code == 200  # the in-flight one finished
+        assert node.proc.wait(10) == 0
+    finally:
+        if node is not None and node.running:
+            node.stop()
+        cp.stop()
+
+
 def test_two_workers_share_the_listener(tmp_path: pathlib.Path, upstream: UpstreamProcess) -> None:
     cp = ControlPlaneProcess(tmp_path / "cp").start()
     port = free_port()

@@ -206,6 +206,28 @@ def test_an_asked_for_upgrade_streams_as_an_upgrade() -> None:
     assert type(stream) is Stream and stream.upgrade
 
 
+def test_an_h2c_upgrade_is_declined_not_sent_upstream() -> None:
+    """`curl --http2 http://...` asks `Upgrade: h2c`; sent upstream, a lax server's 101 (websocket)
+    went back to a client that wanted HTTP/2. The node serves it as HTTP/1.1 (RFC 9110 7.8: a
+    server may ignore Upgrade), as nginx does."""
+    raw = (b"GET /app HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+           b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")  # fmt: skip
+    p = Playbook(BASE, raw)
+    attempt = p.start()
+    assert attempt.request.upgrade is None
+    assert not any(name.lower() == b"upgrade" for name, _ in attempt.request.add)
+    assert type(p.send(FakeResponse(200))) is Stream
+
+
+def test_an_h2c_upgrade_with_a_body_goes_on_as_an_upgrade() -> None:
+    """The reader does not parse an upgrade request's body (it is the new protocol's bytes), so
+    declining would leave the exchange waiting for a body that never comes."""
+    raw = b"POST /app HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc"
+    p = Playbook(BASE, raw)
+    attempt = p.start()
+    assert attempt.request.upgrade == "h2c"
+
+
 def test_expect_100_continue_is_asked_before_the_attempt() -> None:
     p = Playbook(BASE, b"POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
     assert type(p.start()) is SendContinue

@@ -122,3 +122,4 @@ def test_sigterm_stops_a_connected_agent_without_reconnecting(edge: dict[str, An
     after = agent.log_path.read_text()[len(before) :]
     assert "received SIGTERM" in after, after
     assert "reconnecting" not in after and "connection to the node lost" not in after, after
+    assert "the node is going away" not in after, after  # it is the agent that goes, not the node
