@@ -101,3 +101,9 @@ def metrics(request: Request, cp: ControlPlane = Depends(get_cp)) -> PlainTextRe
     if sources is not None:  # external registry adapters: flux_registry_source_*
         registry.register(sources)
     return PlainTextResponse(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+# HEAD as well as GET (load balancers and uptime checkers probe with HEAD); left out of the schema,
+# where it would repeat the GET operation
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False)

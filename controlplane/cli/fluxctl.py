@@ -347,8 +347,8 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
         return 0
     try:
         plural = "services" if args.kind in ("services", "service") else kind_of(args.kind).plural  # registry
-    except KeyError as exc:
-        raise CliError(str(exc).strip("'\"")) from None
+    except KeyError as exc:  # `get` also reads the registry's services and the whole config
+        raise CliError(str(exc).strip("'\"") + "; or services (the registry), all") from None
     if args.name:
         item = client.call("GET", f"/api/v1/{plural}/{segment(args.name)}")
         rows = [item]

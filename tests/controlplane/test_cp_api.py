@@ -642,6 +642,10 @@ def test_healthz_metrics_docs(cp: ControlPlaneProcess, anon: httpx.Client) -> No
     assert "# TYPE flux_config_version gauge" in text
     assert re.search(r"^flux_config_writes_total \d+", text, re.M)
     assert anon.get("/metrics").headers["content-type"].startswith("text/plain")
+    for path in ("/healthz", "/metrics"):  # load balancers and uptime checkers probe with HEAD
+        head = anon.head(path)
+        assert head.status_code == 200 and head.content == b"", path
+    assert "head" not in anon.get("/openapi.json").json()["paths"]["/healthz"]  # GET alone in the schema
     docs = anon.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = anon.get("/openapi.json")

@@ -222,6 +222,7 @@ def test_bad_file_exits_1_naming_the_field(cp: ControlPlaneProcess, api: httpx.C
 
     result = fluxctl(cp, "get", "gizmos")
     assert result.returncode == 1 and "unknown kind" in result.stderr
+    assert "services (the registry), all" in result.stderr  # what `get` reads besides the config kinds
     result = fluxctl(cp, "get", "route", "no-such-route")
     assert result.returncode == 1 and "404" in result.stderr
 
