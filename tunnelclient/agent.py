@@ -380,6 +380,7 @@ class Agent:
                 state.status, state.remote_addr, state.error = "running", event.remote_addr, ""
                 where = f" at {event.remote_addr}" if event.remote_addr else ""
                 log.info("proxy %r (%s) is up%s", event.name, state.type, where)
+                self.visitors.proxy_accepted(event.name)
         elif isinstance(event, ProxyRejected):
             state = self.proxies.get(event.name)
             message = frp_wording(event.message)  # customDomains, remotePort: as the config names them

@@ -134,10 +134,29 @@ class VisitorManager:
         if session is None:
             return
         for state in self.visitors.values():
-            if state.status in ("waiting", "refused"):
+            if state.status in ("waiting", "refused") and not self._own_proxy_pending(state):
                 self._visit(state)
         if self.agent.link is not None:
             self.agent.link.wake()
+
+    def _own_proxy(self, state: VisitorState) -> str | None:
+        """The name of this agent's own proxy that `state` visits (an agent may hold both the
+        secret proxy and its visitor), or None."""
+        return state.target if state.target in self.agent.proxies else None  # both node-side names
+
+    def _own_proxy_pending(self, state: VisitorState) -> bool:
+        """Whether `state` visits a proxy of this agent that the node has not accepted yet: the
+        visit waits for `proxy_accepted`, instead of being refused ("no secret proxy") because
+        the node is still registering it."""
+        name = self._own_proxy(state)
+        proxy = self.agent.proxies.get(name) if name is not None else None
+        return proxy is not None and proxy.status in ("new", "pending")
+
+    def proxy_accepted(self, name: str) -> None:
+        """The node accepted this agent's proxy `name`: visit it where a visitor waited for it."""
+        for state in self.visitors.values():
+            if state.status in ("waiting", "refused") and self._own_proxy(state) == name:
+                self._visit(state)
 
     def _visit(self, state: VisitorState, min_interval: float = 0.0) -> None:
         """Ask the node for `state.target` (again: a refused visitor retries when used, as the

@@ -365,3 +365,27 @@ def test_one_agent_cannot_visit_a_proxy_with_two_keys(tmp_path: pathlib.Path) ->
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert any(p == "visitors[1].secretKey" and "visitors[0]" in m for p, m in err.value.problems), err.value
+
+
+def test_an_agent_visiting_its_own_secret_proxy_waits_for_it_instead_of_being_refused(stack: TunnelStack) -> None:
+    """One agent holds an stcp proxy and its visitor (a same-host test setup, or a config shared
+    by two roles): the visit waits until the node has accepted the proxy, so the start logs no
+    "refused" and the visitor is ready at once."""
+    echo = TcpEcho()
+    port = free_port()
+    dave = _agent(
+        stack, "dave",
+        proxies=[{"name": "own", "type": "stcp", "localPort": echo.port, "secretKey": KEY}],
+        visitors=[{"name": "v", "type": "stcp", "serverName": "own", "secretKey": KEY, "bindAddr": "127.0.0.1",
+                   "bindPort": port}],
+    )  # fmt: skip
+    try:
+        dave.start()
+        dave.wait_online()
+        wait_until(lambda: dave.visitor("v")["status"] == "ready", 10, message="the visitor ready")
+        assert echo_roundtrip(("127.0.0.1", port), b"to my own proxy") == b"to my own proxy"
+        log = dave.log_path.read_text()
+        assert "refused" not in log and "no secret proxy" not in log, log
+    finally:
+        dave.stop()
+        echo.close()
