@@ -76,7 +76,7 @@ async def until(predicate: Callable[[], bool], within: float = 1.0) -> None:
         for _ in range(100_000):
             if predicate():
                 return
-            await trio.sleep(0.005)
+            await trio.sleep(0.005)  # poll interval of a condition loop
 
 
 def pair(reactor: Reactor, bufsize: int | None = None) -> tuple[RSock, RSock]:

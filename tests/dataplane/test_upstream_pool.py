@@ -45,7 +45,7 @@ async def until(predicate: Callable[[], bool], within: float = 2.0) -> None:
         for _ in range(100_000):
             if predicate():
                 return
-            await trio.sleep(0.005)
+            await trio.sleep(0.005)  # poll interval of a condition loop
 
 
 def run(main: Callable[[Reactor, Upstream], Awaitable[Any]], timeout: float = 5.0) -> Any:
