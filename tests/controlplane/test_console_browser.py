@@ -187,7 +187,7 @@ def test_dashboard_shows_the_live_node_and_refreshes_without_reloading(stack: St
         deadline = time.monotonic() + 20
         while not stop.is_set() and time.monotonic() < deadline:
             httpx.get(f"http://127.0.0.1:{stack.gateway_port}/echo", timeout=5)
-            time.sleep(0.02)
+            time.sleep(0.02)  # stays: the pace of the bounded background traffic (not a wait)
 
     worker = threading.Thread(target=traffic, daemon=True)
     worker.start()

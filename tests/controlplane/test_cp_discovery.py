@@ -224,7 +224,7 @@ def test_stale_nonce_is_ignored(cp: ControlPlaneProcess, client: httpx.Client) -
         first = node.next_push()
         fake = Push(first.version, "not-the-nonce", first.snapshot, "", first.type_url, 0.0)
         node.ack(fake)  # an ACK for a nonce that was never sent
-        time.sleep(0.3)
+        time.sleep(0.3)  # stays: a negative check, time for a wrongly taken ACK to show on /nodes
         assert node_status(client, nid)["acked_version"] == ""  # type: ignore[index]
         node.ack(first)
         wait_node(client, nid, acked_version=first.version)

@@ -252,7 +252,16 @@ def test_the_readme_flux_yaml_does_not_trap_a_plain_upstream(stack: Stack, tmp_p
             assert r.status_code == 200, r.text
         url = f"http://127.0.0.1:{port}/orders"
         wait_until(lambda: httpx.get(url, headers={"Host": "api.example.com"}).status_code != 404, 10)
-        time.sleep(1.5)  # ten health-check rounds and more
+        checked = {c["name"] for c in doc["clusters"] if "health_check" in c}
+        assert checked, "the README's flux.yaml has a health check"
+
+        def rounds() -> int:  # health-check rounds the node ran on the plain upstream (the fewest of its endpoints)
+            clusters = httpx.get(f"http://127.0.0.1:{stack.port(9901)}/clusters", timeout=5).json()["clusters"]
+            counts = [ep["checks_ok"] + ep["checks_failed"] for c in clusters if c["name"] in checked
+                      for ep in c["endpoints"]]  # fmt: skip
+            return min(counts) if counts else 0
+
+        wait_until(lambda: rounds() >= 10, 10, message="ten health-check rounds")
         answers = [httpx.get(url, headers={"Host": "api.example.com", "x-user": f"u{i}"}) for i in range(10)]
         assert [a.status_code for a in answers] == [200] * 10, answers[-1].text
         assert all(a.text == "orders from a plain upstream\n" for a in answers)

@@ -87,9 +87,9 @@ def test_consul_blocking_queries_and_checks(registry: RegistryStore) -> None:
         async def scenario() -> None:
             async with running(adapter, registry):
                 await eventually(lambda: set(imported(registry, "web")) == {("10.0.0.1", 80)})
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # stays: the first queries settle into blocking ones
                 before = fake.count("GET", r"/v1/(catalog|health)/.*")
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # stays: the query rate is measured over this second
                 assert fake.count("GET", r"/v1/(catalog|health)/.*") - before <= 2, "polling instead of blocking"
 
                 fake.set_check("web-1", "critical")

@@ -77,6 +77,35 @@ def make_adapter(backend: Backend, registry: RegistryStore, **fields: object):  
     return adapter_class(spec.type)(spec, registry)
 
 
+def spy_on_imports(adapter: Any) -> list[bool]:
+    """A list that gets an entry each time the adapter's import side has published a state of the
+    external registry that holds one of the adapter's own exports."""
+    seen: list[bool] = []
+    publish = adapter.publish
+
+    async def spy(found: Any, unusable: int = 0) -> None:
+        found = {name: list(specs) for name, specs in found.items()}
+        await publish(found, unusable)
+        if any(s.metadata.get(EXPORT_MARK) == adapter.source for specs in found.values() for s in specs):
+            seen.append(True)
+
+    adapter.publish = spy
+    return seen
+
+
+def spy_on_keepalives(adapter: Any) -> list[int]:
+    """[how many export keepalives of the adapter went through]."""
+    count = [0]
+    keepalive = adapter.export_keepalive
+
+    async def spy() -> None:
+        await keepalive()
+        count[0] += 1
+
+    adapter.export_keepalive = spy
+    return count
+
+
 def test_import_follows_changes(backend: Backend, registry: RegistryStore) -> None:
     """Instances written to the external registry appear, follow updates and removals; other
     services stay out when `services` names the ones to import."""
@@ -137,6 +166,8 @@ def test_export_writes_our_instances(backend: Backend, registry: RegistryStore) 
     registry.register("billing", InstanceSpec(address="10.1.0.2", port=7002, weight=0))  # takes no traffic
     registry.register("hidden", InstanceSpec(address="10.1.0.9", port=7009))
     adapter = make_adapter(backend, registry, export=True, export_services=["billing"], services=["billing"])
+    own_seen = spy_on_imports(adapter)
+    keepalives = spy_on_keepalives(adapter)
 
     async def scenario() -> None:
         async with running(adapter, registry):
@@ -145,8 +176,9 @@ def test_export_writes_our_instances(backend: Backend, registry: RegistryStore) 
             meta = found[("10.1.0.1", 7001)]
             assert meta[EXPORT_MARK] == adapter.source and meta["team"] == "pay" and meta["version"] == "v3"
             assert not backend.exported("hidden")
-            # what we exported is not imported back as a second copy
-            await asyncio.sleep(1.2)
+            # what we exported is not imported back as a second copy: the import side has been
+            # handed (and has published) a state of the external registry holding our export
+            await eventually(lambda: own_seen, message="the import side seeing our export")
             assert {i.source for i in registry.instances("billing")} == {"api"}
 
             await asyncio.to_thread(registry.register, "billing", InstanceSpec(address="10.1.0.3", port=7003))
@@ -158,7 +190,8 @@ def test_export_writes_our_instances(backend: Backend, registry: RegistryStore) 
 
             status = await eventually(lambda: adapter.status()["state"] == "running" and adapter.status())
             assert status["exported"] == 1 and status["export"]["syncs"] >= 3
-            await asyncio.sleep(adapter.keepalive_interval + 0.3)  # at least one keepalive round went through
+            done = keepalives[0]
+            await eventually(lambda: keepalives[0] > done, message="a keepalive round")
             assert adapter.status()["export"]["errors"] == 0
             await adapter.withdraw()
             assert not backend.exported("billing")

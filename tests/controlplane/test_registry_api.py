@@ -242,9 +242,11 @@ def test_long_poll_returns_within_100ms_of_a_change(
                 r = c.get(f"/api/v1/services/{name}/instances", params={"index": at, "wait": "10s"})
                 out["t"], out["r"] = time.perf_counter(), r
 
+        watches = module_controlplane.metric("flux_registry_watches")
         t = threading.Thread(target=poll)
         t.start()
-        time.sleep(0.3)  # the poll is waiting
+        waiting = lambda w=watches: module_controlplane.metric("flux_registry_watches") > w  # noqa: E731
+        wait_until(waiting, 5, message="the poll is waiting")
         written = time.perf_counter()
         w = api.patch(f"/api/v1/services/{name}/instances/10.0.0.1:8080", json={"weight": len(latencies) + 2})
         t.join(10)
@@ -351,7 +353,7 @@ def test_heartbeats_keep_an_instance_and_stopping_them_expires_it(controlplane: 
         until = time.monotonic() + 3.5
         while time.monotonic() < until:  # well past the TTL, kept alive by heartbeats
             assert api.put(f"{path}/heartbeat").status_code == 200
-            time.sleep(0.5)
+            time.sleep(0.5)  # stays: heartbeats at this pace keep the instance past its TTL (the point)
         assert ids(api.get("/api/v1/services/ttl/instances")) == ["10.0.0.1:8080", "10.0.0.2:8080"]
         stopped = time.monotonic()
         wait_until(lambda: api.get(path).status_code == 404, timeout=5, message="expiry")
@@ -372,9 +374,10 @@ def test_heartbeats_keep_an_instance_and_stopping_them_expires_it(controlplane: 
             except httpx.HTTPError as exc:
                 done["status"] = repr(exc)
 
+        watches = controlplane.metric("flux_registry_watches")
         t = threading.Thread(target=poll)
         t.start()
-        time.sleep(0.3)
+        wait_until(lambda: controlplane.metric("flux_registry_watches") > watches, 5, message="the poll waits")
         t0 = time.monotonic()
         assert controlplane.stop() == 0
         t.join(10)
@@ -408,6 +411,7 @@ def test_two_control_planes_on_mariadb_see_each_other(tmp_path: Any) -> None:
             index = int(w.headers["x-flux-index"])
 
             # a long-poll on b wakes for a write on a
+            watches = b.metric("flux_registry_watches")
             result: dict[str, Any] = {}
             t = threading.Thread(
                 target=lambda: result.update(
@@ -416,7 +420,7 @@ def test_two_control_planes_on_mariadb_see_each_other(tmp_path: Any) -> None:
                 )
             )
             t.start()
-            time.sleep(0.3)
+            wait_until(lambda: b.metric("flux_registry_watches") > watches, 5, message="the poll on b waits")
             written = time.perf_counter()
             ca.patch("/api/v1/services/shared/instances/10.0.0.1:8080", json={"weight": 9})
             t.join(10)
@@ -431,7 +435,7 @@ def test_two_control_planes_on_mariadb_see_each_other(tmp_path: Any) -> None:
             until = time.monotonic() + 3.5
             while time.monotonic() < until:
                 assert cb.put("/api/v1/services/shared/instances/10.0.0.1:8080/heartbeat").status_code == 200
-                time.sleep(0.4)
+                time.sleep(0.4)  # stays: heartbeats at this pace keep the instance past its TTL (the point)
             assert ids(ca.get("/api/v1/services/shared/instances")) == ["10.0.0.1:8080"]
             wait_until(lambda: ca.get("/api/v1/services/shared/instances/10.0.0.1:8080").status_code == 404,
                        timeout=6, message="expiry after heartbeats stop")  # fmt: skip

@@ -312,7 +312,7 @@ def test_removed_instances_stop_being_checked_and_metrics(
 
     def quiet() -> bool:
         before = http_target.hits
-        time.sleep(0.5)  # five check intervals
+        time.sleep(0.5)  # stays: the check rate is measured over five check intervals
         return http_target.hits == before
 
     wait_until(quiet, timeout=WAIT, message="checks of a deregistered instance to stop")

@@ -21,7 +21,7 @@ async def _server(answer: bytes | None) -> tuple[asyncio.Server, list[bytes]]:
                        if line.startswith(b"content-length:")), 0)  # fmt: skip
         seen.append(head + (await reader.readexactly(length) if length else b""))
         if answer is None:
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # stays: a server that never answers (the client's timeout is tested)
         else:
             writer.write(answer)
             await writer.drain()

@@ -59,7 +59,8 @@ def test_adapters_run_on_the_leader_only(consul: FakeConsulRecordedProtocol, reg
         registry.bind_loop(asyncio.get_running_loop())
         await manager.reconcile()
         assert manager.status()["items"][0]["state"] == "standby" and not manager.status()["leader"]
-        await asyncio.sleep(0.3)
+        # nothing runs on a standby: no adapter, and the registry never heard from us
+        assert manager.adapter("main") is None and not consul.requests
         assert not registry.has_service("web")
 
         leader.value = True

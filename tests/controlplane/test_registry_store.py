@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, text
+from support.registry_backends import eventually
 
 from controlplane.registry.store import RegistryStore
 from controlplane.registry.types import InstanceSpec, Selector, ServiceCheckSpec, ServiceSpec
@@ -310,14 +311,14 @@ def test_changes_reach_subscribers_on_the_loop_coalesced(engine: Engine) -> None
         store.subscribe(lambda names: seen.append((names, asyncio.get_running_loop() is loop)))
         waiter = asyncio.create_task(store.wait("orders", 0, 5))
         late = asyncio.create_task(store.wait("users", 100, 0.05))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: store.hub.waiting() == 2, within=2, message="both watches waiting")
         t0 = time.perf_counter()
         await asyncio.to_thread(store.import_services, [(ServiceSpec(name="orders"), [inst()])])
         index = await waiter
         elapsed = time.perf_counter() - t0
         assert await late == 0
         await asyncio.to_thread(lambda: [store.register(s, inst()) for s in ("a", "b", "c")])
-        await asyncio.sleep(0.05)
+        await eventually(lambda: set().union(*(names for names, _ in seen)) >= {"a", "b", "c"}, within=2)
         return elapsed, index
 
     elapsed, index = asyncio.run(main())

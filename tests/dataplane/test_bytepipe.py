@@ -123,7 +123,7 @@ def test_l4_relay_closes_an_idle_connection_and_a_byte_restarts_the_clock() -> N
         t0 = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(l4._relay, front, back, counts, 30.0)
-            await trio.sleep(20)
+            await trio.sleep(20)  # MockClock: virtual time, 20 s of silence before the byte
             await net.send_all(client, b"ping")
             assert await net.recv(server) == b"ping"
         assert 50 <= trio.current_time() - t0 < 51  # idle 30 s after the byte at 20 s

@@ -76,7 +76,7 @@ async def until(predicate: Callable[[], bool], within: float = 1.0) -> None:
         for _ in range(100_000):
             if predicate():
                 return
-            await trio.sleep(0.005)
+            await trio.sleep(0.005)  # poll interval of a condition loop
 
 
 def pair(reactor: Reactor, bufsize: int | None = None) -> tuple[RSock, RSock]:
@@ -167,10 +167,10 @@ def test_send_all_waits_for_the_peer_to_read() -> None:
             sent.set()
 
         reactor.spawn(sender(), "sender")
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # stays: a negative check (send_all must not finish while nobody reads)
         assert not sent.is_set(), "send_all finished although nobody read"
         runs = reactor.tasks_run
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # stays: the parked sender's run count is measured over this time
         assert reactor.tasks_run - runs <= 2, "the parked sender is spinning"
         got = await on_reactor(reactor, read_exactly(b, len(payload)), "reader")
         with trio.fail_after(2):
@@ -325,7 +325,7 @@ def _full_backlog() -> tuple[socket.socket, list[socket.socket]]:
         c.setblocking(False)
         c.connect_ex(srv.getsockname())
         fillers.append(c)
-    time.sleep(0.05)
+    time.sleep(0.05)  # stays: the fillers' handshakes complete (one of them may never: no condition to wait on)
     return srv, fillers
 
 
@@ -429,9 +429,8 @@ def test_revent_wakes_every_waiter_once() -> None:
             if len(woke) == 5:
                 all_woke.set()
 
-        for i in range(5):
-            reactor.spawn(waiter(i))
-        await trio.sleep(0.02)
+        tasks = [reactor.spawn(waiter(i)) for i in range(5)]
+        await until(lambda: all(t.parked is not None for t in tasks))  # every waiter parked on the event
         assert woke == []
 
         async def setter() -> None:
@@ -494,7 +493,7 @@ def test_throw_into_a_task_parked_on_recv() -> None:
         assert trail == ["boom", "finally"]
         assert a.reader is None
         b.sock.send(b"late data")  # must not resume the finished task
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # stays: a negative check, time for a wrong resume to happen
         assert trail == ["boom", "finally"]
         reactor.throw(task, Boom())  # a finished task: nothing happens
         a.close()
@@ -549,7 +548,7 @@ def test_throw_into_a_sleeping_task_cancels_its_timer() -> None:
             done.set()
 
         task = reactor.spawn(sleeper())
-        await trio.sleep(0.01)
+        await until(lambda: task.parked is not None)  # asleep on its timer
         reactor.throw(task, Boom())
         t0 = trio.current_time()
         await done.wait()
@@ -584,7 +583,7 @@ def test_call_later_and_cancel() -> None:
 def test_to_trio_returns_values_and_raises_errors() -> None:
     async def main(reactor: Reactor) -> None:
         async def trio_side(x: int) -> int:
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # stays: a trio side that really suspends is the scenario
             return x * 2
 
         async def trio_fails() -> None:
@@ -622,7 +621,7 @@ def test_spawn_from_trio_is_picked_up_promptly() -> None:
             reactor.spawn(mark())
             with trio.fail_after(1):
                 await ran.wait()
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # the reactor parks again
 
     run(main)
 
@@ -750,10 +749,10 @@ def test_a_short_read_parks_the_next_recv_without_a_failing_call() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: task)
             await until(lambda: got == [b"one"])
-            await trio.sleep(0.02)  # the reader parks
+            await until(lambda: b.reader is not None)  # the reader parks
             for chunk in sizes:
                 a.sock.sendall(chunk)
-                await trio.sleep(0.01)
+                await trio.sleep(0.01)  # stays: each chunk arrives on its own (separate wake-ups are the point)
         assert b"".join(got) == b"one" + b"".join(sizes)
         assert "EAGAIN" not in counting.calls, counting.calls
         a.close()

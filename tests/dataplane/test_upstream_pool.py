@@ -45,7 +45,7 @@ async def until(predicate: Callable[[], bool], within: float = 2.0) -> None:
         for _ in range(100_000):
             if predicate():
                 return
-            await trio.sleep(0.005)
+            await trio.sleep(0.005)  # poll interval of a condition loop
 
 
 def run(main: Callable[[Reactor, Upstream], Awaitable[Any]], timeout: float = 5.0) -> Any:
@@ -126,7 +126,7 @@ def test_acquire_release_and_reuse() -> None:
         again, reused = await on_reactor(reactor, pool.acquire(1.0))
         assert again is conn and reused and pool.stats_reused == 1
         pool.release(again, reusable=True)
-        await trio.sleep(0.02)
+        await trio.sleep(0.02)  # stays: a negative check, time for a stray second connect to reach the upstream
         assert len(up.conns) == 1  # no second connection was opened
 
     run(main)
@@ -181,7 +181,8 @@ def test_bytes_that_arrived_before_release_keep_the_connection_out_of_the_pool()
         up.conns[0].sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
         assert await on_reactor(reactor, conn.sock.recv()) == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
         up.conns[0].sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
-        await trio.sleep(0.05)  # the reactor has seen the bytes arrive
+        sock = conn.sock
+        await until(lambda: sock.readable and sock.edges != sock.recv_edges)  # the reactor has seen them arrive
         pool.release(conn, reusable=True)
         fresh, reused = await on_reactor(reactor, pool.acquire(1.0))
         assert fresh is not conn and not reused

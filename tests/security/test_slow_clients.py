@@ -6,6 +6,7 @@ and descriptor exhaustion with a low RLIMIT_NOFILE (the admin port keeps answeri
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,9 +21,14 @@ from .conftest import HostileUpstream, SnapshotNode, exchange, read_response, st
 pytestmark = pytest.mark.slow
 
 
+HELD = threading.Event()  # the upstream has a /hold request (its pooled connection is taken)
+RELEASE = threading.Event()  # the test lets it answer
+
+
 def _hold_upstream(conn: socket.socket) -> None:
-    """An upstream request that takes 3 s to answer (holds its pooled connection)."""
-    time.sleep(3)
+    """An upstream request that answers only once the test sets RELEASE (holds its pooled connection)."""
+    HELD.set()
+    RELEASE.wait(10)
     try:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
     except OSError:
@@ -91,7 +97,7 @@ def test_a_body_that_trickles_is_served(node: dict[str, Any]) -> None:
     with socket.create_connection(("127.0.0.1", node["port"]), timeout=5) as s:
         s.sendall(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n")
         for b in b"abcd":
-            time.sleep(0.5)
+            time.sleep(0.5)  # stays: the trickle is the point (2 s in all, each gap under body_idle 1s)
             s.sendall(bytes([b]))
         assert status_of(read_response(s, timeout=5)) == 200
 
@@ -108,7 +114,7 @@ def test_a_keep_alive_connection_gets_a_fresh_header_timeout_not_its_idle_time(n
     with socket.create_connection(("127.0.0.1", node["port"]), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert status_of(read_response(s)) == 200
-        time.sleep(0.5)
+        time.sleep(0.5)  # stays: the idle gap before the next request is the point
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")  # then nothing
         t0 = time.monotonic()
         assert status_of(read_response(s, timeout=5)) == 408
@@ -133,10 +139,15 @@ def _open(port: int, source: str = "127.0.0.1") -> socket.socket:
 
 
 def test_max_connections_per_ip_and_per_listener(node: dict[str, Any]) -> None:
-    port = node["limited"]
+    port, n = node["limited"], node["node"]
+
+    def accepted() -> float:
+        return n.metric("flux_downstream_connections_accepted_total")
+
+    base = accepted()
     held = [_open(port), _open(port)]
     try:
-        time.sleep(0.2)
+        wait_until(lambda: accepted() >= base + 2, 5, message="the node admitted the first two")
         third = _open(port)  # a third from 127.0.0.1: over max_connections_per_ip (2)
         r = read_response(third, timeout=3)
         third.close()
@@ -144,7 +155,7 @@ def test_max_connections_per_ip_and_per_listener(node: dict[str, Any]) -> None:
         # Other addresses may still come, up to max_connections (4) on the listener.
         others = [_open(port, "127.0.0.2"), _open(port, "127.0.0.3")]
         held += others
-        time.sleep(0.2)
+        wait_until(lambda: accepted() >= base + 4, 5, message="the node admitted the next two")
         fifth = _open(port, "127.0.0.4")
         r = read_response(fifth, timeout=3)
         fifth.close()
@@ -155,7 +166,6 @@ def test_max_connections_per_ip_and_per_listener(node: dict[str, Any]) -> None:
     finally:
         for s in held:
             s.close()
-    n = node["node"]
     assert n.metric("flux_downstream_connections_refused_total", listener="limited",
                     reason="max_connections_per_ip") >= 1  # fmt: skip
     assert n.metric("flux_downstream_connections_refused_total", listener="limited", reason="max_connections") >= 1
@@ -166,17 +176,21 @@ def test_max_connections_per_ip_and_per_listener(node: dict[str, Any]) -> None:
 
 def test_a_saturated_pool_answers_503_and_ejects_nobody(node: dict[str, Any]) -> None:
     port, n = node["tight"], node["node"]
+    HELD.clear()
+    RELEASE.clear()
     holder = socket.create_connection(("127.0.0.1", port), timeout=8)
     try:
-        holder.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")  # takes the only upstream connection for 3 s
-        time.sleep(0.3)
+        holder.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")  # takes the only upstream connection
+        assert HELD.wait(5), "the /hold request never reached the upstream"
         t0 = time.monotonic()
         r = exchange(port, b"GET /other HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         assert status_of(r) == 503, r
         assert time.monotonic() - t0 < 2.5  # the pool wait (connect timeout), not a hang
         assert b"busy" in r
+        RELEASE.set()
         assert status_of(read_response(holder, timeout=6)) == 200
     finally:
+        RELEASE.set()
         holder.close()
     clusters = {c["name"]: c for c in httpx.get(n.admin + "/clusters", timeout=5).json()["clusters"]}
     (ep,) = clusters["one-conn"]["endpoints"]
@@ -205,7 +219,13 @@ def test_descriptor_exhaustion_keeps_admin_and_new_clients_working(
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=2))
             except OSError:
                 break
-        time.sleep(0.5)
+
+        def taken() -> bool:  # every connection accepted (perhaps reclaimed later) or refused
+            done = n.metric("flux_downstream_connections_accepted_total")
+            done += n.metric("flux_downstream_connections_refused_total", listener="web", reason="fd_reserve")
+            return done >= len(idle)
+
+        wait_until(taken, 10, message="the node took the flood")
         assert httpx.get(n.admin + "/ready", timeout=5).status_code == 200
         assert "flux_open_sockets" in httpx.get(n.admin + "/metrics", timeout=5).text
         for _ in range(3):  # new clients are served: the oldest idle connections make room

@@ -201,6 +201,15 @@ class ControlPlaneProcess:
         r.raise_for_status()
         return int(r.json()["version"])
 
+    def metric(self, name: str, /, **labels: str) -> float:
+        """The value of one sample of the control plane's /metrics (0 when absent)."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
+            m = re.fullmatch(r"([a-z_:]+)(?:\{(.*)\})? (\S+)", line)
+            if m and m.group(1) == name and ",".join(sorted((m.group(2) or "").split(","))) == want:
+                return float(m.group(3))
+        return 0.0
+
     # -- life cycle ------------------------------------------------------------------
 
     def _command(self, http_port: int, grpc_port: int) -> list[str]:

@@ -70,7 +70,7 @@ class _ChildServer:
             if time.monotonic() > deadline:
                 self.kill()
                 raise ServerStartError(f"{self.NAME} did not answer within {self.START_TIMEOUT}s\n{self.output()}")
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval: until the server answers (or exits)
         return self
 
     def output(self) -> str:

@@ -41,13 +41,13 @@ def test_an_idle_udp_peer_is_dropped_and_a_busy_one_kept() -> None:
                 idle_sock = state.udp_peers["1.2.3.4:5000"][1]
                 # the busy peer sends every 10 s for a bit longer than UDP_IDLE
                 while trio.current_time() - start < UDP_IDLE + 5:
-                    await trio.sleep(10)
+                    await trio.sleep(10)  # MockClock: virtual time, the busy peer's pace
                     agent._udp_to_local(UdpPacket("dns", "5.6.7.8:6000", b"again"))
                 assert set(state.udp_peers) == {"5.6.7.8:6000"}
                 assert idle_sock.fileno() == -1  # its socket was closed
                 assert state.bytes_out == 0  # no link: the echoes were not sent on
                 busy_seen = trio.current_time()
-                await trio.sleep(2 * UDP_IDLE)  # now it is idle too
+                await trio.sleep(2 * UDP_IDLE)  # now it is idle too (MockClock: virtual time)
                 assert not state.udp_peers
                 assert trio.current_time() - busy_seen >= UDP_IDLE
                 nursery.cancel_scope.cancel()

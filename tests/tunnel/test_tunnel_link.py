@@ -232,7 +232,7 @@ def test_a_send_on_a_broken_link_fails_and_closes_the_link() -> None:
                 with pytest.raises(trio.BrokenResourceError):
                     for _ in range(1000):
                         await stream.send_all(b"x" * 60_000)
-                        await trio.sleep(0.001)
+                        await trio.sleep(0.001)  # stays: pacing, the link gets to notice the closed end
                 with trio.fail_after(5):
                     while client.closed_reason is None:  # the link noticed and closed
                         await client.wait_progress()

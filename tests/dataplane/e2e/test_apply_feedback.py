@@ -188,7 +188,7 @@ def watch(stack: dict[str, Any], proc: subprocess.Popen[str]) -> tuple[str, list
     seen = []
     while proc.poll() is None:
         seen.append((stack["nodes"]["a"].version(), stack["nodes"]["b"].version()))
-        time.sleep(0.05)
+        time.sleep(0.05)  # stays: the sampling pace of what the nodes hold while fluxctl runs (not a wait)
     return (proc.stdout.read() if proc.stdout else ""), seen
 
 

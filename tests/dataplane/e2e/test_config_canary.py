@@ -94,7 +94,7 @@ class Traffic:
         deadline = time.monotonic() + 120
         while not self._stop.is_set() and time.monotonic() < deadline:
             self.statuses.append(get_status(self.port))
-            time.sleep(0.002)
+            time.sleep(0.002)  # stays: the pace of the background traffic (not a wait)
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -130,7 +130,7 @@ def run_canary(stack: dict[str, Any], doc: dict[str, Any], name: str, *flags: st
     seen: list[str] = []
     while proc.poll() is None:
         seen.append(",".join(str(n.version()) for n in stack["nodes"]))
-        time.sleep(0.1)
+        time.sleep(0.1)  # stays: the sampling pace of the nodes' versions while fluxctl runs (not a wait)
     out = proc.stdout.read() if proc.stdout else ""
     return proc.returncode, out, seen
 

@@ -18,10 +18,11 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import httpx
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 from support.node import UpstreamProcess
-from support.processes import free_port
+from support.processes import free_port, wait_until
 from support.snapshot_node import SnapshotNode, exchange, status_of
 from support.tls import TestCA
 
@@ -346,7 +347,8 @@ def test_goaway_on_drain_lets_streams_in_flight_finish(tmp_path_factory: pytest.
             ["nghttp", "-nv", f"http://127.0.0.1:{port}/delay?ms=1000"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        time.sleep(0.4)
+        in_flight = lambda: httpx.get(n.admin + "/stats", timeout=5).json()["requests_in_flight"]  # noqa: E731
+        wait_until(lambda: in_flight() >= 1, 5, message="the request in flight")
         assert n.proc is not None
         n.proc.send_signal(signal.SIGTERM)
         out, _ = client.communicate(timeout=15)

@@ -373,10 +373,11 @@ def test_killed_endpoint_is_ejected_and_traffic_continues_without_errors(stack: 
         threads = [threading.Thread(target=load) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        wait_until(lambda: len(results) >= 20, 5, message="traffic before the kill")
         victim.stop()
         killed_at = time.monotonic()
-        time.sleep(2.0)
+        settled = lambda: sum(1 for t, _ in list(results) if t > killed_at + 0.5) > 50  # noqa: E731
+        wait_until(settled, 10, message="traffic after the kill")
         stop.set()
         for t in threads:
             t.join()
@@ -457,7 +458,8 @@ def test_listeners_open_and_close_without_restart(stack: dict[str, Any]) -> None
 
     t = threading.Thread(target=slow_request)
     t.start()
-    time.sleep(0.3)
+    in_flight = lambda: sum(int(n.get("/stats").json()["requests_in_flight"]) for n in stack["nodes"])  # noqa: E731
+    wait_until(lambda: in_flight() >= 1, 5, message="the slow request in flight")
     doc["listeners"] = [{"name": "web2", "protocol": "http", "address": "127.0.0.1", "port": p2}]
     doc["routes"][0]["listener"] = "web2"
     converge(stack, doc)

@@ -162,6 +162,11 @@ def traffic(urls: list[str], threads: int = 2) -> Iterator[list[tuple[float, int
             t.join(10)
 
 
+def since(results: list[tuple[float, int, str]], t0: float) -> int:
+    """How many of the traffic results came after `t0` (monotonic)."""
+    return sum(1 for t, _, _ in list(results) if t > t0)
+
+
 # -- tests ---------------------------------------------------------------------------------
 
 
@@ -203,17 +208,18 @@ def test_killed_instance_is_ejected_then_deregistered_without_5xx(stack: dict[st
         wait_endpoints(nodes, {key(victim), key(b)}, available=True)
         urls = [f"http://127.0.0.1:{p}/echo" for p in ports]
         with traffic(urls, threads=4) as results:
-            time.sleep(0.3)
+            wait_until(lambda: len(results) >= 20, 5.0, message="traffic flowing before the kill")
             victim.stop()
             killed = time.monotonic()
             # health-check window: 2 failed checks 200 ms apart, plus the check timeout
             wait_until(lambda: all(not node_endpoints(n)[key(victim)]["available"] for n in nodes), 3.0, interval=0.01)
             ejected = time.monotonic()
-            time.sleep(1.0)
+            wait_until(lambda: since(results, ejected + 0.05) > 50, 10.0, message="traffic after the ejection")
             # the registry takes it out (its owner or an operator deregisters it): it leaves the endpoints
             deregister(cp, service, vid)
             left = wait_endpoints(nodes, {key(b)}, timeout=2.0)
-            time.sleep(0.5)
+            gone = time.monotonic()
+            wait_until(lambda: since(results, gone) >= 20, 5.0, message="traffic after the deregistration")
         print(
             f"\nkilled instance unavailable on both nodes after {ejected - killed:.3f}s; "
             f"gone from the endpoints {left:.3f}s after deregistration"
@@ -245,12 +251,13 @@ def test_ephemeral_instance_expires_when_heartbeats_stop(stack: dict[str, Any]) 
             stopped = time.monotonic()
             if stopped > until:
                 break
-            time.sleep(0.4)
+            time.sleep(0.4)  # stays: heartbeats at this pace keep the instance past its TTL (the point)
         assert set(node_endpoints(nodes[0])) == {key(a), key(b)}
         with traffic([f"http://127.0.0.1:{p}/echo" for p in ports]) as results:
             wait_endpoints(nodes, {key(a)}, timeout=5.0)
-            gone = time.monotonic() - stopped
-            time.sleep(0.3)
+            left = time.monotonic()
+            gone = left - stopped
+            wait_until(lambda: since(results, left) >= 10, 5.0, message="traffic after the expiry")
         print(f"\nephemeral instance (ttl 2s) left both nodes {gone:.3f}s after its last heartbeat")
         assert 1.5 < gone < 4.0, gone
         assert c.get(f"/api/v1/services/{service}/instances/{iid}").status_code == 404
@@ -276,7 +283,11 @@ def test_draining_instance_gets_no_new_requests_but_finishes_open_ones(stack: di
     open_requests = [threading.Thread(target=slow_request) for _ in range(4)]
     for t in open_requests:  # round robin: two go to each instance
         t.start()
-        time.sleep(0.05)
+
+    def in_flight() -> int:
+        return sum(int(n.get("/stats").json()["requests_in_flight"]) for n in nodes)
+
+    wait_until(lambda: in_flight() >= 4, 5.0, message="the four slow requests open on the node")
     patch(cp, service, bid, status="draining")
     took = wait_endpoints(nodes, {key(a), key(b)}, timeout=2.0)
     wait_until(lambda: all(node_endpoints(n)[key(b)]["draining"] for n in nodes), 2.0, interval=0.01)
@@ -328,7 +339,7 @@ def test_grayscale_split_by_version_rule_and_change_without_failures(stack: dict
     # change the split through REST while requests flow: none fails
     doc["routes"][0]["grayscale"] = {"versions": {"v1": 50, "v2": 50}}
     with traffic(urls, threads=4) as results:
-        time.sleep(0.3)
+        wait_until(lambda: len(results) >= 20, 5.0, message="traffic flowing before the change")
         with cp.client() as client:
             r = client.put("/api/v1/routes/all", json=doc["routes"][0])
         assert r.status_code == 200, r.text
@@ -339,7 +350,8 @@ def test_grayscale_split_by_version_rule_and_change_without_failures(stack: dict
             return all(n.get("/config_dump").json()["version"].split(".")[0] == version for n in nodes)
 
         wait_until(split_applied, 3.0, interval=0.01, message="both nodes at the new split")
-        time.sleep(1.0)
+        applied = time.monotonic()
+        wait_until(lambda: since(results, applied) >= 50 and len(results) > 100, 10.0, message="traffic after it")
     assert len(results) > 100
     assert all(s == 200 for _, s, _ in results), Counter(s for _, s, _ in results)
     settled = [srv for t, _, srv in results if t > changed + 0.5]
@@ -387,6 +399,7 @@ def test_long_poll_wakes_up_soon_after_a_change(stack: dict[str, Any]) -> None:
         index = int(api.get(f"/api/v1/services/{service}/instances").headers["x-flux-index"])
         for i in range(5):
             done: dict[str, Any] = {}
+            watches = cp.metric("flux_registry_watches")
 
             def poll(at: int = index, out: dict[str, Any] = done) -> None:
                 with cp.client(timeout=15) as c:
@@ -395,7 +408,7 @@ def test_long_poll_wakes_up_soon_after_a_change(stack: dict[str, Any]) -> None:
 
             t = threading.Thread(target=poll)
             t.start()
-            time.sleep(0.2)  # the poll is waiting
+            wait_until(lambda w=watches: cp.metric("flux_registry_watches") > w, 5.0, message="the poll is waiting")
             assert "r" not in done
             sent = time.perf_counter()
             if i % 2:

@@ -92,7 +92,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: pathlib.Pat
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.4)
+    wait_until(lambda: node.get("/stats").json()["requests_in_flight"] >= 1, 5, message="the slow request in flight")
     assert node.proc is not None
     t0 = time.monotonic()
     node.proc.send_signal(15)

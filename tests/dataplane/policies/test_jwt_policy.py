@@ -544,7 +544,7 @@ def test_jwks_background_refresh_picks_up_new_keys(jwks_server: JwksServer) -> N
         jwks_server.doc = {"keys": [jwk(ED, "ed-1", "EdDSA"), jwk(EC384, "ec-2")]}
         with trio.fail_after(5):
             while p.jwks is None or p.jwks.get("ec-2") is None:  # noqa: ASYNC110 - polls another thread's effect
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # poll interval of a condition loop (another thread's effect)
         assert jwks_server.fetches >= 2
         ctx = bearer(idp_token(EC384, "ES384", "ec-2", client_id="erin"))
         assert p.on_request(ctx) is None  # no waiting: the key arrived with the scheduled refresh

@@ -363,7 +363,7 @@ def test_connection_closed_while_idle_reconnects_quietly(prefix: str, caplog: py
             for _ in range(60):  # the client notices within 0.5 s and reconnects at once
                 if client.connects >= 2 and client.up:
                     break
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # poll interval of a condition loop
             assert client.connects == 2 and client.up
             _s, _a, (second,) = await on_reactor(reactor, ask(limiter, "k"))
             assert second is not None
@@ -465,7 +465,7 @@ def test_client_recovers_when_redis_comes_back(prefix: str, tmp_path: Any, caplo
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return proc
             except OSError:
-                time.sleep(0.02)
+                time.sleep(0.02)  # poll interval: until the port answers
         proc.kill()
         raise AssertionError("redis-server did not start")
 
