@@ -91,6 +91,8 @@ def main() -> int:
                 proc.kill()
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
+    # Ctrl-C stops everything even where SIGINT came ignored (a background job of a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         spawn("upstream", [sys.executable, str(ROOT / "scripts" / "echo_upstream.py"),
                            "--port", str(args.upstream_port), "--name", "demo"])  # fmt: skip

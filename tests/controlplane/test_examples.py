@@ -56,7 +56,14 @@ class Stack:
         cmd = [sys.executable, str(ROOT / "scripts" / "dev_stack.py"), "--dir", str(self.state),
                "--port", str(p[8080]), "--upstream-port", str(p[9001]), "--http", str(p[9080]),
                "--grpc", str(p[18000]), "--admin", str(p[9901])]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # started as a shell starts a background job: SIGINT ignored (Ctrl-C must still stop it, below)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
         threading.Thread(target=self._pump, daemon=True).start()
         seen: list[str] = []
         deadline = time.monotonic() + 60
@@ -73,9 +80,9 @@ class Stack:
         for line in self.proc.stdout:
             self.lines.put(line)
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -298,7 +305,11 @@ def test_a_second_start_keeps_a_listener_the_user_changed(stack: Stack) -> None:
         }
         assert api.post("/api/v1/listeners", json=egress).status_code == 201
         version = api.get("/api/v1/config").json()["version"]
-    stack.stop()
+    proc = stack.proc
+    stack.stop(signal.SIGINT)  # what Ctrl-C sends: everything stops, even when started in the background
+    assert proc is not None and proc.returncode == 0
+    with pytest.raises(httpx.TransportError), stack.api() as api:
+        api.get("/api/v1/config")  # the control plane went with it
     stack.start()
     with stack.api() as api:
         assert api.get("/api/v1/listeners/public").json()["address"] == "0.0.0.0"
