@@ -79,12 +79,9 @@ def test_node_fails_over_between_control_plane_addresses(tmp_path: pathlib.Path,
     cp.stop()
 
 
-def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: pathlib.Path, upstream: UpstreamProcess) -> None:
-    cp = ControlPlaneProcess(tmp_path / "cp").start()
-    port = free_port()
-    version = put_config(cp, port, upstream)
-    node = NodeProcess(tmp_path / "node", cp.grpc_addr).start()
-    node.wait_version(version)
+def _slow_request_in_flight(node: NodeProcess, port: int) -> tuple[threading.Thread, dict[str, Any]]:
+    """A 1.5 s request through the node, started in a thread and in flight when this returns;
+    its response lands in the dict under "r"."""
     results: dict[str, Any] = {}
 
     def slow() -> None:
@@ -93,6 +90,16 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: pathlib.Pat
     t = threading.Thread(target=slow)
     t.start()
     wait_until(lambda: node.get("/stats").json()["requests_in_flight"] >= 1, 5, message="the slow request in flight")
+    return t, results
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: pathlib.Path, upstream: UpstreamProcess) -> None:
+    cp = ControlPlaneProcess(tmp_path / "cp").start()
+    port = free_port()
+    version = put_config(cp, port, upstream)
+    node = NodeProcess(tmp_path / "node", cp.grpc_addr).start()
+    node.wait_version(version)
+    t, results = _slow_request_in_flight(node, port)
     assert node.proc is not None
     t0 = time.monotonic()
     node.proc.send_signal(15)
@@ -120,17 +127,10 @@ def test_a_second_sigterm_while_draining_does_not_kill_the_node(
         version = put_config(cp, port, upstream)
         node = NodeProcess(tmp_path / "node", cp.grpc_addr).start()
         node.wait_version(version)
-        results: dict[str, Any] = {}
-
-        def slow() -> None:
-            results["r"] = httpx.get(f"http://127.0.0.1:{port}/delay?ms=1500", timeout=10)
-
-        t = threading.Thread(target=slow)
-        t.start()
-        time.sleep(0.4)
+        t, results = _slow_request_in_flight(node, port)
         assert node.proc is not None
         node.proc.send_signal(15)
-        time.sleep(0.3)
+        wait_until(lambda: not node.is_ready(), 3, message="the node draining")
         node.proc.send_signal(15)
         t.join()
         assert results.get("r") is not None and results["r"].status_code == 200  # the in-flight one finished
