@@ -16,6 +16,7 @@ def package_version() -> str:
         return "unknown"
 
 
-def version_text(prog: str) -> str:
-    """What `PROG --version` prints."""
-    return f"{prog} {package_version()} (FLUX Gateway; Python {platform.python_version()})"
+def version_text(prog: str, extra: str = "") -> str:
+    """What `PROG --version` prints (`extra`: more of what the command speaks, e.g. its protocol)."""
+    more = f"; {extra}" if extra else ""
+    return f"{prog} {package_version()} (FLUX Gateway; Python {platform.python_version()}{more})"

@@ -32,6 +32,7 @@ from typing import Any, Literal, NoReturn
 from fluxcommon.logs import setup_logging
 from fluxcommon.netaddr import split_host_port
 from fluxcommon.tunnel.protocol.control import PROTOCOL_VERSION
+from fluxcommon.version import version_text
 from tunnelclient.config import (
     LOG_LEVELS,
     AgentConfig,
@@ -104,16 +105,7 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise _Exit(0, f"{PROG} {_version()} (tunnel protocol {PROTOCOL_VERSION})\n")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("flux-gateway")
-    except PackageNotFoundError:
-        return "unknown"
+        raise _Exit(0, version_text(PROG, f"tunnel protocol {PROTOCOL_VERSION}") + "\n")
 
 
 def _csv(text: str) -> list[str]:

@@ -104,6 +104,7 @@ def test_version_and_help_are_messages() -> None:
     version = parse_args(["--version"], env={})
     assert version.kind == "message" and version.exit_code == 0
     assert version.text.startswith("flux-tunnel ") and f"tunnel protocol {PROTOCOL_VERSION}" in version.text
+    assert "(FLUX Gateway; Python " in version.text  # worded as every other command's --version
     helped = parse_args(["--help"], env={})
     assert helped.kind == "message" and helped.exit_code == 0 and "Quick forms" in helped.text
     tcp_help = parse_args(["tcp", "--help"], env={})
