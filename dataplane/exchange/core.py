@@ -245,10 +245,9 @@ class Exchange:
         retry_on = route.retry_on_idempotent if head.method in IDEMPOTENT else route.retry_on_other
         self.body_buffer = [] if head.has_body else None
         upgrade = head.get("upgrade") if head.upgrade else None
-        if upgrade is not None and upgrade.strip().lower() == "h2c" and not head.has_body:
-            # HTTP/2 is prior knowledge or ALPN here: declined (ignored), served as 1.1. With a body
-            # the reader stopped at the head (llhttp skips an upgrade's body), so that one goes on
-            # as an upgrade as before.
+        if upgrade is not None and upgrade.strip().lower() == "h2c":
+            # HTTP/2 is prior knowledge or ALPN here: declined (ignored), served as 1.1; never sent
+            # upstream (h2c smuggling). The HTTP/1.1 reader declines it first, body and all.
             upgrade = None
         avoid: EndpointState | None = None
         failure: Failure | None = None

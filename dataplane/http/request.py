@@ -27,6 +27,7 @@ No sockets, no clock: the trio shell feeds bytes and drains `events`.
 from __future__ import annotations
 
 from collections import deque
+from typing import Literal, NoReturn
 
 import httptools
 
@@ -117,6 +118,7 @@ class RequestReader:
         "_body_limit",
         "_body_seen",
         "_forward",
+        "_h2c_body",
         "_head",
         "_head_size",
         "_header_bytes",
@@ -150,28 +152,69 @@ class RequestReader:
         self._rules = path_rules
         self._forward = forward
         self.tail = b""  # after an upgrade or CONNECT: bytes of the new protocol that came with the head
+        # see _decline_h2c: None, the parser of a declined h2c upgrade's body, or False once it is read
+        self._h2c_body: httptools.HttpRequestParser | Literal[False] | None = None
 
     def feed(self, data: bytes) -> None:
+        if self._h2c_body is not None:
+            self._feed_h2c_body(data)
+            return
         if not self._in_body:
             self._header_bytes += len(data)
+        upgraded = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # The head is queued; what follows it belongs to the new protocol (a CONNECT tunnel).
+            # The head is queued; what follows it belongs to the new protocol (a CONNECT tunnel),
+            # unless the upgrade is to h2c, which is declined (below, outside this handler).
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self.tail = data[offset:]
+            upgraded = True
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause from None
-            raise HttpError(400, f"bad request: {exc}") from None
+            _raise_for_callback(exc)
         except httptools.HttpParserError as exc:
-            text = str(exc)
-            if "Transfer-Encoding" in text and "Content-Length" not in text:
-                raise HttpError(501, f"unsupported transfer coding: {text}") from None
-            raise HttpError(400, f"bad request: {text}") from None
-        if not self._in_body and self._header_bytes > self._max_header_bytes:
+            _raise_for_parse(exc)
+        if upgraded and _asks_for_h2c(self._head):
+            tail, self.tail = self.tail, b""
+            self._decline_h2c(tail)
+        elif not self._in_body and self._header_bytes > self._max_header_bytes:
             raise HttpError(431, "request headers too large")
+
+    def _decline_h2c(self, tail: bytes) -> None:
+        """`Upgrade: h2c` is declined (RFC 9113 deprecates it; HTTP/2 here is prior knowledge or
+        ALPN) and the request served as HTTP/1.1: never passed upstream, where a backend that
+        speaks h2c would take the rest of the connection past routing and policies (h2c smuggling).
+
+        llhttp stops at the head of any upgrade, body or not. Without a body the parser resumes on
+        what follows (a pipelined request). With one, the body is read by a second parser given
+        only its framing, and the connection ends after this exchange: the bytes after the body
+        are not read."""
+        head = self._head
+        head.upgrade = False
+        if not head.has_body:
+            if tail:
+                self.feed(tail)
+            return
+        head.keep_alive = False
+        if self.events and self.events[-1] is MESSAGE_END:
+            self.events.pop()  # llhttp ended the message at the head: the body comes first
+        self._in_body = True
+        framing = b"Transfer-Encoding: chunked" if head.chunked else b"Content-Length: %d" % (head.content_length or 0)
+        self._h2c_body = httptools.HttpRequestParser(_BodyOnly(self))
+        self._feed_h2c_body(b"POST / HTTP/1.1\r\nHost: h2c\r\n" + framing + b"\r\n\r\n" + tail)
+
+    def _feed_h2c_body(self, data: bytes) -> None:
+        parser = self._h2c_body
+        if not parser:
+            return  # the body was read; the connection ends with this exchange
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if self._h2c_body is False:
+                return  # the body is whole (_BodyDone stopped the parser); what follows is not read
+            _raise_for_callback(exc)
+        except httptools.HttpParserError as exc:
+            _raise_for_parse(exc)
 
     # -- httptools callbacks ----------------------------------------------------------
 
@@ -311,3 +354,44 @@ class RequestReader:
     def on_message_complete(self) -> None:
         self._in_body = False
         self.events.append(MESSAGE_END)
+
+
+class _BodyDone(Exception):
+    """Raised by `_BodyOnly` to stop its parser at the end of the body."""
+
+
+class _BodyOnly:
+    """Callbacks of the parser that reads the body of a declined h2c upgrade (`_decline_h2c`):
+    the body goes to the reader as any body would (with its limit); the end stops the parser."""
+
+    def __init__(self, reader: RequestReader) -> None:
+        self.reader = reader
+
+    def on_body(self, body: bytes) -> None:
+        self.reader.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.reader._h2c_body = False
+        self.reader.on_message_complete()
+        raise _BodyDone
+
+
+def _asks_for_h2c(head: RequestHead) -> bool:
+    if head.method == "CONNECT":
+        return False
+    upgrade = head.get("upgrade")
+    return upgrade is not None and upgrade.strip().lower() == "h2c"
+
+
+def _raise_for_callback(exc: httptools.HttpParserCallbackError) -> NoReturn:
+    cause = exc.__context__
+    if isinstance(cause, HttpError):
+        raise cause from None
+    raise HttpError(400, f"bad request: {exc}") from None
+
+
+def _raise_for_parse(exc: httptools.HttpParserError) -> NoReturn:
+    text = str(exc)
+    if "Transfer-Encoding" in text and "Content-Length" not in text:
+        raise HttpError(501, f"unsupported transfer coding: {text}") from None
+    raise HttpError(400, f"bad request: {text}") from None

@@ -161,3 +161,27 @@ def test_proxy_credentials_never_reach_the_upstream(node: dict[str, Any]) -> Non
 def test_metrics_count_the_refusals(node: dict[str, Any]) -> None:
     get(node["port"], "/a%2Fb")
     assert node["node"].metric("flux_node_events_total", event="bad_request_400") >= 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_h2c_upgrade_never_reaches_the_upstream(node: dict[str, Any], chunked: bool) -> None:
+    """h2c smuggling: a backend that accepts `Upgrade: h2c` (the echo upstream answers 101 to any
+    upgrade) would give the client a raw HTTP/2 connection to itself, past routes and policies.
+    The node declines the upgrade and serves the request, body and all, as HTTP/1.1."""
+    body = b"smuggle " * 100
+    framing = (
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        if chunked
+        else b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    raw = (b"POST /sink HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+           b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n" + framing + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # fmt: skip
+    answer = exchange(node["port"], raw)
+    assert status_of(answer) == 200, answer[:200]
+    assert upstream_saw(answer)["received"] == len(body)
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"upgrade" not in head and b"connection: close" in head  # the bytes after the body are not read
+    ask = b"GET /echo HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    get_answer = exchange(node["port"], ask + b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    assert status_of(get_answer) == 200
+    assert not any(k.lower() == "upgrade" for k in upstream_saw(get_answer)["headers"])

@@ -219,13 +219,15 @@ def test_an_h2c_upgrade_is_declined_not_sent_upstream() -> None:
     assert type(p.send(FakeResponse(200))) is Stream
 
 
-def test_an_h2c_upgrade_with_a_body_goes_on_as_an_upgrade() -> None:
-    """The reader does not parse an upgrade request's body (it is the new protocol's bytes), so
-    declining would leave the exchange waiting for a body that never comes."""
+def test_an_h2c_upgrade_with_a_body_is_declined_too() -> None:
+    """The reader reads an h2c upgrade's body itself (tests/dataplane/http/test_request_reader.py);
+    the exchange never sends `Upgrade: h2c` upstream, where an h2c backend would take the rest of
+    the connection past routing and policies."""
     raw = b"POST /app HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc"
     p = Playbook(BASE, raw)
     attempt = p.start()
-    assert attempt.request.upgrade == "h2c"
+    assert attempt.request.upgrade is None
+    assert not any(name.lower() == b"upgrade" for name, _ in attempt.request.add)
 
 
 def test_expect_100_continue_is_asked_before_the_attempt() -> None:

@@ -475,3 +475,57 @@ def test_garbage_request_line_is_400() -> None:
     assert status_of(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") == 400  # a TLS ClientHello
     assert status_of(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n") == 400
     assert status_of(b"GET / HTTP/1.1\r\nHost: a\r\nX-A : 1\r\n\r\n") == 400
+
+
+# -- Upgrade: h2c is declined, body or not ---------------------------------------------------
+
+H2C = (b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+       b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")  # fmt: skip
+
+
+def _h2c_request(body: bytes, chunked: bool) -> bytes:
+    if chunked:
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7))
+        return b"POST /up HTTP/1.1\r\nHost: h\r\n" + H2C + b"Transfer-Encoding: chunked\r\n\r\n" + framed + b"0\r\n\r\n"
+    return b"POST /up HTTP/1.1\r\nHost: h\r\n" + H2C + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+@PROPS
+@given(body=st.binary(min_size=1, max_size=300), chunked=st.booleans(), after=st.binary(max_size=40), data=st.data())
+def test_an_h2c_upgrade_with_a_body_is_a_plain_request_however_split(
+    body: bytes, chunked: bool, after: bytes, data: st.DataObject
+) -> None:
+    """h2c smuggling: `Upgrade: h2c` with a body must not make the node a tunnel to the backend.
+    llhttp stops at an upgrade's head; the reader reads the body itself and ends the connection
+    after it (what follows the body, here `after`, is never parsed as a request)."""
+    raw = _h2c_request(body, chunked) + after
+    reader = RequestReader()
+    feed_all(reader, raw, split_points(data.draw, raw, data.draw(st.sampled_from(["whole", "bytes", "random"]))))
+    events = list(reader.events)
+    head = events[0]
+    assert isinstance(head, RequestHead) and head.path == "/up"
+    assert head.upgrade is False and head.keep_alive is False
+    assert b"".join(e for e in events[1:-1] if isinstance(e, bytes)) == body
+    assert events[-1] is MESSAGE_END and len(heads(events)) == 1
+    assert reader.tail == b""
+
+
+def test_an_h2c_upgrade_without_a_body_goes_on_with_the_next_request() -> None:
+    raw = b"GET /a HTTP/1.1\r\nHost: h\r\n" + H2C + b"\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+    for data in (raw, pieces(raw, 1), pieces(raw, 9)):
+        found = heads(parse(data))
+        assert [h.path for h in found] == ["/a", "/b"] and not any(h.upgrade for h in found)
+        assert found[0].keep_alive
+
+
+def test_an_h2c_upgrade_body_keeps_its_limit_and_framing_errors() -> None:
+    assert status_of(_h2c_request(b"x" * 50, chunked=False), body_limit=10) == 413
+    bad = b"POST /up HTTP/1.1\r\nHost: h\r\n" + H2C + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n"
+    assert status_of(bad) == 400
+
+
+def test_other_upgrades_still_hand_over_what_follows_the_head() -> None:
+    reader = RequestReader()
+    reader.feed(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nFRAME")
+    head = heads(list(reader.events))[0]
+    assert head.upgrade is True and reader.tail == b"FRAME"
