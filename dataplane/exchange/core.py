@@ -244,11 +244,7 @@ class Exchange:
         attempts = route.attempts
         retry_on = route.retry_on_idempotent if head.method in IDEMPOTENT else route.retry_on_other
         self.body_buffer = [] if head.has_body else None
-        upgrade = head.get("upgrade") if head.upgrade else None
-        if upgrade is not None and upgrade.strip().lower() == "h2c":
-            # HTTP/2 is prior knowledge or ALPN here: declined (ignored), served as 1.1; never sent
-            # upstream (h2c smuggling). The HTTP/1.1 reader declines it first, body and all.
-            upgrade = None
+        upgrade = head.get("upgrade") if head.upgrade else None  # never h2c: the reader declines it
         avoid: EndpointState | None = None
         failure: Failure | None = None
         if route.timeout:
