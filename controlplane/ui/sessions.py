@@ -140,14 +140,13 @@ class SessionStore:
             row = db.get(ConsoleSessionRow, key)
             if row is None:
                 return None
-            if now - row.last_used_at > self.idle or now - row.created_at > self.lifetime:
-                db.delete(row)
-                db.commit()
-                return None
-            try:
-                sealed = self.box.open(row.secrets_sealed, "a console session")
-            except SecretKeyError:  # sealed under a key this control plane does not hold
-                log.warning("a console session sealed under another secret key was ended")
+            sealed = None
+            if now - row.last_used_at <= self.idle and now - row.created_at <= self.lifetime:
+                try:
+                    sealed = self.box.open(row.secrets_sealed, "a console session")
+                except SecretKeyError:  # sealed under a key this control plane does not hold
+                    log.warning("a console session sealed under another secret key was ended")
+            if sealed is None:  # over, or unreadable here: ended
                 db.delete(row)
                 db.commit()
                 return None
